@@ -1,0 +1,235 @@
+"""Reconstruction models: one Lightning base for what CA and VAE share (net, decoding, evaluation
+scores, optimiser, logging), and each model's bottleneck and loss in its own class."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torchmetrics.functional.regression import cosine_similarity
+
+RECONSTRUCTIONS = ("mse", "bce")
+REDUCTIONS = ("mean", "sum")
+OUTPUT_ACTIVATIONS = ("sigmoid", "heaviside")
+INITS = ("glorot_uniform", "torch")
+# Keeps log() finite when an output is exactly 0 or 1 (the Heaviside output always is).
+PROBABILITY_EPS = 1e-6
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"model.{key} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def _plain(config: Mapping | DictConfig) -> dict:
+    """A plain dict of a (possibly Hydra) config, so checkpoints hold values, not config objects."""
+    return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else dict(config)
+
+
+def reconstruction_error(
+    logits: torch.Tensor, images: torch.Tensor, kind: str, reduction: str
+) -> torch.Tensor:
+    """Per-image reconstruction term of the training loss: squared error of sigmoid(logits) or
+    binary cross-entropy from logits, summed or averaged over the pixels of each image."""
+    if kind == "mse":
+        per_pixel = (torch.sigmoid(logits) - images).square()
+    else:
+        per_pixel = F.binary_cross_entropy_with_logits(logits, images, reduction="none")
+    per_pixel = per_pixel.flatten(1)
+    return per_pixel.sum(1) if reduction == "sum" else per_pixel.mean(1)
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Per-image KL(N(mu, diag(exp(logvar))) || N(0, I)), summed over latent dimensions."""
+    return 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(1)
+
+
+class ReconstructionModel(pl.LightningModule):
+    """Base of every autoencoder here. Subclasses define the bottleneck (`encode`, `code`) and
+    `training_loss`; `evaluation_scores` gives the per-image numbers that become test metrics."""
+
+    def __init__(
+        self,
+        net: Mapping,
+        image_shape: list[int],
+        latent_dim: int = 1,
+        reconstruction: str = "mse",
+        reduction: str = "mean",
+        output_activation: str = "sigmoid",
+        init: str = "glorot_uniform",
+        optimizer: Mapping | None = None,
+    ) -> None:
+        super().__init__()
+        net = _plain(net)
+        optimizer = _plain(optimizer or {"_target_": "torch.optim.Adam", "lr": 1e-3})
+        image_shape = [int(size) for size in image_shape]
+        _choice("reconstruction", reconstruction, RECONSTRUCTIONS)
+        _choice("reduction", reduction, REDUCTIONS)
+        _choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
+        _choice("init", init, INITS)
+        if latent_dim < 1:
+            raise ValueError(f"model.latent_dim must be at least 1, got {latent_dim}")
+        self.save_hyperparameters()
+        self.image_shape = tuple(image_shape)
+        self.net = instantiate(net, image_shape=image_shape, latent_dim=latent_dim)
+
+    def _init_weights(self) -> None:
+        """Keras' defaults (Glorot-uniform weights, zero biases) unless init=torch. Subclasses call it
+        once all layers exist."""
+        if self.hparams.init != "glorot_uniform":
+            return
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    # --- the model -------------------------------------------------------------------------------
+    def code(self, images: torch.Tensor) -> torch.Tensor:
+        """Deterministic bottleneck value of each image (the VAE's posterior mean)."""
+        raise NotImplementedError
+
+    def training_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The objective minimised in training, and its named terms (batch means)."""
+        raise NotImplementedError
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """Pixel logits for latent codes."""
+        return self.net.decoder(latent)
+
+    def output(self, logits: torch.Tensor) -> torch.Tensor:
+        """The evaluation output activation: sigmoid, or report 000's Heaviside step."""
+        if self.hparams.output_activation == "heaviside":
+            return (logits > 0).to(logits.dtype)
+        return torch.sigmoid(logits)
+
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        """Deterministic reconstruction in [0, 1] with the evaluation output activation."""
+        return self.output(self.decode(self.code(images)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.reconstruct(images)
+
+    def evaluation_scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-image scores (shape (N,)): the mean per-pixel squared error and binary cross-entropy
+        of the reconstruction, and the cosine between input and reconstruction vectors."""
+        recon = self.reconstruct(images)
+        flat_recon, flat_images = recon.flatten(1), images.flatten(1)
+        clamped = flat_recon.clamp(PROBABILITY_EPS, 1 - PROBABILITY_EPS)
+        return {
+            "recon_mse": (flat_recon - flat_images).square().mean(1),
+            "recon_bce": F.binary_cross_entropy(clamped, flat_images, reduction="none").mean(1),
+            "cosine_similarity": cosine_similarity(flat_recon, flat_images, reduction="none"),
+        }
+
+    # --- Lightning -------------------------------------------------------------------------------
+    def _log_terms(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int) -> None:
+        on_step = stage == "train"
+        for name, value in terms.items():
+            self.log(
+                f"{stage}/{name}",
+                value,
+                on_step=on_step,
+                on_epoch=True,
+                batch_size=batch_size,
+                prog_bar=name == "loss",
+                sync_dist=not on_step,
+            )
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        images = batch[0]
+        loss, terms = self.training_loss(images)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"The training loss of {type(self).__name__} became {loss.item()} at step {self.global_step} "
+                f"(terms: { {k: float(v) for k, v in terms.items()} }). Lower model.optimizer.lr, or use "
+                "model.reconstruction=bce; the checkpoints already in the run folder are kept."
+            )
+        self._log_terms("train", {"loss": loss, **terms}, len(images))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        images = batch[0]
+        loss, terms = self.training_loss(images)
+        scores = self.evaluation_scores(images)
+        self._log_terms("val", {"loss": loss, **terms, "recon_mse": scores["recon_mse"].mean()}, len(images))
+
+    def test_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        images = batch[0]
+        loss, _ = self.training_loss(images)
+        scores = {name: value.mean() for name, value in self.evaluation_scores(images).items()}
+        self._log_terms("test", {"loss": loss, **scores}, len(images))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return instantiate(self.hparams.optimizer, params=self.parameters())
+
+
+class ClassicalAutoencoder(ReconstructionModel):
+    """CA: a linear bottleneck on the encoder features; loss = the reconstruction term."""
+
+    def __init__(self, net: Mapping, image_shape: list[int], latent_dim: int = 1, **kwargs: Any) -> None:
+        super().__init__(net, image_shape, latent_dim, **kwargs)
+        self.bottleneck = nn.Linear(self.net.feature_dim, latent_dim)
+        self._init_weights()
+
+    def code(self, images: torch.Tensor) -> torch.Tensor:
+        return self.bottleneck(self.net.encoder(images))
+
+    def training_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = self.decode(self.code(images))
+        recon = reconstruction_error(
+            logits, images, self.hparams.reconstruction, self.hparams.reduction
+        ).mean()
+        return recon, {"recon": recon}
+
+
+class VariationalAutoencoder(ReconstructionModel):
+    """VAE: (mu, log-variance) heads on the encoder features, z = mu + sigma * eps in training;
+    loss = reconstruction + beta * KL(q(z|x) || N(0, I)), both averaged over the batch."""
+
+    def __init__(
+        self, net: Mapping, image_shape: list[int], latent_dim: int = 1, beta: float = 1.0, **kwargs: Any
+    ) -> None:
+        if beta < 0:
+            raise ValueError(f"model.beta must be non-negative, got {beta}")
+        super().__init__(net, image_shape, latent_dim, **kwargs)
+        self.mu = nn.Linear(self.net.feature_dim, latent_dim)
+        self.logvar = nn.Linear(self.net.feature_dim, latent_dim)
+        self._init_weights()
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.net.encoder(images)
+        return self.mu(features), self.logvar(features)
+
+    def code(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode(images)[0]
+
+    def training_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        mu, logvar = self.encode(images)
+        latent = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        logits = self.decode(latent)
+        recon = reconstruction_error(
+            logits, images, self.hparams.reconstruction, self.hparams.reduction
+        ).mean()
+        kl = gaussian_kl(mu, logvar).mean()
+        return recon + self.hparams.beta * kl, {"recon": recon, "kl": kl}
+
+    def evaluation_scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Adds the KL term and the negative ELBO in nats per image with a Bernoulli decoder and
+        z = mu (no sampling): sum over pixels of BCE(sigmoid(logits), x) + KL."""
+        scores = super().evaluation_scores(images)
+        mu, logvar = self.encode(images)
+        kl = gaussian_kl(mu, logvar)
+        bernoulli_nll = reconstruction_error(self.decode(mu), images, "bce", "sum")
+        return {**scores, "kl": kl, "neg_elbo": bernoulli_nll + kl}
+
+    def sample(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images decoded from z ~ N(0, I), with the evaluation output activation."""
+        latent = torch.randn(count, self.hparams.latent_dim, generator=generator).to(self.device)
+        return self.output(self.decode(latent))

@@ -1,0 +1,110 @@
+"""Encoder/decoder pairs. Each net maps an image (N, C, H, W) to a feature vector of size
+`feature_dim` (the model puts its bottleneck on top), and a latent code back to pixel logits."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh, "elu": nn.ELU}
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"model.net.activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]()
+
+
+def _mlp(widths: Sequence[int], activation: str) -> list[nn.Module]:
+    """Linear layers between consecutive widths, each followed by the activation."""
+    layers: list[nn.Module] = []
+    for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
+        layers += [nn.Linear(width_in, width_out), _activation(activation)]
+    return layers
+
+
+class DenseNet(nn.Module):
+    """Multilayer perceptron autoencoder body: pixels -> hidden_dims -> (bottleneck, added by the
+    model) and latent -> reversed hidden_dims -> pixel logits."""
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        latent_dim: int,
+        hidden_dims: Sequence[int] = (512, 256),
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        pixels = math.prod(self.image_shape)
+        widths = [pixels, *hidden_dims]
+        self.feature_dim = widths[-1]
+        self.encoder = nn.Sequential(nn.Flatten(), *_mlp(widths, activation))
+        decoder_widths = [latent_dim, *reversed(hidden_dims)]
+        self.decoder = nn.Sequential(
+            *_mlp(decoder_widths, activation),
+            nn.Linear(decoder_widths[-1], pixels),
+            nn.Unflatten(1, self.image_shape),
+        )
+
+
+class ConvNet(nn.Module):
+    """Report 004's convolutional body: 3x3 convolutions (batch norm, LeakyReLU), stride-2 layers
+    halving the size, then optional dense layers; the decoder mirrors it with transposed convs."""
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        latent_dim: int,
+        channels: Sequence[int] = (32, 64, 64),
+        strides: Sequence[int] = (1, 2, 2),
+        hidden_dims: Sequence[int] = (),
+        negative_slope: float = 0.2,
+    ) -> None:
+        super().__init__()
+        if len(channels) != len(strides) or not channels:
+            raise ValueError(
+                f"model.net.channels and model.net.strides need the same non-zero length, "
+                f"got {list(channels)} and {list(strides)}"
+            )
+        if any(stride not in (1, 2) for stride in strides):
+            raise ValueError(f"model.net.strides may hold only 1 and 2, got {list(strides)}")
+        self.image_shape = tuple(image_shape)
+        in_channels, height, width = self.image_shape
+        halvings = sum(stride == 2 for stride in strides)
+        factor = 2**halvings
+        if height % factor or width % factor:
+            raise ValueError(
+                f"The conv net halves the image {halvings} time(s) "
+                f"(strides {list(strides)}), so height and width must be divisible by {factor}; "
+                f"this dataset's images are {height}x{width}. Use model/net=dense for it, or "
+                f"change model.net.strides (or the dataset's image size)."
+            )
+        act = lambda: nn.LeakyReLU(negative_slope)  # noqa: E731 - a fresh module per layer
+        encoder: list[nn.Module] = []
+        decoder_convs: list[nn.Module] = []
+        channels_in = [in_channels, *channels[:-1]]
+        for c_in, c_out, stride in zip(channels_in, channels, strides, strict=True):
+            encoder += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.BatchNorm2d(c_out), act()]
+            transposed = nn.ConvTranspose2d(
+                c_out, c_in, 3, stride=stride, padding=1, output_padding=stride - 1
+            )
+            # Mirrors are prepended, so the first layer's mirror ends the decoder and outputs logits.
+            decoder_convs = (
+                [transposed] + ([nn.BatchNorm2d(c_in), act()] if decoder_convs else []) + decoder_convs
+            )
+        feature_shape = (channels[-1], height // factor, width // factor)
+        conv_features = math.prod(feature_shape)
+        widths = [conv_features, *hidden_dims]
+        self.feature_dim = widths[-1]
+        self.encoder = nn.Sequential(*encoder, nn.Flatten(), *_mlp(widths, "leaky_relu"))
+        decoder_widths = [latent_dim, *reversed(hidden_dims)]
+        self.decoder = nn.Sequential(
+            *_mlp(decoder_widths, "leaky_relu"),
+            nn.Linear(decoder_widths[-1], conv_features),
+            act(),
+            nn.Unflatten(1, feature_shape),
+            *decoder_convs,
+        )

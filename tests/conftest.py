@@ -1,0 +1,51 @@
+"""Shared fixtures: composing the real configs the way `python -m src.run` does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+import src.run  # noqa: F401  (registers the config resolvers)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = PROJECT_ROOT / "conf"
+SHARED_DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"
+needs_shared_mnist = pytest.mark.skipif(
+    not (SHARED_DATASETS / "MNIST" / "raw").is_dir()
+    or not (SHARED_DATASETS / "FashionMNIST" / "raw").is_dir(),
+    reason=f"real MNIST/Fashion-MNIST not found in {SHARED_DATASETS} (see README, 'Data')",
+)
+
+# Small and fast: a handful of steps, no progress bar.
+FAST = [
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+    "logger=none",
+]
+
+
+def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The composed config, with Hydra's runtime set up so `${hydra:...}` resolves."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
+    def make(*overrides: str) -> DictConfig:
+        return compose_config(list(overrides), tmp_path / "run")
+
+    return make

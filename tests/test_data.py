@@ -1,0 +1,163 @@
+"""Datasets: the lines family as documented, the 2x2 images, MNIST loading and its errors."""
+
+from __future__ import annotations
+
+import math
+import struct
+from pathlib import Path
+from urllib.error import URLError
+
+import pytest
+import torch
+
+from src.data import (
+    DatasetNotFoundError,
+    Lines2x2DataModule,
+    LinesDataModule,
+    TorchvisionDataModule,
+    line_images,
+)
+from tests.conftest import SHARED_DATASETS, needs_shared_mnist
+
+
+def test_line_at_angle_zero_has_white_upper_half() -> None:
+    image = line_images(torch.tensor([0.0]), 32)[0, 0]
+    assert image[:16].eq(1).all() and image[16:].eq(0).all()
+
+
+def test_line_pointing_up_has_white_left_half() -> None:
+    image = line_images(torch.tensor([math.pi / 2]), 32)[0, 0]
+    assert image[:, :16].eq(1).all() and image[:, 16:].eq(0).all()
+
+
+def test_diagonal_line_splits_along_the_diagonal() -> None:
+    image = line_images(torch.tensor([math.pi / 4]), 8)[0, 0]
+    # Direction up-right: white above the rising diagonal, black below it (pixels whose centres lie
+    # exactly on the line are left out: rounding decides them).
+    row, col = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+    assert image[row + col < 7].eq(1).all() and image[row + col > 7].eq(0).all()
+
+
+def test_opposite_angles_give_complementary_images() -> None:
+    angles = torch.rand(50, generator=torch.Generator().manual_seed(1)) * 2 * math.pi
+    assert torch.equal(line_images(angles + math.pi, 32), 1 - line_images(angles, 32))
+
+
+def test_lines_dataset_is_the_documented_family_and_deterministic() -> None:
+    dm = LinesDataModule(n_train=1000, seed=3)
+    dm.setup()
+    images, angles = dm.splits["train"].tensors
+    assert images.shape == (1000, 1, 32, 32)
+    assert set(images.unique().tolist()) == {0.0, 1.0}
+    assert angles.min() >= 0 and angles.max() < 2 * math.pi
+    assert torch.equal(images, line_images(angles.double(), 32))
+    # Uniform angles: every quarter of the circle gets about a quarter of the images.
+    quarter_counts = torch.bincount((angles / (math.pi / 2)).long(), minlength=4)
+    assert quarter_counts.min() > 200
+    again = LinesDataModule(n_train=1000, seed=3)
+    again.setup()
+    assert torch.equal(again.splits["train"].tensors[0], images)
+    other = LinesDataModule(n_train=1000, seed=4)
+    other.setup()
+    assert not torch.equal(other.splits["train"].tensors[0], images)
+    assert not torch.equal(dm.splits["test"].tensors[0], images[: len(dm.splits["test"])])
+
+
+def test_offset_jitter_moves_the_line_off_centre() -> None:
+    centred = LinesDataModule(n_train=200, seed=0)
+    jittered = LinesDataModule(n_train=200, seed=0, offset_jitter=6.0)
+    centred.setup()
+    jittered.setup()
+    white_centred = centred.splits["train"].tensors[0].mean((1, 2, 3))
+    white_jittered = jittered.splits["train"].tensors[0].mean((1, 2, 3))
+    assert (white_centred - 0.5).abs().max() < 0.05
+    assert (white_jittered - 0.5).abs().max() > 0.2
+
+
+def test_lines2x2_pixel_order() -> None:
+    dm = Lines2x2DataModule()
+    dm.setup()
+    images = dm.splits["train"].tensors[0]
+    # Pixel order: upper-left, upper-right, bottom-left, bottom-right.
+    assert images[:, 0].flatten(1).tolist() == [[0, 0, 1, 1], [1, 0, 1, 0], [1, 1, 0, 0], [0, 1, 0, 1]]
+    assert next(iter(dm.train_dataloader()))[0].shape == (4, 1, 2, 2)
+
+
+def _write_idx(folder: Path, prefix: str, images: torch.Tensor, labels: torch.Tensor) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    n, rows, cols = images.shape
+    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(
+        struct.pack(">IIII", 2051, n, rows, cols) + images.to(torch.uint8).numpy().tobytes()
+    )
+    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(
+        struct.pack(">II", 2049, n) + labels.to(torch.uint8).numpy().tobytes()
+    )
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path: Path) -> tuple[Path, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    train = torch.randint(0, 256, (12, 28, 28), generator=generator)
+    test = torch.randint(0, 256, (5, 28, 28), generator=generator)
+    raw = tmp_path / "MNIST" / "raw"
+    _write_idx(raw, "train", train, torch.arange(12) % 10)
+    _write_idx(raw, "t10k", test, torch.arange(5))
+    return tmp_path, train, test
+
+
+def test_tiny_idx_files_load_exactly(tiny_mnist) -> None:
+    root, train, test = tiny_mnist
+    dm = TorchvisionDataModule(root=str(root), download=False, n_val=2, batch_size=4)
+    dm.setup()
+    assert len(dm.splits["train"]) == 10 and len(dm.splits["val"]) == 2
+    assert torch.equal(dm.splits["test"].tensors[0], test.unsqueeze(1).float() / 255)
+    assert torch.equal(dm.splits["test"].tensors[1], torch.arange(5))
+    # Train and validation together are exactly the official training images.
+    together = torch.cat([dm.splits["train"].tensors[0], dm.splits["val"].tensors[0]])
+    assert sorted(together.flatten(1).sum(1).tolist()) == sorted(
+        (train.float() / 255).flatten(1).sum(1).tolist()
+    )
+
+
+def test_missing_files_offline_give_a_clear_error(tmp_path: Path) -> None:
+    dm = TorchvisionDataModule(root=str(tmp_path), download=False)
+    with pytest.raises(DatasetNotFoundError, match=r"MNIST not found in .*MNIST/raw.*DATA_ROOT"):
+        dm.setup()
+
+
+def test_failed_download_gives_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    import torchvision.datasets
+
+    def no_network(self, *args, **kwargs):
+        raise URLError("no route to host")
+
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "download", no_network)
+    dm = TorchvisionDataModule(dataset="FashionMNIST", root=str(tmp_path), download=True)
+    with pytest.raises(DatasetNotFoundError, match=r"download failed .*no route to host.*DATA_ROOT"):
+        dm.setup()
+
+
+def test_corrupt_file_gives_a_clear_error(tiny_mnist) -> None:
+    root, _, _ = tiny_mnist
+    images_file = root / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    images_file.write_bytes(images_file.read_bytes()[:1000])  # truncated
+    with pytest.raises(DatasetNotFoundError, match="corrupt"):
+        TorchvisionDataModule(root=str(root), download=False, n_val=2).setup()
+
+
+@needs_shared_mnist
+@pytest.mark.parametrize(("dataset", "mean"), [("MNIST", 0.1307), ("FashionMNIST", 0.2860)])
+def test_shared_datasets_load(dataset: str, mean: float) -> None:
+    dm = TorchvisionDataModule(dataset=dataset, root=str(SHARED_DATASETS), download=False, n_val=5000)
+    dm.setup()
+    assert (
+        len(dm.splits["train"]) == 55000 and len(dm.splits["val"]) == 5000 and len(dm.splits["test"]) == 10000
+    )
+    train_and_val = torch.cat([dm.splits["train"].tensors[0], dm.splits["val"].tensors[0]])
+    assert train_and_val.mean().item() == pytest.approx(mean, abs=1e-4)
+    assert dm.splits["test"].tensors[0].dtype == torch.float32
+    # The split is fixed by split_seed, not by the global seed.
+    torch.manual_seed(123)
+    again = TorchvisionDataModule(dataset=dataset, root=str(SHARED_DATASETS), download=False, n_val=5000)
+    again.setup()
+    assert torch.equal(again.splits["val"].tensors[1], dm.splits["val"].tensors[1])

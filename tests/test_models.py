@@ -1,0 +1,111 @@
+"""Losses, scores and nets against hand-computed values on known inputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from src.models import ClassicalAutoencoder, VariationalAutoencoder, gaussian_kl, reconstruction_error
+from src.nets import ConvNet
+
+DENSE_2 = {"_target_": "src.nets.DenseNet", "hidden_dims": [2]}
+
+
+def test_reconstruction_error_on_known_input() -> None:
+    images = torch.ones(3, 1, 2, 2)
+    logits = torch.zeros(3, 1, 2, 2)  # sigmoid(0) = 0.5 everywhere
+    assert torch.allclose(reconstruction_error(logits, images, "mse", "mean"), torch.full((3,), 0.25))
+    assert torch.allclose(reconstruction_error(logits, images, "mse", "sum"), torch.full((3,), 1.0))
+    assert torch.allclose(reconstruction_error(logits, images, "bce", "mean"), torch.full((3,), math.log(2)))
+    assert torch.allclose(
+        reconstruction_error(logits, images, "bce", "sum"), torch.full((3,), 4 * math.log(2))
+    )
+
+
+def test_gaussian_kl_on_known_values() -> None:
+    mu = torch.tensor([[0.0, 0.0], [1.0, 2.0]])
+    logvar = torch.tensor([[0.0, 0.0], [0.0, math.log(2.0)]])
+    # 0.5 * (mu^2 + sigma^2 - 1 - log sigma^2) per dimension: 0; then 0.5 + 0.5 * (4 + 2 - 1 - log 2).
+    expected = torch.tensor([0.0, 0.5 + 0.5 * (5 - math.log(2))])
+    assert torch.allclose(gaussian_kl(mu, logvar), expected)
+
+
+def _zero_decoder(model: nn.Module) -> None:
+    for param in model.net.decoder.parameters():
+        nn.init.zeros_(param)
+
+
+def test_evaluation_scores_of_a_gray_output() -> None:
+    model = ClassicalAutoencoder(DENSE_2, [1, 2, 2])
+    _zero_decoder(model)  # every output pixel is sigmoid(0) = 0.5
+    images = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]).view(2, 1, 2, 2)
+    scores = model.evaluation_scores(images)
+    assert torch.allclose(scores["recon_mse"], torch.tensor([0.25, 0.25]))
+    assert torch.allclose(scores["recon_bce"], torch.full((2,), math.log(2)))
+    # cos between (0.5, 0.5, 0.5, 0.5) and (1, 0, 0, 0) is 1/2; and (1, 1, 1, 1) is 1.
+    assert torch.allclose(scores["cosine_similarity"], torch.tensor([0.5, 1.0]))
+    loss, terms = model.training_loss(images)
+    assert loss.item() == pytest.approx(0.25)
+
+
+def test_vae_neg_elbo_and_kl_with_known_weights() -> None:
+    model = VariationalAutoencoder(DENSE_2, [1, 2, 2], beta=3.0)
+    _zero_decoder(model)
+    for param in [*model.mu.parameters(), *model.logvar.parameters()]:
+        nn.init.zeros_(param)
+    nn.init.constant_(model.mu.bias, 2.0)  # mu = 2, sigma = 1 for every image: KL = 0.5 * 4 = 2
+    images = torch.rand(5, 1, 2, 2)
+    scores = model.evaluation_scores(images)
+    assert torch.allclose(scores["kl"], torch.full((5,), 2.0))
+    assert torch.allclose(scores["neg_elbo"], torch.full((5,), 4 * math.log(2) + 2.0))
+    loss, terms = model.training_loss(images)  # the decoder ignores z, so sampling changes nothing
+    assert terms["kl"].item() == pytest.approx(2.0)
+    assert loss.item() == pytest.approx(terms["recon"].item() + 3.0 * 2.0)
+
+
+def test_heaviside_output_is_a_step() -> None:
+    model = ClassicalAutoencoder(DENSE_2, [1, 2, 2], output_activation="heaviside")
+    logits = torch.tensor([-2.0, -1e-4, 1e-4, 3.0])
+    assert model.output(logits).tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_glorot_init_has_zero_biases_and_keras_bounds() -> None:
+    model = ClassicalAutoencoder(DENSE_2, [1, 32, 32])
+    first = model.net.encoder[1]
+    bound = math.sqrt(6 / (1024 + 2))
+    assert first.bias.abs().sum() == 0 and first.weight.abs().max() <= bound
+    torch_init = ClassicalAutoencoder(DENSE_2, [1, 32, 32], init="torch")
+    assert torch_init.net.encoder[1].bias.abs().sum() > 0
+
+
+@pytest.mark.parametrize("size", [28, 32])
+def test_conv_net_takes_28_and_32(size: int) -> None:
+    model = VariationalAutoencoder({"_target_": "src.nets.ConvNet"}, [1, size, size], latent_dim=4)
+    assert model.reconstruct(torch.rand(3, 1, size, size)).shape == (3, 1, size, size)
+    convs = [m for m in model.net.encoder if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 64] and [c.stride[0] for c in convs] == [1, 2, 2]
+
+
+@pytest.mark.parametrize("size", [2, 30])
+def test_conv_net_refuses_sizes_it_cannot_take(size: int) -> None:
+    with pytest.raises(ValueError, match=rf"divisible by 4; this dataset's images are {size}x{size}"):
+        ConvNet([1, size, size], latent_dim=2)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("reconstruction", "l1"), ("reduction", "max"), ("output_activation", "relu"), ("init", "x")],
+)
+def test_bad_model_options_are_named(key: str, value: str) -> None:
+    with pytest.raises(ValueError, match=rf"model.{key} must be one of"):
+        ClassicalAutoencoder(DENSE_2, [1, 2, 2], **{key: value})
+
+
+def test_nan_loss_stops_with_a_message() -> None:
+    model = ClassicalAutoencoder(DENSE_2, [1, 2, 2])
+    model.training_loss = lambda images: (torch.tensor(float("nan")), {})
+    with pytest.raises(FloatingPointError, match="became nan at step 0.*Lower model.optimizer.lr"):
+        model.training_step((torch.rand(4, 1, 2, 2),), 0)
