@@ -15,12 +15,12 @@ test:  ## the test suite (uses ../shared/datasets for MNIST/Fashion-MNIST when p
 	$(BIN)/python -m pytest
 
 lint:
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests hydra_plugins
+	$(BIN)/ruff format --check src tests hydra_plugins
 
 format:
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests hydra_plugins
+	$(BIN)/ruff check --fix src tests hydra_plugins
 
 train:  ## the default job, or e.g. `make train ARGS="model=vae data=mnist"`
 	$(BIN)/python -m src.run $(ARGS)

@@ -154,17 +154,18 @@ class ReconstructionModel(pl.LightningModule):
         self._log_terms("train", {"loss": loss, **terms}, len(images))
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        images = batch[0]
+    def evaluation_metrics(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Batch means of the training objective, its terms and the evaluation scores: what the
+        validation and test stages report (as `val/<name>`, `test/<name>`)."""
         loss, terms = self.training_loss(images)
-        scores = self.evaluation_scores(images)
-        self._log_terms("val", {"loss": loss, **terms, "recon_mse": scores["recon_mse"].mean()}, len(images))
+        scores = {name: value.mean() for name, value in self.evaluation_scores(images).items()}
+        return {"loss": loss, **terms, **scores}
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        self._log_terms("val", self.evaluation_metrics(batch[0]), len(batch[0]))
 
     def test_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        images = batch[0]
-        loss, _ = self.training_loss(images)
-        scores = {name: value.mean() for name, value in self.evaluation_scores(images).items()}
-        self._log_terms("test", {"loss": loss, **scores}, len(images))
+        self._log_terms("test", self.evaluation_metrics(batch[0]), len(batch[0]))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return instantiate(self.hparams.optimizer, params=self.parameters())

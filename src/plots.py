@@ -83,3 +83,44 @@ def loss_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
     ax.set_ylabel("loss")
     ax.legend()
     return _save(fig, path)
+
+
+def sweep_summary(groups: dict[str, dict], path: Path) -> Path:
+    """Bar charts of a sweep: the frequency of each categorical result with its 95% Wilson interval
+    (one bar per group), or, when there is none, the mean ± std of the numeric test metrics."""
+    categorical = [
+        key
+        for key in dict.fromkeys(k for g in groups.values() for k in g["counts"])
+        if max(len(g["counts"].get(key, {})) for g in groups.values()) <= 12
+    ][:2]
+    numeric = [
+        key
+        for key in dict.fromkeys(k for g in groups.values() for k in g["metrics"])
+        if key.startswith("test/")
+    ][:6]
+    panels = categorical or numeric or ["(no results)"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(6, 4 * len(panels)), 4.5), squeeze=False)
+    width = 0.8 / max(1, len(groups))
+    for ax, key in zip(axes[0], panels, strict=True):
+        for offset, (name, group) in enumerate(groups.items()):
+            if key in categorical:
+                labels = list(group["counts"].get(key, {}))
+                heights = [group["frequencies"][key][c] for c in labels]
+                intervals = [group["ci95"][key][c] for c in labels]
+                errors = [
+                    [h - low for h, (low, _) in zip(heights, intervals, strict=True)],
+                    [high - h for h, (_, high) in zip(heights, intervals, strict=True)],
+                ]
+                ax.set_ylabel("frequency (95% Wilson interval)")
+            elif key in numeric and key in group["metrics"]:
+                labels, heights = [key.removeprefix("test/")], [group["metrics"][key]["mean"]]
+                errors = [group["metrics"][key]["std"]]
+                ax.set_ylabel("mean ± std over seeds")
+            else:
+                continue
+            positions = [i + (offset - (len(groups) - 1) / 2) * width for i in range(len(labels))]
+            ax.bar(positions, heights, width, yerr=errors, capsize=3, label=f"{name} (n={group['n_jobs']})")
+            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+        ax.set_title(key)
+    axes[0, 0].legend(fontsize=7)
+    return _save(fig, path)

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import secrets
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +22,14 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
-from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.loggers import Logger, WandbLogger
 
 from src import plots
+from src.census import outcome_metrics
 from src.models import ReconstructionModel, VariationalAutoencoder
 
 
@@ -39,32 +43,60 @@ def wandb_is_offline() -> bool:
     return not (os.environ.get("WANDB_API_KEY") or logged_in)
 
 
+log = logging.getLogger(__name__)
+
 # Lightning's own use of a deprecated torch API; nothing a user can act on.
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
 
 # The pid and a random suffix keep two jobs started in the same second out of each other's folders.
-OmegaConf.register_new_resolver("run_id", lambda: f"{os.getpid()}{secrets.token_hex(2)}", use_cache=True)
-OmegaConf.register_new_resolver("wandb_offline", wandb_is_offline)
+OmegaConf.register_new_resolver(
+    "run_id", lambda: f"{os.getpid()}{secrets.token_hex(2)}", use_cache=True, replace=True
+)
+OmegaConf.register_new_resolver("wandb_offline", wandb_is_offline, replace=True)
+
+
+def sweep_group() -> str | None:
+    """The W&B group of a sweep's runs: the sweep folder's name; None for a single run."""
+    hydra_cfg = HydraConfig.get()
+    return Path(str(hydra_cfg.sweep.dir)).name if hydra_cfg.mode == RunMode.MULTIRUN else None
+
+
+OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
 
 
 class History(Callback):
-    """Epoch-level metrics in history.csv, rewritten every epoch so a crash keeps what was done."""
+    """Epoch-level metrics in history.csv: kept in memory, written at most every few seconds and
+    when training ends or fails, so a crash keeps what was done without O(epochs^2) rewriting."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, write_every_s: float = 10.0) -> None:
         self.path = path
+        self.write_every_s = write_every_s
         self.rows: list[dict[str, float]] = []
+        self._written_at = time.monotonic()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        self.rows.append(
-            {"epoch": trainer.current_epoch, "step": trainer.global_step, **epoch_metrics(trainer)}
-        )
-        columns = list(dict.fromkeys(key for r in self.rows for key in r))
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step, **epoch_metrics(trainer)}
+        self.rows.append(row)
+        if time.monotonic() - self._written_at > self.write_every_s:
+            self.write()
+
+    def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.write()
+
+    def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
+        self.write()
+
+    def write(self) -> None:
+        if not self.rows:
+            return
+        columns = list(dict.fromkeys(key for row in self.rows for key in row))
         with self.path.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
             writer.writerows(self.rows)
+        self._written_at = time.monotonic()
 
 
 @torch.no_grad()
@@ -118,14 +150,51 @@ def epoch_metrics(trainer: pl.Trainer) -> dict[str, float]:
     }
 
 
+def seeded_model(cfg: DictConfig) -> ReconstructionModel:
+    """Seed everything (unless seed is null), then build the model: its initial weights are a
+    function of the seed alone, in every training path."""
+    if cfg.seed is not None:
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    return build(cfg.model)
+
+
+def evaluation_extras(model: ReconstructionModel, datamodule: pl.LightningDataModule) -> dict[str, Any]:
+    """Dataset-specific results beyond the test metrics: the census outcome on the 2x2 images."""
+    if datamodule.name == "lines2x2":
+        return outcome_metrics(model, datamodule.images("test"))
+    return {}
+
+
+def record_run(
+    cfg: DictConfig,
+    run_dir: Path,
+    model: ReconstructionModel,
+    datamodule: pl.LightningDataModule,
+    metrics: dict[str, Any],
+    loggers: list[Logger],
+    history: list[dict[str, float]] | None = None,
+) -> dict[str, Any]:
+    """The end of every run, however it was trained: dataset extras, metrics.json, figures, and
+    the final metrics and figures sent to W&B (whose run is then finished)."""
+    if cfg.test:
+        metrics.update(evaluation_extras(model, datamodule))
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    figures = write_figures(model, datamodule.images("test"), history or [], run_dir) if cfg.figures else []
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_metrics({key: value for key, value in metrics.items() if isinstance(value, float)})
+            if figures:
+                logger.log_image("figures", [str(p) for p in figures], caption=[p.stem for p in figures])
+            logger.experiment.finish()
+    return metrics
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train, validate and test the configured model; write the run folder; return the metrics."""
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    if cfg.seed is not None:
-        pl.seed_everything(cfg.seed, workers=True)
+    model = seeded_model(cfg)
     datamodule = build(cfg.data)
-    model: ReconstructionModel = build(cfg.model)
     loggers = [build(logger_cfg, save_dir=str(run_dir)) for logger_cfg in cfg.logger.values()]
     history = History(run_dir / "history.csv")
     checkpoints = ModelCheckpoint(
@@ -153,28 +222,80 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
     if not trainer.is_global_zero:
         return metrics
+    return record_run(cfg, run_dir, model, datamodule, metrics, loggers, history.rows)
 
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    figures = write_figures(model, datamodule.images("test"), history.rows, run_dir)
-    for logger in loggers:
-        if isinstance(logger, WandbLogger):
-            logger.log_metrics({key: value for key, value in metrics.items() if isinstance(value, float)})
-            logger.log_image("figures", [str(path) for path in figures], caption=[p.stem for p in figures])
-            logger.experiment.finish()
-    return metrics
+
+def log_summary_to_wandb(config: DictConfig, sweep_dir: Path, summary: dict[str, Any]) -> None:
+    """A "summary" run in the sweep's W&B group: the frequency and metric tables and the chart."""
+    import wandb
+
+    settings = config.logger.wandb
+    run = wandb.init(
+        project=settings.project,
+        group=sweep_dir.name,
+        name=f"{sweep_dir.name}-summary",
+        job_type="summary",
+        dir=str(sweep_dir),
+        mode="offline" if wandb_is_offline() else "online",
+    )
+    rows = [
+        [
+            group,
+            key,
+            value,
+            count,
+            summary["groups"][group]["frequencies"][key][value],
+            *summary["groups"][group]["ci95"][key][value],
+        ]
+        for group, results in summary["groups"].items()
+        for key, counts in results["counts"].items()
+        for value, count in counts.items()
+    ]
+    run.log(
+        {
+            "summary/frequencies": wandb.Table(
+                columns=["group", "result", "value", "count", "frequency", "ci95_low", "ci95_high"], data=rows
+            ),
+            "summary/metrics": wandb.Table(
+                columns=["group", "metric", "mean", "std", "min", "max", "n"],
+                data=[
+                    [group, key, *stats.values()]
+                    for group, results in summary["groups"].items()
+                    for key, stats in results["metrics"].items()
+                ],
+            ),
+            "summary/chart": wandb.Image(str(sweep_dir / "summary.png")),
+        }
+    )
+    run.summary.update({"n_jobs": summary["n_jobs"], "n_failed": summary["n_failed"]})
+    run.finish()
+
+
+def guarded(
+    job: Callable[[DictConfig, Path], dict[str, Any]], cfg: DictConfig, run_dir: Path, in_sweep: bool
+) -> float | None:
+    """Run `job` into `run_dir`. A failure leaves error.txt beside whatever the run already wrote;
+    a single run then raises, while a sweep job returns None so that the other jobs go on and the
+    sweep summary counts it as failed. Returns the validation loss, which sweepers such as Optuna
+    minimise."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        metrics = job(cfg, run_dir)
+    except Exception as error:
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        if not in_sweep:
+            raise
+        log.error(
+            "Job %s failed (%s: %s); see %s", run_dir, type(error).__name__, error, run_dir / "error.txt"
+        )
+        return None
+    return metrics.get("val/loss")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        metrics = train(cfg, run_dir)
-    except BaseException:
-        # Keep the reason beside whatever the run already wrote (config, history, checkpoints).
-        (run_dir / "error.txt").write_text(traceback.format_exc())
-        raise
-    # Returned for Hydra sweepers (e.g. Optuna), which optimise the validation loss.
-    return metrics.get("val/loss")
+    hydra_cfg = HydraConfig.get()
+    return guarded(train, cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.mode == RunMode.MULTIRUN)
 
 
 if __name__ == "__main__":

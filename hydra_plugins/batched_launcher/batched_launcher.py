@@ -1,0 +1,157 @@
+"""`hydra/launcher=batched` (conf/hydra/launcher/batched.yaml): trains the jobs of a sweep that
+differ only in `seed` together, as one batched model (src/batched.py), then writes each job's
+folder as a normal run would (.hydra/config.yaml and overrides.yaml, config.yaml, metrics.json,
+checkpoints/last.ckpt, figures when `figures=true`), so the sweep summary sees ordinary jobs.
+Jobs it cannot batch run one by one through Hydra's usual job runner, as the basic launcher does.
+
+Hydra's basic sweeper composes every job's config before launching, to fail early; at about
+0.2 s a composition that costs more than training a thousand tiny models, so the project's sweeper
+(`GroupedSweeper`, conf/hydra/sweeper/grouped.yaml) checks one job per group of seed-only variants."""
+
+# No `from __future__ import annotations` here: Hydra loads plugin modules outside sys.modules,
+# where dataclasses cannot resolve string annotations.
+import copy
+import functools
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _parser() -> OverridesParser:
+    return OverridesParser.create()  # building the grammar takes tens of milliseconds
+
+
+def split_seed(overrides: Sequence[str]) -> tuple[tuple[str, ...], int | None]:
+    """The overrides other than `seed`, and the seed value (None if not overridden)."""
+    rest, seed = [], None
+    parsed_overrides = _parser().parse_overrides(list(overrides))
+    for override, parsed in zip(overrides, parsed_overrides, strict=True):
+        if parsed.key_or_group == "seed" and not parsed.package:
+            seed = parsed.value()
+        else:
+            rest.append(override)
+    return tuple(rest), seed
+
+
+class GroupedSweeper(BasicSweeper):
+    """The basic sweeper, validating one job per group of jobs that differ only in `seed`."""
+
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        representatives: dict[tuple[str, ...], Sequence[str]] = {}
+        for overrides in batch:
+            representatives.setdefault(split_seed(overrides)[0], overrides)
+        super().validate_batch_is_legal(list(representatives.values()))
+
+
+class BatchedLauncher(Launcher):
+    def __init__(self, max_members: int = 1000) -> None:
+        self.max_members = max_members
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        groups: dict[tuple[str, ...], list[tuple[int, Sequence[str], int | None]]] = {}
+        for offset, overrides in enumerate(job_overrides):
+            rest, seed = split_seed(overrides)
+            groups.setdefault(rest, []).append((initial_job_idx + offset, overrides, seed))
+        returns: dict[int, JobReturn] = {}
+        for rest, jobs in groups.items():
+            returns.update(self._launch_group(" ".join(filter_overrides(rest)) or "the base config", jobs))
+        return [returns[index] for index in sorted(returns)]
+
+    def _launch_group(
+        self, label: str, jobs: list[tuple[int, Sequence[str], int | None]]
+    ) -> dict[int, JobReturn]:
+        from src.batched import batching_problem, train_members
+
+        template = self.hydra_context.config_loader.load_sweep_config(self.config, list(jobs[0][1]))
+        problem = "a single job" if len(jobs) == 1 else batching_problem(template)
+        if problem:
+            log.warning("Batched launcher: running %d job(s) [%s] one by one: %s", len(jobs), label, problem)
+            return {index: self._run_one(template, overrides, seed, index) for index, overrides, seed in jobs}
+        returns = {}
+        for start in range(0, len(jobs), self.max_members):
+            chunk = jobs[start : start + self.max_members]
+            configs = [self._task_config(template, seed) for _, _, seed in chunk]
+            log.info("Batched launcher: training %d seeds of [%s] together", len(chunk), label)
+            models, datamodule, seconds = train_members(configs)
+            log.info("Batched launcher: trained in %.1f s; writing the job folders", seconds)
+            started = time.perf_counter()
+            for (index, overrides, _), cfg, model in zip(chunk, configs, models, strict=True):
+                returns[index] = self._record(
+                    template, cfg, overrides, index, model, datamodule, seconds / len(chunk)
+                )
+            log.info(
+                "Batched launcher: wrote %d job folders in %.1f s", len(chunk), time.perf_counter() - started
+            )
+        return returns
+
+    @staticmethod
+    def _task_config(template: DictConfig, seed: int | None) -> DictConfig:
+        """A job's config without the hydra node, as its task function receives it."""
+        task = OmegaConf.masked_copy(template, [key for key in template if key != "hydra"])
+        with read_write(task), open_dict(task):
+            task.seed = seed
+        return task
+
+    @staticmethod
+    def _set_job(template: DictConfig, overrides: Sequence[str], index: int) -> DictConfig:
+        """Point the template's hydra node at this job (Hydra resolves job folders from it)."""
+        with (
+            read_write(template.hydra.overrides),
+            read_write(template.hydra.job),
+            open_dict(template.hydra.job),
+        ):
+            template.hydra.overrides.task = list(overrides)
+            template.hydra.job.id = index
+            template.hydra.job.num = index
+        return template
+
+    def _run_one(
+        self, template: DictConfig, overrides: Sequence[str], seed: int | None, index: int
+    ) -> JobReturn:
+        job = self._set_job(copy.deepcopy(template), overrides, index)
+        with read_write(job), open_dict(job):
+            job.seed = seed
+        return run_job(
+            hydra_context=self.hydra_context,
+            task_function=self.task_function,
+            config=job,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+
+    def _record(self, template, cfg, overrides, index, model, datamodule, seconds) -> JobReturn:
+        """A lighter run_job for batched members: the job folder, .hydra/, and the run's files."""
+        from src.batched import record_member
+        from src.run import guarded
+
+        self._set_job(template, overrides, index)
+        HydraConfig.instance().set_config(template)
+        run_dir = Path(str(template.hydra.sweep.dir)) / str(template.hydra.sweep.subdir)
+        (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+        OmegaConf.save(OmegaConf.create(list(overrides)), run_dir / ".hydra" / "overrides.yaml")
+        result = JobReturn(overrides=list(overrides), cfg=cfg, working_dir=str(Path.cwd()))
+        result.return_value = guarded(record_member(model, datamodule, seconds), cfg, run_dir, in_sweep=True)
+        result.status = JobStatus.COMPLETED
+        return result

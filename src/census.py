@@ -1,0 +1,94 @@
+"""Report 000's convergence census on the four 2x2 images: which solution did a run converge to,
+and, when images were merged, at which layer the network stopped telling them apart.
+
+Outcomes, checked in this order on the deterministic outputs (the VAE uses z = mu):
+- all_gray:         every output pixel of every image within 0.1 of 0.5;
+- optimal:          the rounded outputs equal the inputs (all 16 pixels);
+- one_merged_pair:  images whose outputs differ by less than 0.1 at every pixel are grouped;
+  two_merged_pairs  exactly one group of two, or exactly two groups of two;
+- other:            anything else (e.g. three images merged, or a wrong but distinct output).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from src.data import LINES_2X2
+from src.models import ReconstructionModel, VariationalAutoencoder
+
+OUTCOMES = ("all_gray", "optimal", "one_merged_pair", "two_merged_pairs", "other")
+GRAY_TOLERANCE = 0.1
+MERGE_TOLERANCE = 0.1
+# Activations this close count as identical: the network can no longer tell the images apart.
+IDENTICAL_TOLERANCE = 1e-6
+
+
+def merged_groups(outputs: torch.Tensor) -> list[list[int]]:
+    """Groups (of two or more) of images whose outputs differ by less than MERGE_TOLERANCE at
+    every pixel, closed transitively. `outputs` is (images, pixels)."""
+    group_of = list(range(len(outputs)))
+    for i in range(len(outputs)):
+        for j in range(i + 1, len(outputs)):
+            if (outputs[i] - outputs[j]).abs().max() < MERGE_TOLERANCE:
+                old, new = group_of[j], group_of[i]
+                group_of = [new if g == old else g for g in group_of]
+    groups: dict[int, list[int]] = {}
+    for image, group in enumerate(group_of):
+        groups.setdefault(group, []).append(image)
+    return [members for members in groups.values() if len(members) > 1]
+
+
+def classify_outcome(inputs: torch.Tensor, outputs: torch.Tensor) -> str:
+    """The outcome name (see the module docstring) for inputs and outputs of shape (images, pixels)."""
+    if (outputs - 0.5).abs().lt(GRAY_TOLERANCE).all():
+        return "all_gray"
+    if torch.equal(outputs.round(), inputs):
+        return "optimal"
+    sizes = sorted(len(group) for group in merged_groups(outputs))
+    return {(2,): "one_merged_pair", (2, 2): "two_merged_pairs"}.get(tuple(sizes), "other")
+
+
+def layer_activations(model: ReconstructionModel, images: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """(name, activation) after every layer from input to output logits, deterministic path."""
+    bottleneck = model.mu if isinstance(model, VariationalAutoencoder) else model.bottleneck
+    stages = [("encoder", model.net.encoder), ("", nn.Sequential(bottleneck)), ("decoder", model.net.decoder)]
+    activations, current = [], images
+    for prefix, sequential in stages:
+        for index, layer in enumerate(sequential):
+            current = layer(current)
+            name = f"{prefix}.{index} {type(layer).__name__}" if prefix else "bottleneck"
+            activations.append((name, current.flatten(1)))
+    return activations
+
+
+def why_identical(activations: list[tuple[str, torch.Tensor]], images: list[int]) -> str:
+    """The first layer after which the given images have identical activations, and whether that is
+    because every unit there is zero for all of them (dead ReLUs)."""
+    for name, values in activations:
+        chosen = values[images]
+        if (chosen - chosen[0]).abs().max() <= IDENTICAL_TOLERANCE:
+            dead = "ReLU" in name and chosen.abs().max() <= IDENTICAL_TOLERANCE
+            return f"{name}: all units zero" if dead else f"{name}: identical"
+    return "outputs close, no identical layer"
+
+
+@torch.no_grad()
+def outcome_metrics(model: ReconstructionModel, images: torch.Tensor) -> dict[str, str]:
+    """`test/outcome` for the 2x2 images, and for merges or gray outputs, `test/merged_images` and
+    `test/merge_reason` (the layer where the merged images became identical)."""
+    model.eval()
+    images = images.to(model.device)
+    inputs, outputs = images.flatten(1), model.reconstruct(images).flatten(1)
+    outcome = classify_outcome(inputs, outputs)
+    metrics = {"test/outcome": outcome}
+    if outcome == "all_gray":
+        groups = [list(range(len(images)))]
+    elif outcome in ("one_merged_pair", "two_merged_pairs"):
+        groups = merged_groups(outputs)
+    else:
+        return metrics
+    activations = layer_activations(model, images)
+    metrics["test/merged_images"] = " ".join("=".join(LINES_2X2[i] for i in group) for group in groups)
+    metrics["test/merge_reason"] = " / ".join(sorted({why_identical(activations, group) for group in groups}))
+    return metrics
