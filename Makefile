@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: install test lint format train clean
+.PHONY: install test lint format train clean bench
 
 install:  ## create .venv and install the project with its pinned torch/torchvision pair
 	$(PYTHON) -m venv $(VENV)
@@ -28,3 +28,6 @@ train:  ## the default job, or e.g. `make train ARGS="model=vae data=mnist"`
 clean:  ## remove run folders and caches (keeps data/ and .venv)
 	rm -rf outputs/runs outputs/multiruns .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
+
+bench:  ## benchmarks (not tests): a table and bench/results.json; run on an idle machine
+	$(BIN)/python -m src.bench $(ARGS)

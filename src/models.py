@@ -118,7 +118,8 @@ class ReconstructionModel(pl.LightningModule):
 
     def evaluation_scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-image scores (shape (N,)): the mean per-pixel squared error and binary cross-entropy
-        of the reconstruction, and the cosine between input and reconstruction vectors."""
+        of the reconstruction, the cosine between input and reconstruction vectors, and the blur:
+        the fraction of output pixels strictly between 0.1 and 0.9 (report 000's gray pixels)."""
         recon = self.reconstruct(images)
         flat_recon, flat_images = recon.flatten(1), images.flatten(1)
         clamped = flat_recon.clamp(PROBABILITY_EPS, 1 - PROBABILITY_EPS)
@@ -126,6 +127,7 @@ class ReconstructionModel(pl.LightningModule):
             "recon_mse": (flat_recon - flat_images).square().mean(1),
             "recon_bce": F.binary_cross_entropy(clamped, flat_images, reduction="none").mean(1),
             "cosine_similarity": cosine_similarity(flat_recon, flat_images, reduction="none"),
+            "blur": ((flat_recon > 0.1) & (flat_recon < 0.9)).float().mean(1),
         }
 
     # --- Lightning -------------------------------------------------------------------------------
@@ -229,6 +231,22 @@ class VariationalAutoencoder(ReconstructionModel):
         kl = gaussian_kl(mu, logvar)
         bernoulli_nll = reconstruction_error(self.decode(mu), images, "bce", "sum")
         return {**scores, "kl": kl, "neg_elbo": bernoulli_nll + kl}
+
+    @torch.no_grad()
+    def posterior_statistics(self, images: torch.Tensor) -> dict[str, float]:
+        """Report 000's bottleneck statistics over a set: mean and spread of mu, the posterior sigma,
+        and the active dimensions (Var over images of mu > 0.01, Burda et al. 2016; 0 means
+        posterior collapse)."""
+        mu, logvar = self.encode(images)
+        sigma = (0.5 * logvar).exp()
+        return {
+            "mu_mean": mu.mean().item(),
+            "mu_std": mu.std().item(),
+            "sigma_mean": sigma.mean().item(),
+            "sigma_min": sigma.min().item(),
+            "sigma_max": sigma.max().item(),
+            "active_dims": int((mu.var(0) > 0.01).sum()),
+        }
 
     def sample(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Images decoded from z ~ N(0, I), with the evaluation output activation."""

@@ -30,7 +30,7 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 
 from src import plots
 from src.census import outcome_metrics
-from src.models import ReconstructionModel, VariationalAutoencoder
+from src.models import OUTPUT_ACTIVATIONS, ReconstructionModel, VariationalAutoencoder
 
 
 def wandb_is_offline() -> bool:
@@ -158,11 +158,45 @@ def seeded_model(cfg: DictConfig) -> ReconstructionModel:
     return build(cfg.model)
 
 
-def evaluation_extras(model: ReconstructionModel, datamodule: pl.LightningDataModule) -> dict[str, Any]:
-    """Dataset-specific results beyond the test metrics: the census outcome on the 2x2 images."""
+@torch.no_grad()
+def evaluation_extras(
+    model: ReconstructionModel, datamodule: pl.LightningDataModule, run_dir: Path
+) -> dict[str, Any]:
+    """Results beyond the test metrics: the census outcome on the 2x2 images; on the line images,
+    report 000's sigmoid-vs-Heaviside comparison; for the VAE, its posterior statistics on the
+    training set."""
+    model.eval()
+    extras: dict[str, Any] = {}
     if datamodule.name == "lines2x2":
-        return outcome_metrics(model, datamodule.images("test"))
-    return {}
+        extras.update(outcome_metrics(model, datamodule.images("test")))
+    if datamodule.name == "lines":
+        extras.update(compare_output_activations(model, datamodule.images("test"), run_dir))
+    if isinstance(model, VariationalAutoencoder):
+        statistics = model.posterior_statistics(datamodule.images("train").to(model.device))
+        extras.update({f"train/{key}": value for key, value in statistics.items()})
+    return extras
+
+
+def compare_output_activations(
+    model: ReconstructionModel, images: torch.Tensor, run_dir: Path
+) -> dict[str, float]:
+    """The same trained model evaluated with sigmoid and with Heaviside outputs (report 000's
+    trick): `test/<activation>/<score>` metrics and heaviside.png (inputs, sigmoid, Heaviside)."""
+    configured = model.hparams.output_activation
+    images = images.to(model.device)
+    metrics, rows = {}, [images[:8]]
+    try:
+        for activation in OUTPUT_ACTIVATIONS:
+            model.hparams.output_activation = activation
+            scores = model.evaluation_scores(images)
+            metrics.update(
+                {f"test/{activation}/{name}": value.mean().item() for name, value in scores.items()}
+            )
+            rows.append(model.reconstruct(images[:8]))
+    finally:
+        model.hparams.output_activation = configured
+    plots.image_rows(rows, ["input", *OUTPUT_ACTIVATIONS], run_dir / "heaviside.png")
+    return metrics
 
 
 def record_run(
@@ -177,7 +211,7 @@ def record_run(
     """The end of every run, however it was trained: dataset extras, metrics.json, figures, and
     the final metrics and figures sent to W&B (whose run is then finished)."""
     if cfg.test:
-        metrics.update(evaluation_extras(model, datamodule))
+        metrics.update(evaluation_extras(model, datamodule, run_dir))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     figures = write_figures(model, datamodule.images("test"), history or [], run_dir) if cfg.figures else []
     for logger in loggers:

@@ -209,3 +209,17 @@ def test_mnist_sweep_is_summarised(tmp_path: Path) -> None:
     assert summary["metrics"]["test/neg_elbo"]["min"] <= summary["metrics"]["test/neg_elbo"]["mean"]
     assert "test/neg_elbo" in (sweep_dir / "summary.md").read_text()
     assert (sweep_dir / "summary.png").stat().st_size > 1000
+
+
+def test_wandb_sweep_runs_share_the_sweep_group(tmp_path: Path) -> None:
+    process, sweep_dir = _multirun(
+        tmp_path, "data=lines2x2", "trainer.max_epochs=2", "logger=wandb", "seed=0,1", "figures=false"
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    job_runs = [next((sweep_dir / job / "wandb").glob("offline-run-*")) for job in ("0", "1")]
+    (summary_run,) = (sweep_dir / "wandb").glob("offline-run-*")
+    for run in [*job_runs, summary_run]:
+        (records,) = run.glob("run-*.wandb")
+        assert sweep_dir.name.encode() in records.read_bytes()  # the group
+    assert b"summary/frequencies" in next(summary_run.glob("run-*.wandb")).read_bytes()
+    assert job_runs[0].name != job_runs[1].name  # one W&B run per job
