@@ -109,3 +109,31 @@ def test_nan_loss_stops_with_a_message() -> None:
     model.training_loss = lambda images: (torch.tensor(float("nan")), {})
     with pytest.raises(FloatingPointError, match="became nan at step 0.*Lower model.optimizer.lr"):
         model.training_step((torch.rand(4, 1, 2, 2),), 0)
+
+
+def test_blur_counts_pixels_strictly_between_point_one_and_point_nine() -> None:
+    model = ClassicalAutoencoder(DENSE_2, [1, 2, 2])
+    _zero_decoder(model)
+    with torch.no_grad():
+        # Output probabilities sigmoid(bias): 0.5, 0.95, 0.05, 0.85 -> two of four pixels are gray.
+        model.net.decoder[2].bias.copy_(torch.logit(torch.tensor([0.5, 0.95, 0.05, 0.85])))
+    scores = model.evaluation_scores(torch.zeros(3, 1, 2, 2))
+    assert torch.allclose(scores["blur"], torch.full((3,), 0.5))
+    model.hparams.output_activation = "heaviside"
+    assert model.evaluation_scores(torch.zeros(3, 1, 2, 2))["blur"].sum() == 0
+
+
+def test_posterior_statistics_and_collapse() -> None:
+    model = VariationalAutoencoder(DENSE_2, [1, 2, 2], latent_dim=2)
+    with torch.no_grad():
+        for param in [*model.mu.parameters(), *model.logvar.parameters()]:
+            param.zero_()
+        model.mu.weight[0, 0] = 1.0  # only the first latent dimension depends on the input
+        model.logvar.bias.fill_(2 * math.log(0.01))  # sigma = 0.01, as report 000 observed
+    images = torch.rand(200, 1, 2, 2, generator=torch.Generator().manual_seed(0)) * 4
+    stats = model.posterior_statistics(images)
+    assert stats["active_dims"] == 1
+    assert stats["sigma_mean"] == pytest.approx(0.01) and stats["sigma_max"] == pytest.approx(0.01)
+    with torch.no_grad():
+        model.mu.weight.zero_()
+    assert model.posterior_statistics(images)["active_dims"] == 0  # posterior collapse

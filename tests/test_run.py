@@ -12,6 +12,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from src.census import OUTCOMES
 from src.run import train
 from tests.conftest import FAST, PROJECT_ROOT, SHARED_DATASETS, needs_shared_mnist
 
@@ -68,6 +69,14 @@ def test_every_model_net_and_dataset_trains(
     ):
         assert (tmp_path / "run" / name).is_file(), name
     assert (tmp_path / "run" / "samples.png").is_file() == (model == "vae")
+    if model == "vae":
+        assert metrics["train/active_dims"] in range(metrics["parameters"])
+    if data == "lines":  # report 000's Heaviside swap, evaluated on the same trained model
+        assert metrics["test/heaviside/blur"] == 0 and 0 <= metrics["test/sigmoid/blur"] <= 1
+        assert metrics["test/sigmoid/recon_mse"] == pytest.approx(metrics["test/recon_mse"], rel=1e-5)
+        assert (tmp_path / "run" / "heaviside.png").is_file()
+    if data == "lines2x2":
+        assert metrics["test/outcome"] in OUTCOMES
 
 
 def test_seed_fixes_the_initial_weights_and_zero_is_a_seed(make_config, tmp_path: Path) -> None:
