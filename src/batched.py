@@ -22,7 +22,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from src.models import ClassicalAutoencoder, ReconstructionModel, VariationalAutoencoder
 from src.nets import DenseNet
-from src.run import build, record_run, seeded_model
+from src.run import build, record_run, save_config, seeded_model
 
 BATCHABLE_MODELS = (ClassicalAutoencoder, VariationalAutoencoder)
 
@@ -113,7 +113,7 @@ def record_member(
     run would, and returns its metrics."""
 
     def write(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        save_config(cfg, run_dir / "config.yaml")
         steps = training_steps(cfg)
         metrics = {
             "train/time_s": train_time_s,

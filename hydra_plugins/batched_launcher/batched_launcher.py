@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -143,14 +144,14 @@ class BatchedLauncher(Launcher):
     def _record(self, template, cfg, overrides, index, model, datamodule, seconds) -> JobReturn:
         """A lighter run_job for batched members: the job folder, .hydra/, and the run's files."""
         from src.batched import record_member
-        from src.run import guarded
+        from src.run import guarded, save_config
 
         self._set_job(template, overrides, index)
         HydraConfig.instance().set_config(template)
         run_dir = Path(str(template.hydra.sweep.dir)) / str(template.hydra.sweep.subdir)
         (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
-        OmegaConf.save(OmegaConf.create(list(overrides)), run_dir / ".hydra" / "overrides.yaml")
+        save_config(cfg, run_dir / ".hydra" / "config.yaml", resolve=False)
+        (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
         result = JobReturn(overrides=list(overrides), cfg=cfg, working_dir=str(Path.cwd()))
         result.return_value = guarded(record_member(model, datamodule, seconds), cfg, run_dir, in_sweep=True)
         result.status = JobStatus.COMPLETED
