@@ -74,14 +74,19 @@ def why_identical(activations: list[tuple[str, torch.Tensor]], images: list[int]
 
 
 @torch.no_grad()
-def outcome_metrics(model: ReconstructionModel, images: torch.Tensor) -> dict[str, str]:
-    """`test/outcome` for the 2x2 images, and for merges or gray outputs, `test/merged_images` and
-    `test/merge_reason` (the layer where the merged images became identical)."""
+def outcome_metrics(model: ReconstructionModel, images: torch.Tensor) -> dict[str, str | int]:
+    """`test/outcome` for the 2x2 images, `test/gray_pixels` (outputs within 0.1 of 0.5, of 16),
+    and for merges or gray outputs, `test/merged_images` and `test/merge_reason` (the layer where
+    the merged images became identical)."""
     model.eval()
     images = images.to(model.device)
     inputs, outputs = images.flatten(1), model.reconstruct(images).flatten(1)
     outcome = classify_outcome(inputs, outputs)
-    metrics = {"test/outcome": outcome}
+    # Gray pixels tell "other" apart: e.g. two images exact and two with their ambiguous pixels at 0.5.
+    metrics: dict[str, str | int] = {
+        "test/outcome": outcome,
+        "test/gray_pixels": int((outputs - 0.5).abs().lt(GRAY_TOLERANCE).sum()),
+    }
     if outcome == "all_gray":
         groups = [list(range(len(images)))]
     elif outcome in ("one_merged_pair", "two_merged_pairs"):

@@ -67,6 +67,7 @@ def test_dead_first_layer_merges_two_images_and_is_named() -> None:
     assert metrics["test/outcome"] == "one_merged_pair"
     assert metrics["test/merged_images"] == "0011=1010"
     assert metrics["test/merge_reason"] == "encoder.2 ReLU: all units zero"
+    assert metrics["test/gray_pixels"] == 0  # outputs 0.007, 0.95, 0.27, 0.047, 0.73, ...: none near 0.5
 
 
 def test_wilson_interval_matches_published_values() -> None:
