@@ -1,10 +1,10 @@
 """Report 004's Table 1 from the run folders of `python -m src.run -m experiment=table1_mnist`:
 
-    python -m src.table1 outputs/multiruns/<folder> [--samples 1000]
+    python -m src.table1 outputs/multiruns/<folder> [more folders] [--samples 1000]
 
-writes <folder>/table1.md (mean ± std over seeds per model) and <folder>/table1_samples.png (prior
-samples of each model side by side, first seed). Beside report 004's loss and cosine similarity it
-measures the prior samples: `sharpness`, the mean gradient magnitude of the images, and
+writes table1.md (mean ± std over seeds per model) and table1_samples.png (prior samples of each
+model side by side, first seed) into the first folder. Beside report 004's loss and cosine
+similarity it measures the prior samples: `sharpness`, the mean gradient magnitude of the images, and
 `nn_cosine`, the cosine to the nearest MNIST test image (how digit-like a sample is)."""
 
 from __future__ import annotations
@@ -100,25 +100,28 @@ def side_by_side(samples: dict[str, torch.Tensor], path: Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folder", type=Path, help="a multirun folder of experiment=table1_mnist")
+    parser.add_argument("folders", type=Path, nargs="+", help="multirun folders of experiment=table1_mnist")
     parser.add_argument("--samples", type=int, default=1000, help="prior samples per run")
     args = parser.parse_args(argv)
-    run_dirs = sorted(path.parent for path in args.folder.glob("*/metrics.json"))
+    run_dirs = [path.parent for folder in args.folders for path in sorted(folder.glob("*/metrics.json"))]
     if not run_dirs:
-        raise SystemExit(f"No finished runs (*/metrics.json) in {args.folder}")
+        raise SystemExit(f"No finished runs (*/metrics.json) in {[str(f) for f in args.folders]}")
     references = instantiate(OmegaConf.load(run_dirs[0] / "config.yaml").data).images("test")
     rows, samples = [], {}
     for run_dir in run_dirs:
         row, images = measure_run(run_dir, args.samples, references)
         rows.append(row)
         samples.setdefault(row["model"], images)
+    # Real digits for scale: 1000 test images against the other 9000.
+    held_out, others = references[: args.samples], references[args.samples :]
     reference_row = {
         "model": "MNIST test images",
-        "sharpness": sharpness(references).mean().item(),
+        "sharpness": sharpness(held_out).mean().item(),
+        "nn_cosine": nearest_cosine(held_out, others).mean().item(),
     }
     table = markdown([*rows, reference_row])
-    (args.folder / "table1.md").write_text(table)
-    side_by_side(samples, args.folder / "table1_samples.png")
+    (args.folders[0] / "table1.md").write_text(table)
+    side_by_side(samples, args.folders[0] / "table1_samples.png")
     print(table)
     return table
 
