@@ -19,7 +19,7 @@ def options(group: str) -> list[str]:
 
 def test_every_group_has_its_options() -> None:
     assert options("data") == ["fashion_mnist", "lines", "lines2x2", "mnist"]
-    assert options("model") == ["ca", "vae"]
+    assert options("model") == ["ca", "vae", "vaegan"]
     assert options("model/net") == ["conv", "dense"]
     assert options("trainer") == ["cpu", "ddp", "default", "gpu"]
     assert options("logger") == ["csv", "none", "tensorboard", "wandb"]
@@ -33,12 +33,12 @@ def test_data_configs_instantiate(make_config, data: str) -> None:
     assert list(datamodule.image_shape) == list(cfg.data.image_shape)
 
 
-@pytest.mark.parametrize("model", ["ca", "vae"])
+@pytest.mark.parametrize("model", ["ca", "vae", "vaegan"])
 @pytest.mark.parametrize("net", ["dense", "conv"])
 def test_model_configs_instantiate(make_config, model: str, net: str) -> None:
     cfg = make_config(f"model={model}", f"model/net={net}", "data=mnist")
     module = instantiate(cfg.model)
-    assert isinstance(module, VariationalAutoencoder if model == "vae" else ClassicalAutoencoder)
+    assert isinstance(module, VariationalAutoencoder if model != "ca" else ClassicalAutoencoder)
     assert module.hparams.latent_dim == 16  # conf/tuning/mnist.yaml
     assert type(module.net).__name__ == {"dense": "DenseNet", "conv": "ConvNet"}[net]
 

@@ -1,0 +1,238 @@
+"""The VAE-GAN of Larsen et al. 2016, "Autoencoding beyond pixels using a learned similarity metric":
+a VAE whose decoder is also a GAN generator, with the reconstruction error measured in the feature
+space of the GAN's discriminator (Dis_l) instead of (or beside) pixel space.
+
+Three parts, three optimisers (Lightning manual optimisation), one forward pass per batch:
+- encoder:       KL + feature error (+ pixel term)
+- decoder:       gamma * (feature error (+ pixel term)) + GAN loss on reconstructions and prior samples
+- discriminator: GAN loss (real vs reconstructed and sampled)
+Each loss is back-propagated into its own part's parameters only, so the encoder never receives the
+GAN gradient and the discriminator is not trained to make reconstructions look alike."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch import nn
+
+from src.models import VariationalAutoencoder, _plain, gaussian_kl, reconstruction_error
+from src.nets import ACTIVATIONS
+
+PARTS = ("encoder", "decoder", "discriminator")
+
+
+def feature_error(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image -log N(Dis_l(x) | Dis_l(x~), I) up to a constant: half the squared distance of the
+    flattened discriminator features (Larsen et al.'s L_llike^Dis_l)."""
+    return 0.5 * (features - target).flatten(1).square().sum(1)
+
+
+def discriminator_accuracy(logits: torch.Tensor, real: bool) -> torch.Tensor:
+    """Fraction of images the discriminator labels correctly (logit > 0 means 'real')."""
+    return ((logits > 0) == real).float().mean()
+
+
+def equilibrium_updates(
+    real_bce: float, fake_bce: float, equilibrium: float | None, margin: float
+) -> tuple[bool, bool]:
+    """(update discriminator, update decoder) by the rule of the authors' code: the discriminator
+    pauses while it is too far ahead (a BCE below equilibrium - margin), the decoder while the
+    discriminator is too far behind (a BCE above equilibrium + margin); if both would pause, both
+    train. equilibrium=None always updates both."""
+    if equilibrium is None:
+        return True, True
+    train_discriminator = min(real_bce, fake_bce) >= equilibrium - margin
+    train_decoder = max(real_bce, fake_bce) <= equilibrium + margin
+    if not (train_discriminator or train_decoder):
+        return True, True
+    return train_discriminator, train_decoder
+
+
+def diverged_terms(terms: Mapping[str, torch.Tensor], max_loss: float) -> dict[str, float]:
+    """The loss terms that are NaN, infinite or larger in magnitude than max_loss."""
+    values = {name: float(value.detach()) for name, value in terms.items()}
+    return {
+        name: value
+        for name, value in values.items()
+        if not torch.isfinite(torch.tensor(value)) or abs(value) > max_loss
+    }
+
+
+class Discriminator(nn.Module):
+    """The encoder body of a net config (dense or conv, built by the same class as the model's) with
+    a logit head. `feature_layer` picks the activation whose output is Dis_l: an index into the
+    body's activation layers (Python-style, -1 is the last)."""
+
+    def __init__(self, net: Mapping, image_shape: Sequence[int], feature_layer: int = -1) -> None:
+        super().__init__()
+        body = instantiate(dict(net), image_shape=list(image_shape), latent_dim=1)
+        layers = list(body.encoder)
+        activations = [i for i, layer in enumerate(layers) if isinstance(layer, tuple(ACTIVATIONS.values()))]
+        if not -len(activations) <= feature_layer < len(activations):
+            raise ValueError(
+                f"model.feature_layer must index one of the discriminator's {len(activations)} activation "
+                f"layers (0..{len(activations) - 1}, or negative from the end), got {feature_layer}"
+            )
+        cut = activations[feature_layer] + 1
+        self.lower = nn.Sequential(*layers[:cut])
+        self.upper = nn.Sequential(*layers[cut:])
+        self.head = nn.Linear(body.feature_dim, 1)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Dis_l features flattened per image, real-vs-fake logit per image)."""
+        hidden = self.lower(images)
+        return hidden.flatten(1), self.head(self.upper(hidden)).squeeze(1)
+
+
+class VAEGAN(VariationalAutoencoder):
+    """VAE-GAN: the VAE's encoder, heads, decoder, sampling and evaluation, plus a discriminator and
+    Larsen et al.'s three-part training (see the module docstring). `loss` (logged, monitored as
+    val/loss) is the encoder's objective: KL + feature error + pixel_weight * pixel term."""
+
+    def __init__(
+        self,
+        net: Mapping,
+        image_shape: list[int],
+        latent_dim: int = 1,
+        beta: float = 1.0,
+        discriminator_net: Mapping | None = None,
+        feature_layer: int = -1,
+        gamma: float = 1.0,
+        pixel_weight: float = 0.0,
+        optimizers: Mapping | None = None,
+        equilibrium: float | None = None,
+        margin: float = 0.35,
+        max_loss: float = 1.0e6,
+        **kwargs: Any,
+    ) -> None:
+        # Plain values before save_hyperparameters (in the base) records them.
+        discriminator_net = _plain(discriminator_net) if discriminator_net else None
+        optimizers = {part: _plain(value or {}) for part, value in (optimizers or {}).items()}
+        if unknown := set(optimizers) - set(PARTS):
+            raise ValueError(f"model.optimizers may only name {list(PARTS)}, got {sorted(unknown)}")
+        for key, value in (("gamma", gamma), ("pixel_weight", pixel_weight), ("margin", margin)):
+            if value < 0:
+                raise ValueError(f"model.{key} must be non-negative, got {value}")
+        super().__init__(net, image_shape, latent_dim, beta, **kwargs)
+        self.automatic_optimization = False
+        self.discriminator = Discriminator(discriminator_net or self.hparams.net, image_shape, feature_layer)
+        self._init_weights()  # again, now that the discriminator exists (the same seed, the same weights)
+
+    def parts(self) -> dict[str, list[nn.Parameter]]:
+        """The parameters each optimiser updates."""
+        encoder = [*self.net.encoder.parameters(), *self.mu.parameters(), *self.logvar.parameters()]
+        return {
+            "encoder": encoder,
+            "decoder": list(self.net.decoder.parameters()),
+            "discriminator": list(self.discriminator.parameters()),
+        }
+
+    # --- losses ----------------------------------------------------------------------------------
+    def adversarial_terms(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every loss term of one batch (batch means) and the discriminator's accuracies."""
+        count = len(images)
+        mu, logvar = self.encode(images)
+        latent = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        # Reconstructions and prior samples in one decoder pass (one set of batch-norm statistics).
+        logits = self.decode(torch.cat([latent, torch.randn_like(latent)]))
+        features, verdicts = self.discriminator(torch.cat([images, torch.sigmoid(logits)]))
+        real_features, recon_features = features[:count].detach(), features[count : 2 * count]
+        real, recon, sampled = verdicts.split(count)
+
+        kl = gaussian_kl(mu, logvar).mean()
+        feature = feature_error(recon_features, real_features).mean()
+        pixel = reconstruction_error(
+            logits[:count], images, self.hparams.reconstruction, self.hparams.reduction
+        ).mean()
+        similarity = feature + self.hparams.pixel_weight * pixel
+        ones, zeros = torch.ones_like(real), torch.zeros_like(real)
+        bce = F.binary_cross_entropy_with_logits
+        disc_real = bce(real, ones)
+        disc_fake = 0.5 * (bce(recon, zeros) + bce(sampled, zeros))
+        # Non-saturating generator loss: the decoder maximises log D on both kinds of fakes.
+        gan_decoder = bce(recon, ones) + bce(sampled, ones)
+        return {
+            "loss": self.hparams.beta * kl + similarity,
+            "kl": kl,
+            "feature_error": feature,
+            "pixel": pixel,
+            "gan_decoder": gan_decoder,
+            "decoder_loss": self.hparams.gamma * similarity + gan_decoder,
+            "disc_real": disc_real,
+            "disc_fake": disc_fake,
+            "disc_loss": disc_real + 2 * disc_fake,
+            "disc_acc_real": discriminator_accuracy(real, True),
+            "disc_acc_recon": discriminator_accuracy(recon, False),
+            "disc_acc_sampled": discriminator_accuracy(sampled, False),
+        }
+
+    def training_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Validation and test: the encoder objective, with every other term beside it."""
+        terms = self.adversarial_terms(images)
+        return terms.pop("loss"), terms
+
+    # --- training --------------------------------------------------------------------------------
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        images = batch[0]
+        terms = self.adversarial_terms(images)
+        losses = {k: v for k, v in terms.items() if not k.startswith("disc_acc")}
+        if bad := diverged_terms(losses, self.hparams.max_loss):
+            self._stop(f"loss terms {bad} (NaN, infinite or above model.max_loss={self.hparams.max_loss:g})")
+        hparams = self.hparams
+        train_discriminator, train_decoder = equilibrium_updates(
+            terms["disc_real"].item(), terms["disc_fake"].item(), hparams.equilibrium, hparams.margin
+        )
+        optimizers = dict(zip(PARTS, self.optimizers(), strict=True))
+        parts = self.parts()
+        for optimizer in optimizers.values():
+            optimizer.zero_grad()
+        # `inputs` routes each loss into its own part only: the GAN term never reaches the encoder.
+        objectives = {"discriminator": "disc_loss", "decoder": "decoder_loss", "encoder": "loss"}
+        for index, (part, name) in enumerate(objectives.items()):
+            self.manual_backward(terms[name], inputs=parts[part], retain_graph=index < len(objectives) - 1)
+        for part, params in parts.items():
+            if any(p.grad is not None and not torch.isfinite(p.grad).all() for p in params):
+                self._stop(f"the {part}'s gradient (NaN or infinite)")
+        # All gradients come from the same weights: step only after every backward pass.
+        optimizers["encoder"].step()
+        if train_decoder:
+            optimizers["decoder"].step()
+        if train_discriminator:
+            optimizers["discriminator"].step()
+        updates = {"decoder_updated": float(train_decoder), "disc_updated": float(train_discriminator)}
+        self._log_terms("train", {**terms, **{k: torch.tensor(v) for k, v in updates.items()}}, len(images))
+
+    def _stop(self, what: str) -> None:
+        """Save the current (last good: every step so far was finite) weights and stop the run."""
+        callback = self.trainer.checkpoint_callback
+        folder = Path(callback.dirpath if callback and callback.dirpath else self.trainer.default_root_dir)
+        path = folder / "last_good.ckpt"
+        self.trainer.save_checkpoint(path)
+        raise FloatingPointError(
+            f"The VAE-GAN diverged at step {self.global_step} (epoch {self.current_epoch}): {what}. "
+            f"Training stopped before applying this step; the last good weights are in {path} (earlier "
+            "checkpoints there are kept). Try a lower model.optimizer.lr, model.equilibrium=0.68, or a "
+            "smaller model.gamma."
+        )
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """One optimiser per part: model.optimizer, updated by model.optimizers.<part>."""
+        parts, shared = self.parts(), self.hparams.optimizer
+        return [
+            instantiate({**shared, **self.hparams.optimizers.get(part, {})}, params=parts[part])
+            for part in PARTS
+        ]
+
+    # --- evaluation ------------------------------------------------------------------------------
+    def evaluation_scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Adds `disc_feature_error`: the feature error between an image and its deterministic
+        (z = mu) reconstruction, per image, an OOD score."""
+        scores = super().evaluation_scores(images)
+        features, _ = self.discriminator(images)
+        recon_features, _ = self.discriminator(torch.sigmoid(self.decode(self.code(images))))
+        return {**scores, "disc_feature_error": feature_error(recon_features, features)}
