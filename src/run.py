@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
-from src import plots
+from src import ood, plots
 from src.models import ReconstructionModel, VariationalAutoencoder
 
 
@@ -143,6 +143,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.test:
         trainer.test(model, datamodule=datamodule, verbose=False)
         metrics.update(epoch_metrics(trainer))
+        if cfg.get("ood") and cfg.ood.enabled and trainer.is_global_zero:
+            metrics.update(ood.evaluate(cfg.ood, model, datamodule, run_dir))
     metrics.update(
         {
             "seed": cfg.seed,
