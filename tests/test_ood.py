@@ -197,3 +197,29 @@ def test_best_f1_is_named_an_upper_bound_and_ood_can_be_switched_off(make_config
     assert not any(key.startswith("ood/") for key in train(cfg, tmp_path / "off"))
     with pytest.raises(ValueError, match="ood.score='kl' is not a score of this model"):
         train(make_config(*FAST, *TINY_LINES, "ood.score=kl"), tmp_path / "bad")
+
+
+@pytest.mark.parametrize("data", ["lines", "lines2x2", "mnist", "fashion_mnist"])
+def test_every_dataset_gets_its_ood_config(make_config, data: str) -> None:
+    cfg = make_config(f"data={data}")
+    assert cfg.ood.enabled == (data != "lines2x2")
+    assert cfg.ood.threshold.method == "percentile" and cfg.ood.threshold.percentile == 99
+    other = {"mnist": "fashion_mnist", "fashion_mnist": "mnist"}
+    if data in other:
+        assert cfg.ood.sets[0] == other[data]
+
+
+@pytest.mark.parametrize(
+    ("experiment", "data", "model", "score"),
+    [
+        ("ood_mnist_vae", "mnist", "VariationalAutoencoder", "neg_elbo"),
+        ("ood_mnist_ca", "mnist", "ClassicalAutoencoder", "recon_bce"),
+        ("ood_fashion_vae", "fashion_mnist", "VariationalAutoencoder", "neg_elbo_ic"),
+        ("anomaly_lines_ca", "lines", "ClassicalAutoencoder", "recon_mse"),
+        ("anomaly_lines_vae", "lines", "VariationalAutoencoder", "neg_elbo"),
+    ],
+)
+def test_experiment_presets_compose(make_config, experiment: str, data: str, model: str, score: str) -> None:
+    cfg = make_config(f"experiment={experiment}")
+    assert cfg.data.name == data and cfg.model._target_.endswith(model)
+    assert cfg.ood.score == score and cfg.name == experiment
