@@ -179,8 +179,8 @@ def score_images(
 ) -> dict[str, torch.Tensor]:
     """Every score of the model for each image (float64 tensors (N,), higher = more anomalous), in
     batches, plus `<score>_ic` = score in bits - PNG length in bits for each likelihood score
-    (Serra et al. 2020's remedy for likelihoods that favour simple inputs). Sampled scores use a
-    fixed seed, so the same images always get the same scores."""
+    (Serra et al. 2020's remedy for likelihoods that favour simple inputs) and `png_bits` itself.
+    Sampled scores use a fixed seed, so the same images in the same batches get the same scores."""
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
     with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
@@ -189,11 +189,13 @@ def score_images(
             for name, value in model.ood_scores(batch.to(model.device), samples=samples).items():
                 parts.setdefault(name, []).append(value.double().cpu())
     scores = {name: torch.cat(values) for name, values in parts.items()}
-    likelihoods = [name for name in LIKELIHOOD_SCORES if name in scores]
-    if likelihoods:
-        complexity = png_bits(images)
-        for name in likelihoods:
+    complexity = png_bits(images)
+    for name in LIKELIHOOD_SCORES:
+        if name in scores:
             scores[f"{name}_ic"] = scores[name] / math.log(2) - complexity
+    # Not a model score: the input's complexity alone, a baseline that shows how much of a
+    # separation (or of the _ic correction) needs no model at all.
+    scores["png_bits"] = complexity
     return scores
 
 
