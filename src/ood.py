@@ -225,15 +225,15 @@ def best_f1_threshold(in_scores: torch.Tensor, ood_scores: torch.Tensor) -> floa
     """The threshold that maximises the OOD class's F1 on these labelled scores. It uses the OOD
     labels, so what it gives is an upper bound on a real detector, never a detector."""
     scores, labels = _labelled(in_scores, ood_scores)
-    candidates = scores.unique()
-    # Flag score > t: the best t is just below some score; checking every distinct score is exact.
-    candidates = torch.cat([candidates[:1] - 1, candidates[:-1]])
-    best, best_f1 = float(candidates[0]), -1.0
-    for threshold in candidates:
-        f1 = float(binary_f1_score((scores > threshold).long(), labels))
-        if f1 > best_f1:
-            best, best_f1 = float(threshold), f1
-    return best
+    ordered, order = scores.sort(descending=True)
+    hits = labels[order].double()
+    true_pos, false_pos = hits.cumsum(0), (1 - hits).cumsum(0)
+    f1 = 2 * true_pos / (true_pos + false_pos + hits.sum())  # 2TP / (2TP + FP + FN)
+    # Flagging the first i + 1 scores is a threshold only where the next score is lower (ties go together).
+    f1[:-1][ordered[1:] == ordered[:-1]] = -1
+    best = int(f1.argmax())
+    # score > ordered[best + 1] flags exactly the first best + 1 scores.
+    return float(ordered[best + 1]) if best + 1 < len(ordered) else float(ordered[-1] - 1)
 
 
 def fpr_at_tpr(in_scores: torch.Tensor, ood_scores: torch.Tensor, tpr: float = 0.95) -> float:

@@ -223,3 +223,14 @@ def test_experiment_presets_compose(make_config, experiment: str, data: str, mod
     cfg = make_config(f"experiment={experiment}")
     assert cfg.data.name == data and cfg.model._target_.endswith(model)
     assert cfg.ood.score == score and cfg.name == experiment
+
+
+def test_best_f1_threshold_matches_a_search_over_every_threshold() -> None:
+    generator = torch.Generator().manual_seed(0)
+    in_scores = torch.randint(0, 30, (200,), generator=generator).double()  # many ties
+    ood_scores = torch.randint(10, 40, (100,), generator=generator).double()
+    best = ood.detection_metrics(in_scores, ood_scores, ood.best_f1_threshold(in_scores, ood_scores))[
+        "f1_ood"
+    ]
+    every = [ood.detection_metrics(in_scores, ood_scores, t - 0.5)["f1_ood"] for t in range(0, 42)]
+    assert best == pytest.approx(max(every))
