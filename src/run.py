@@ -157,7 +157,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         return metrics
 
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    # The OOD evaluation's figures (ood_*.png) go to the loggers with the others.
     figures = write_figures(model, datamodule.images("test"), history.rows, run_dir)
+    figures += sorted(run_dir.glob("ood_*.png"))
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             logger.log_metrics({key: value for key, value in metrics.items() if isinstance(value, float)})
