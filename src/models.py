@@ -3,6 +3,7 @@ scores, optimiser, logging), and each model's bottleneck and loss in its own cla
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -130,6 +131,13 @@ class ReconstructionModel(pl.LightningModule):
             "blur": ((flat_recon > 0.1) & (flat_recon < 0.9)).float().mean(1),
         }
 
+    def ood_scores(self, images: torch.Tensor, samples: int = 16) -> dict[str, torch.Tensor]:
+        """Per-image anomaly scores (shape (N,)), higher = more anomalous: the reconstruction errors.
+        Subclasses add their own (the VAE its likelihood bounds); `samples` is the number of latent
+        draws for scores that sample, unused here."""
+        scores = self.evaluation_scores(images)
+        return {"recon_mse": scores["recon_mse"], "recon_bce": scores["recon_bce"]}
+
     # --- Lightning -------------------------------------------------------------------------------
     def _log_terms(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int) -> None:
         on_step = stage == "train"
@@ -246,6 +254,40 @@ class VariationalAutoencoder(ReconstructionModel):
             "sigma_min": sigma.min().item(),
             "sigma_max": sigma.max().item(),
             "active_dims": int((mu.var(0) > 0.01).sum()),
+        }
+
+    def importance_weighted_nll(
+        self, images: torch.Tensor, samples: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Per-image importance-weighted bound on -log p(x) in nats (Burda et al. 2016) with K =
+        `samples` draws z_k ~ q(z|x) and a Bernoulli decoder:
+        -log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x). K = 1 is the sampled negative ELBO; the bound
+        tightens towards -log p(x) as K grows, so it is a better likelihood than z = mu."""
+        if samples < 1:
+            raise ValueError(f"the number of samples must be at least 1, got {samples}")
+        mu, logvar = self.encode(images)
+        std = (0.5 * logvar).exp()
+        eps = torch.randn((samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
+        latent = mu + eps * std  # (K, N, latent)
+        logits = self.decode(latent.flatten(0, 1))
+        repeated = images.expand(samples, *images.shape).flatten(0, 1)
+        log_px_z = -reconstruction_error(logits, repeated, "bce", "sum").view(samples, -1)
+        # The 0.5 * log(2 pi) terms of the prior and the posterior cancel.
+        log_pz = -0.5 * latent.square().sum(-1)
+        log_qz_x = -0.5 * (eps.square() + logvar).sum(-1)
+        log_weights = log_px_z + log_pz - log_qz_x
+        return -(torch.logsumexp(log_weights, dim=0) - math.log(samples))
+
+    def ood_scores(self, images: torch.Tensor, samples: int = 16) -> dict[str, torch.Tensor]:
+        """Adds the KL term, the negative ELBO with z = mu, and its importance-weighted K-sample
+        version `neg_elbo_iw` (K = `samples`), all in nats per image."""
+        scores = self.evaluation_scores(images)
+        return {
+            "recon_mse": scores["recon_mse"],
+            "recon_bce": scores["recon_bce"],
+            "kl": scores["kl"],
+            "neg_elbo": scores["neg_elbo"],
+            "neg_elbo_iw": self.importance_weighted_nll(images, samples),
         }
 
     def sample(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:

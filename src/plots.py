@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
@@ -123,4 +124,87 @@ def sweep_summary(groups: dict[str, dict], path: Path) -> Path:
             ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
         ax.set_title(key)
     axes[0, 0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def roc_curves(labelled: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path, score: str) -> Path:
+    """ROC curve (OOD positive) of `score` for each OOD set; `labelled` maps a set to (scores, labels)."""
+    from torchmetrics.functional.classification import binary_auroc, binary_roc
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, (scores, labels) in labelled.items():
+        unit = (scores - scores.min()) / (scores.max() - scores.min()).clamp_min(1e-300)
+        fpr, tpr, _ = binary_roc(unit, labels)
+        ax.plot(fpr.numpy(), tpr.numpy(), label=f"{name} (AUROC {float(binary_auroc(unit, labels)):.4f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("false positive rate (in-distribution called OOD)")
+    ax.set_ylabel("true positive rate (OOD called OOD)")
+    ax.set_title(f"ROC, score {score}")
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+def score_histograms(
+    in_scores: dict[str, torch.Tensor],
+    ood_scores: dict[str, torch.Tensor],
+    thresholds: dict[str, float],
+    path: Path,
+    score: str,
+) -> Path:
+    """One panel per OOD set: histograms of the in-distribution (validation, test) and OOD scores on
+    shared bins, with the decision threshold as a vertical line."""
+    fig, axes = plt.subplots(1, len(ood_scores), figsize=(4.5 * len(ood_scores), 3.6), squeeze=False)
+    for ax, (name, values) in zip(axes[0], ood_scores.items(), strict=True):
+        together = torch.cat([*in_scores.values(), values]).numpy()
+        low, high = np.percentile(together, [0, 99.5])
+        bins = np.linspace(low, high if high > low else low + 1, 60)
+        for label, scores in {
+            **{f"in: {k}": v for k, v in in_scores.items()},
+            f"OOD: {name}": values,
+        }.items():
+            ax.hist(scores.clamp(max=bins[-1]).numpy(), bins=bins, alpha=0.5, density=True, label=label)
+        ax.axvline(thresholds[name], color="black", linestyle="--", label=f"threshold {thresholds[name]:.4g}")
+        ax.set_xlabel(score)
+        ax.set_title(name)
+        ax.legend(fontsize=7)
+    axes[0, 0].set_ylabel("density")
+    return _save(fig, path)
+
+
+def _two_d(codes: dict[str, torch.Tensor], reference: str) -> tuple[dict[str, np.ndarray], list[str]]:
+    """2-D views of latent codes: the codes themselves (latent <= 2; a 1-D code is set against the
+    image index) or their projection on the two principal axes of the `reference` set's codes."""
+    width = next(iter(codes.values())).shape[1]
+    if width == 1:
+        return {k: np.stack([v[:, 0].numpy(), np.arange(len(v))], 1) for k, v in codes.items()}, [
+            "z",
+            "image",
+        ]
+    if width == 2:
+        return {k: v.numpy() for k, v in codes.items()}, ["z[0]", "z[1]"]
+    mean = codes[reference].mean(0)
+    _, _, vh = torch.linalg.svd(codes[reference] - mean, full_matrices=False)
+    return {k: ((v - mean) @ vh[:2].T).numpy() for k, v in codes.items()}, ["PC 1", "PC 2"]
+
+
+def latent_ood(
+    codes: dict[str, torch.Tensor], predicted: dict[str, tuple[np.ndarray, np.ndarray]], path: Path
+) -> Path:
+    """Report 004's Figs. 9-10: the latent codes of in-distribution test images and of each OOD set,
+    coloured by the truth (left) and by the detector's decision (right); PCA for wider latents."""
+    views, axis_names = _two_d(codes, "test")
+    sets = list(predicted)
+    fig, axes = plt.subplots(len(sets), 2, figsize=(10, 4.2 * len(sets)), squeeze=False)
+    for row, name in zip(axes, sets, strict=True):
+        inside, outside = views["test"], views[name]
+        both = np.concatenate([inside, outside])
+        truth = np.concatenate([np.zeros(len(inside), bool), np.ones(len(outside), bool)])
+        flagged = np.concatenate(predicted[name])
+        for ax, colour_by, title in ((row[0], truth, "true"), (row[1], flagged, "predicted")):
+            ax.scatter(*both[~colour_by].T, s=3, alpha=0.4, color="tab:blue", label="in-distribution")
+            ax.scatter(*both[colour_by].T, s=3, alpha=0.4, color="tab:orange", label="OOD")
+            ax.set_title(f"{title}: test vs {name}")
+            ax.set_xlabel(axis_names[0])
+            ax.set_ylabel(axis_names[1])
+            ax.legend(fontsize=7, markerscale=3)
     return _save(fig, path)

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import Logger, WandbLogger
 
-from src import plots
+from src import ood, plots
 from src.census import outcome_metrics
 from src.models import OUTPUT_ACTIVATIONS, ReconstructionModel, VariationalAutoencoder
 
@@ -225,8 +225,12 @@ def record_run(
     the final metrics and figures sent to W&B (whose run is then finished)."""
     if cfg.test:
         metrics.update(evaluation_extras(model, datamodule, run_dir))
+        if cfg.get("ood") and cfg.ood.enabled:
+            metrics.update(ood.evaluate(cfg.ood, model, datamodule, run_dir))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     figures = write_figures(model, datamodule.images("test"), history or [], run_dir) if cfg.figures else []
+    # The OOD evaluation's figures (ood_*.png) go to the loggers with the others.
+    figures += sorted(run_dir.glob("ood_*.png"))
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             logger.log_metrics({key: value for key, value in metrics.items() if isinstance(value, float)})

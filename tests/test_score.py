@@ -1,0 +1,120 @@
+"""`python -m src.score`: scoring a .npy and a folder of PNGs with a trained run, and clear refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from src import ood
+from src.run import train
+from src.score import ScoreInputError, load_images, load_run, main, score_file
+from tests.conftest import FAST, PROJECT_ROOT, compose_config
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A VAE trained for two epochs on 64 line images, with its OOD threshold in metrics.json."""
+    folder = tmp_path_factory.mktemp("score") / "run"
+    overrides = ["model=vae", *FAST, "data.n_train=64", "data.n_val=32", "data.n_test=32", "ood.plots=false"]
+    train(compose_config([*overrides, "ood.score=neg_elbo"], folder), folder)
+    return folder
+
+
+def _lines(count: int = 6) -> np.ndarray:
+    return (ood.lines_with_blob(count, 32, torch.Generator().manual_seed(1))[:, 0].numpy() * 255).astype(
+        np.uint8
+    )
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_scores_a_npy_with_the_runs_score_and_threshold(run_dir: Path, tmp_path: Path) -> None:
+    images = _lines()
+    np.save(tmp_path / "x.npy", images)
+    summary = score_file(run_dir / "checkpoints" / "last.ckpt", tmp_path / "x.npy", tmp_path / "out.csv")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rows = _read(tmp_path / "out.csv")
+    assert [row["id"] for row in rows] == [str(index) for index in range(6)]
+    assert summary["score"] == "neg_elbo" and summary["threshold"] == metrics["ood/threshold"]
+    model, _ = load_run(run_dir / "checkpoints" / "last.ckpt")
+    expected = ood.score_images(model, torch.from_numpy(images).float().div(255).unsqueeze(1))["neg_elbo"]
+    scores = torch.tensor([float(row["score"]) for row in rows], dtype=torch.float64)
+    assert torch.allclose(scores, expected, rtol=1e-5)
+    assert [row["ood"] for row in rows] == [str(int(s > metrics["ood/threshold"])) for s in expected]
+    assert summary["flagged_ood"] == sum(int(row["ood"]) for row in rows)
+    # Floats in [0, 1] shaped (N, 1, H, W) give the same scores as the uint8 array.
+    np.save(tmp_path / "f.npy", images[:, None].astype(np.float32) / 255)
+    score_file(run_dir / "checkpoints" / "last.ckpt", tmp_path / "f.npy", tmp_path / "f.csv")
+    assert [row["score"] for row in _read(tmp_path / "f.csv")] == [row["score"] for row in rows]
+
+
+def test_scores_a_folder_of_pngs_from_the_command_line(run_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for index, image in enumerate(_lines(3)):
+        Image.fromarray(image, mode="L").save(folder / f"img{index}.png")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "src.score",
+            f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+            f"input={folder}",
+            f"output={tmp_path / 'out.csv'}",
+            "threshold=0",
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "scored 3 images with neg_elbo" in result.stdout and "3 of 3 called OOD" in result.stdout
+    rows = _read(tmp_path / "out.csv")
+    assert [row["id"] for row in rows] == ["img0.png", "img1.png", "img2.png"]
+    assert all(row["ood"] == "1" for row in rows)  # negative ELBOs are positive: all above threshold 0
+
+
+def test_refuses_bad_input_clearly(run_dir: Path, tmp_path: Path) -> None:
+    shape = (1, 32, 32)
+    np.save(tmp_path / "shape.npy", np.zeros((4, 28, 28), np.uint8))
+    with pytest.raises(ScoreInputError, match=r"shape \(4, 1, 28, 28\).*\(N, 32, 32\)"):
+        load_images(tmp_path / "shape.npy", shape)
+    np.save(tmp_path / "range.npy", np.full((2, 32, 32), 2.0, np.float32))
+    with pytest.raises(ScoreInputError, match=r"outside \[0, 1\]. Divide 0-255 data by 255"):
+        load_images(tmp_path / "range.npy", shape)
+    np.save(tmp_path / "ints.npy", np.zeros((2, 32, 32), np.int64))
+    with pytest.raises(ScoreInputError, match="dtype int64; use uint8"):
+        load_images(tmp_path / "ints.npy", shape)
+    (tmp_path / "broken.npy").write_bytes(b"not an array")
+    with pytest.raises(ScoreInputError, match="could not be read as a .npy array"):
+        load_images(tmp_path / "broken.npy", shape)
+    (tmp_path / "pngs").mkdir()
+    (tmp_path / "pngs" / "bad.png").write_bytes(b"garbage")
+    with pytest.raises(ScoreInputError, match=r"bad.png could not be read as a PNG"):
+        load_images(tmp_path / "pngs", shape)
+    with pytest.raises(ScoreInputError, match="does not exist"):
+        load_images(tmp_path / "missing.npy", shape)
+    with pytest.raises(ScoreInputError, match="is not a file"):
+        load_run(tmp_path / "missing.ckpt")
+
+
+def test_command_line_reports_problems_with_exit_status_2(run_dir: Path, tmp_path: Path, capsys) -> None:
+    assert main(["input=x.npy"]) == 2
+    assert "missing ['ckpt_path', 'output']" in capsys.readouterr().err
+    np.save(tmp_path / "shape.npy", np.zeros((4, 5), np.uint8))
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert main([f"ckpt_path={ckpt}", f"input={tmp_path / 'shape.npy'}", f"output={tmp_path / 'o.csv'}"]) == 2
+    assert "Reshape or resize them" in capsys.readouterr().err
+    assert not (tmp_path / "o.csv").exists()
