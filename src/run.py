@@ -234,9 +234,11 @@ class RandomState(Callback):
         self._restored: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
+        # numpy's state as a tensor and plain numbers: torch.load(weights_only=True) refuses arrays.
+        _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
         return {
             "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "numpy": [torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian],
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -248,7 +250,8 @@ class RandomState(Callback):
         if self._restored is None:
             return
         random.setstate(self._restored["python"])
-        np.random.set_state(self._restored["numpy"])
+        keys, position, has_gauss, cached_gaussian = self._restored["numpy"]
+        np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
         torch.set_rng_state(self._restored["torch"])
         if self._restored["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(self._restored["cuda"])
