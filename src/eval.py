@@ -66,8 +66,7 @@ def evaluate(eval_cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
     metrics: dict[str, Any] = {
         "seed": cfg.seed,
-        # Checkpoints are saved at the end of an epoch, which Lightning numbers from 0.
-        "epochs": checkpoint["epoch"] + 1,
+        # The optimiser steps the model had (its epoch count depends on the hook that saved it).
         "steps": checkpoint["global_step"],
         "parameters": sum(p.numel() for p in model.parameters()),
     }

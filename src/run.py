@@ -9,7 +9,6 @@ import csv
 import json
 import logging
 import os
-import random
 import secrets
 import time
 import traceback
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -225,39 +223,6 @@ def record_run(
     return metrics
 
 
-class RandomState(Callback):
-    """Saves the python, numpy and torch random states in every checkpoint and restores them when a
-    run resumes, just before its first epoch (after the sanity check, which draws from them): the
-    shuffling and the VAE's sampling then continue exactly as in an uninterrupted run."""
-
-    def __init__(self) -> None:
-        self._restored: dict[str, Any] | None = None
-
-    def state_dict(self) -> dict[str, Any]:
-        # numpy's state as a tensor and plain numbers: torch.load(weights_only=True) refuses arrays.
-        _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-        return {
-            "python": random.getstate(),
-            "numpy": [torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian],
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._restored = state_dict
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if self._restored is None:
-            return
-        random.setstate(self._restored["python"])
-        keys, position, has_gauss, cached_gaussian = self._restored["numpy"]
-        np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
-        torch.set_rng_state(self._restored["torch"])
-        if self._restored["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(self._restored["cuda"])
-        self._restored = None
-
-
 def resume_path(cfg: DictConfig) -> str | None:
     """The checkpoint to resume from (`ckpt_path`), checked before anything is built."""
     if cfg.ckpt_path is None:
@@ -286,7 +251,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     trainer: pl.Trainer = build(
         cfg.trainer,
         logger=loggers or False,
-        callbacks=[history, checkpoints, RandomState()],
+        callbacks=[history, checkpoints],
         default_root_dir=str(run_dir),
     )
     for logger in loggers:
