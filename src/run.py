@@ -249,10 +249,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         dirpath=run_dir / "checkpoints", filename="best", monitor="val/loss", save_last=True
     )
     trainer: pl.Trainer = build(
-        cfg.trainer,
-        logger=loggers or False,
-        callbacks=[history, checkpoints],
-        default_root_dir=str(run_dir),
+        cfg.trainer, logger=loggers or False, callbacks=[history, checkpoints], default_root_dir=str(run_dir)
     )
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
