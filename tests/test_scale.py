@@ -116,6 +116,7 @@ def test_optuna_search_minimises_the_validation_loss(tmp_path: Path) -> None:
         "hydra.sweeper.n_trials=4",
         "data=lines2x2",
         "trainer.max_epochs=3",
+        "trainer.check_val_every_n_epoch=1",
         *QUIET,
     )
     assert process.returncode == 0, process.stderr[-3000:]
