@@ -9,6 +9,7 @@ import csv
 import json
 import logging
 import os
+import random
 import secrets
 import time
 import traceback
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -223,6 +225,30 @@ def record_run(
     return metrics
 
 
+class RandomState(Callback):
+    """Saves the python, numpy and torch random states in every checkpoint and restores them when a
+    run resumes from it: the shuffling and the VAE's sampling then go on as in an uninterrupted run
+    (Lightning restores weights, optimiser and loops, not the random streams)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        # numpy's state as a tensor and plain numbers: torch.load(weights_only=True) refuses arrays.
+        _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+        return {
+            "python": random.getstate(),
+            "numpy": [torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        keys, position, has_gauss, cached_gaussian = state_dict["numpy"]
+        random.setstate(state_dict["python"])
+        np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+        torch.set_rng_state(state_dict["torch"])
+        if state_dict["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
 def resume_path(cfg: DictConfig) -> str | None:
     """The checkpoint to resume from (`ckpt_path`), checked before anything is built."""
     if cfg.ckpt_path is None:
@@ -249,7 +275,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         dirpath=run_dir / "checkpoints", filename="best", monitor="val/loss", save_last=True
     )
     trainer: pl.Trainer = build(
-        cfg.trainer, logger=loggers or False, callbacks=[history, checkpoints], default_root_dir=str(run_dir)
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=[history, checkpoints, RandomState()],
+        default_root_dir=str(run_dir),
     )
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
