@@ -31,10 +31,11 @@ TINY_LINES = [
 QUIET = ["logger=none", "trainer.enable_progress_bar=false", "figures=false"]
 
 
-def _src(module: str, tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+def _run(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """`python -m src.run <overrides>` in a fresh process, its folders under tmp_path."""
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     return subprocess.run(
-        [sys.executable, "-m", module, *overrides, f"output_root={tmp_path}"],
+        [sys.executable, "-m", "src.run", *overrides, f"output_root={tmp_path}"],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
@@ -53,8 +54,7 @@ def _last_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_joblib_multirun_runs_jobs_in_parallel(tmp_path: Path) -> None:
-    process = _src(
-        "src.run",
+    process = _run(
         tmp_path,
         "-m",
         "hydra/launcher=joblib",
@@ -79,8 +79,7 @@ def test_joblib_multirun_runs_jobs_in_parallel(tmp_path: Path) -> None:
 
 
 def test_submitit_local_runs_a_two_job_sweep(tmp_path: Path) -> None:
-    process = _src(
-        "src.run",
+    process = _run(
         tmp_path,
         "-m",
         "hydra/launcher=submitit_local",
@@ -101,11 +100,9 @@ def test_submitit_local_runs_a_two_job_sweep(tmp_path: Path) -> None:
 
 def test_ddp_on_two_cpu_processes_reports_the_single_process_keys(tmp_path: Path) -> None:
     common = ["data=lines2x2", "trainer.max_epochs=3", *QUIET]
-    single = _src("src.run", tmp_path / "single", "trainer=cpu", *common)
+    single = _run(tmp_path / "single", "trainer=cpu", *common)
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp = _src(
-        "src.run", tmp_path / "ddp", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *common
-    )
+    ddp = _run(tmp_path / "ddp", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *common)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "GLOBAL_RANK: 1" in ddp.stdout + ddp.stderr and "gloo" in ddp.stdout + ddp.stderr
     (single_run,) = (tmp_path / "single" / "runs").iterdir()
@@ -118,8 +115,7 @@ def test_ddp_on_two_cpu_processes_reports_the_single_process_keys(tmp_path: Path
 
 
 def test_optuna_search_minimises_the_validation_loss(tmp_path: Path) -> None:
-    process = _src(
-        "src.run",
+    process = _run(
         tmp_path,
         "-m",
         "hparams_search=vae_optuna",
