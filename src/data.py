@@ -48,7 +48,17 @@ class _InMemoryDataModule(pl.LightningDataModule):
             self.setup()
         dataset = self.splits[split]
         batch_size = min(self.batch_size, len(dataset))
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers)
+        # The tensors are already in memory: pinning helps only the copy to a GPU, and workers
+        # (if any) are kept between epochs rather than re-forked, which would cost more than a batch.
+        on_gpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=on_gpu,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

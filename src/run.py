@@ -9,6 +9,7 @@ import csv
 import json
 import logging
 import os
+import random
 import secrets
 import time
 import traceback
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import yaml
@@ -240,10 +242,48 @@ def record_run(
     return metrics
 
 
+class RandomState(Callback):
+    """Saves the python, numpy and torch random states in every checkpoint and restores them when a
+    run resumes from it: the shuffling and the VAE's sampling then go on as in an uninterrupted run
+    (Lightning restores weights, optimiser and loops, not the random streams)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        # numpy's state as a tensor and plain numbers: torch.load(weights_only=True) refuses arrays.
+        _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+        return {
+            "python": random.getstate(),
+            "numpy": [torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        keys, position, has_gauss, cached_gaussian = state_dict["numpy"]
+        random.setstate(state_dict["python"])
+        np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+        torch.set_rng_state(state_dict["torch"])
+        if state_dict["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+def resume_path(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume from (`ckpt_path`), checked before anything is built."""
+    if cfg.ckpt_path is None:
+        return None
+    path = Path(cfg.ckpt_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ckpt_path={cfg.ckpt_path} does not exist. Point it at a checkpoint of an earlier run, e.g. "
+            "ckpt_path=outputs/runs/<run>/checkpoints/last.ckpt, or drop it (ckpt_path=null) to train afresh."
+        )
+    return str(path)
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train, validate and test the configured model; write the run folder; return the metrics."""
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
+    ckpt_path = resume_path(cfg)
     model = seeded_model(cfg)
     datamodule = build(cfg.data)
     loggers = [build(logger_cfg, save_dir=str(run_dir)) for logger_cfg in cfg.logger.values()]
@@ -252,28 +292,46 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         dirpath=run_dir / "checkpoints", filename="best", monitor="val/loss", save_last=True
     )
     trainer: pl.Trainer = build(
-        cfg.trainer, logger=loggers or False, callbacks=[history, checkpoints], default_root_dir=str(run_dir)
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=[history, checkpoints, RandomState()],
+        default_root_dir=str(run_dir),
     )
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
-    metrics: dict[str, Any] = {"train/time_s": time.perf_counter() - started, **epoch_metrics(trainer)}
+    # Lightning trains the compiled module's original: checkpoints keep the plain parameter names.
+    trainer.fit(torch.compile(model) if cfg.compile else model, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics: dict[str, Any] = {
+        "train/time_s": time.perf_counter() - started,
+        **epoch_metrics(trainer),
+        "seed": cfg.seed,
+        "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    return test_and_record(cfg, run_dir, trainer, model, datamodule, metrics, loggers, history.rows)
+
+
+def test_and_record(
+    cfg: DictConfig,
+    run_dir: Path,
+    trainer: pl.Trainer,
+    model: ReconstructionModel,
+    datamodule: pl.LightningDataModule,
+    metrics: dict[str, Any],
+    loggers: list[Logger],
+    history: list[dict[str, float]],
+) -> dict[str, Any]:
+    """The test stage and everything after it, for a model just trained (src.run) or loaded from a
+    checkpoint (src.eval): one code path, so every post-test evaluation reaches both."""
     if cfg.test:
         trainer.test(model, datamodule=datamodule, verbose=False)
         metrics.update(epoch_metrics(trainer))
-    metrics.update(
-        {
-            "seed": cfg.seed,
-            "epochs": trainer.current_epoch,
-            "steps": trainer.global_step,
-            "parameters": sum(p.numel() for p in model.parameters()),
-        }
-    )
     if not trainer.is_global_zero:
         return metrics
-    return record_run(cfg, run_dir, model, datamodule, metrics, loggers, history.rows)
+    return record_run(cfg, run_dir, model, datamodule, metrics, loggers, history)
 
 
 def log_summary_to_wandb(config: DictConfig, sweep_dir: Path, summary: dict[str, Any]) -> None:
