@@ -108,9 +108,10 @@ def sweep_summary(groups: dict[str, dict], path: Path) -> Path:
                 labels = list(group["counts"].get(key, {}))
                 heights = [group["frequencies"][key][c] for c in labels]
                 intervals = [group["ci95"][key][c] for c in labels]
+                # Clamped: at a frequency of 0 or 1, rounding can put the bound a hair past it.
                 errors = [
-                    [h - low for h, (low, _) in zip(heights, intervals, strict=True)],
-                    [high - h for h, (_, high) in zip(heights, intervals, strict=True)],
+                    [max(0.0, h - low) for h, (low, _) in zip(heights, intervals, strict=True)],
+                    [max(0.0, high - h) for h, (_, high) in zip(heights, intervals, strict=True)],
                 ]
                 ax.set_ylabel("frequency (95% Wilson interval)")
             elif key in numeric and key in group["metrics"]:
