@@ -231,8 +231,8 @@ def record_run(
             metrics.update(ood.evaluate(cfg.ood, model, datamodule, run_dir))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     figures = write_figures(model, datamodule.images("test"), history or [], run_dir) if cfg.figures else []
-    # The OOD evaluation's figures (ood_*.png) go to the loggers with the others.
-    figures += sorted(run_dir.glob("ood_*.png"))
+    # The figures of the extras (Heaviside comparison, OOD evaluation) go to the loggers too.
+    figures += sorted(run_dir.glob("heaviside.png")) + sorted(run_dir.glob("ood_*.png"))
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             logger.log_metrics({key: value for key, value in metrics.items() if isinstance(value, float)})

@@ -132,7 +132,7 @@ def test_src_run_writes_the_run_folder(tmp_path: Path) -> None:
     assert b"model.beta" in records or b"beta" in records
     assert b"test/recon_mse" in records and json.dumps(metrics["test/recon_mse"]).encode() in records
     figures = list(run_dir.glob("*.png"))
-    assert len(list((offline_run / "files" / "media" / "images").glob("figures_*.png"))) == len(figures) == 7
+    assert len(list((offline_run / "files" / "media" / "images").glob("figures_*.png"))) == len(figures) == 8
     sync = subprocess.run(
         [str(Path(sys.executable).parent / "wandb"), "sync", "--dry-run", str(offline_run)],
         capture_output=True,
