@@ -1,12 +1,23 @@
-"""Benchmarks (not tests): `make bench` or `python -m src.bench [census ...] [--repeats N]`.
+"""Benchmarks (not tests): `make bench` or `python -m src.bench [names ...] [--repeats N]`.
 
-Prints a table and writes bench/results.json. Every figure is the median of `--repeats` runs; the
-machine is noisy, so compare ratios measured in the same run, on an otherwise idle machine.
+Prints a table and writes bench/results.json. Every figure is the median of `--repeats` runs (each
+itself the median over its epochs after the first); the machine is noisy, so compare ratios measured
+in the same run, on an otherwise idle machine. Each measurement runs in its own process, so its peak
+memory (resident set, and GPU memory where there is one) is its own.
+
+vae_dense_mnist: the PyTorch example's VAE (784-400-20, batch 128, Adam 1e-3, Bernoulli decoder) on
+MNIST, training images per second through (a) the framework, `python -m src.run` as a user runs it;
+(b) a minimal hand-written loop over the same in-memory tensors; (c) that loop fed by torchvision's
+per-sample dataset (PIL + ToTensor) through a DataLoader, as the example does.
+
+vae_conv_mnist: the conv VAE (conf/model/net/conv.yaml) through the framework.
 
 census: seeds per second of report 000's 2x2 CA census (5000 full-batch steps per seed), end to end
 as a user runs it (`python -m src.run -m experiment=census_ca_2x2 seed=...`, process start, job
 folders and the sweep summary included), through the batched launcher (`--census-seeds` seeds) and
-one job at a time (`--per-run-seeds` seeds)."""
+one job at a time (`--per-run-seeds` seeds).
+
+With a GPU present, the VAE benchmarks run on it (the table's title names the device)."""
 
 from __future__ import annotations
 
@@ -19,12 +30,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,26 +83,189 @@ def bench_census(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-BENCHMARKS = {"census": bench_census}
+# --- VAE training throughput ---------------------------------------------------------------------
+def _run_measured(command: list[str]) -> tuple[str, float]:
+    """(stdout, peak resident memory in MiB) of a child process: its own peak, from wait4."""
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        stdout.seek(0), stderr.seek(0)
+        if process.returncode:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{stderr.read()[-3000:]}")
+        return stdout.read(), usage.ru_maxrss / 1024  # KiB on Linux
+
+
+def _framework(overrides: list[str], epochs: int) -> dict[str, float]:
+    """One `python -m src.run` training run: its metrics.json's images/s (median over epochs after the
+    first) and the process's peak memory."""
+    with tempfile.TemporaryDirectory() as output_root:
+        command = [
+            sys.executable, "-m", "src.run", *overrides, f"trainer.max_epochs={epochs}",
+            f"output_root={output_root}", "test=false", "ood.enabled=false", "figures=false",
+            "trainer.enable_progress_bar=false", "trainer.accelerator=auto",
+        ]  # fmt: skip
+        _, peak_rss = _run_measured(command)
+        (metrics_path,) = Path(output_root).glob("runs/*/metrics.json")
+        metrics = json.loads(metrics_path.read_text())
+    return {
+        "images_per_s": metrics["train/images_per_s"],
+        "peak_rss_mib": peak_rss,
+        "peak_gpu_mib": metrics.get("train/peak_gpu_memory_mib", 0.0),
+    }
+
+
+def _worker(loop: str, epochs: int) -> dict[str, float]:
+    """A hand-written loop (`handloop` or `torchvision`) in a child process."""
+    stdout, peak_rss = _run_measured(
+        [sys.executable, "-m", "src.bench", "--worker", loop, "--epochs", str(epochs)]
+    )
+    return {**json.loads(stdout.strip().splitlines()[-1]), "peak_rss_mib": peak_rss}
+
+
+class ExampleVAE(nn.Module):
+    """The VAE of PyTorch's examples (vae/main.py): 784-400-20, ReLU, a Bernoulli decoder."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc21, self.fc22 = nn.Linear(784, 400), nn.Linear(400, 20), nn.Linear(400, 20)
+        self.fc3, self.fc4 = nn.Linear(20, 400), nn.Linear(400, 784)
+
+    def loss(self, images: torch.Tensor) -> torch.Tensor:
+        """The framework's VAE loss: per-image summed BCE + KL, averaged over the batch."""
+        flat = images.flatten(1)
+        hidden = F.relu(self.fc1(flat))
+        mu, logvar = self.fc21(hidden), self.fc22(hidden)
+        latent = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        logits = self.fc4(F.relu(self.fc3(latent)))
+        bce = F.binary_cross_entropy_with_logits(logits, flat, reduction="none").sum(1)
+        kl = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(1)
+        return (bce + kl).mean()
+
+
+def hand_loop(batches: Callable[[], Iterable[torch.Tensor]], epochs: int, device: torch.device) -> dict:
+    """Train ExampleVAE with Adam(1e-3) on `batches()` per epoch; images/s per epoch."""
+    torch.manual_seed(0)
+    model = ExampleVAE().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    rates = []
+    for _ in range(epochs):
+        started, images_seen = time.perf_counter(), 0
+        for images in batches():
+            images = images.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            model.loss(images).backward()
+            optimizer.step()
+            images_seen += len(images)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        rates.append(images_seen / (time.perf_counter() - started))
+    peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
+    return {"images_per_s": statistics.median(rates[1:] or rates), "peak_gpu_mib": peak_gpu}
+
+
+def run_worker(loop: str, epochs: int) -> dict:
+    """The hand-written loops: `handloop` over the framework's in-memory training tensors (on the
+    GPU when there is one), `torchvision` over datasets.MNIST + ToTensor + DataLoader."""
+    from torchvision import datasets, transforms
+
+    from src.data import data_root, load_torchvision_images
+    from src.run import keep_freed_memory
+
+    keep_freed_memory()  # as src.run does, so that the loops differ only in what is measured
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    root = data_root(os.environ.get("DATA_ROOT"))
+    if loop == "handloop":
+        images = load_torchvision_images("MNIST", root, train=True, download=True).tensors[0].to(device)
+
+        def batches() -> Iterable[torch.Tensor]:
+            order = torch.randperm(len(images), device=device)
+            return (images[index] for index in order.split(BATCH_SIZE))
+
+        return hand_loop(batches, epochs, device)
+    dataset = datasets.MNIST(str(root), train=True, download=True, transform=transforms.ToTensor())
+    # The example's CPU settings (workers and pinning only with CUDA).
+    cuda = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
+    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, **cuda)
+    return hand_loop(lambda: (images for images, _ in loader), epochs, device)
+
+
+BATCH_SIZE = 128
+EXAMPLE_VAE = [
+    "data=mnist", "model=vae", "model/net=dense", "model.net.hidden_dims=[400]", "model.latent_dim=20",
+    "model.init=torch", "model.optimizer.lr=0.001", f"data.batch_size={BATCH_SIZE}", "logger=csv",
+]  # fmt: skip
+
+
+def _medians(runs: list[dict[str, float]], prefix: str) -> dict[str, float]:
+    return {f"{prefix}_{key}": statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def bench_vae_dense_mnist(args: argparse.Namespace) -> dict[str, Any]:
+    # Interleaved, so that a slow spell of the machine hits all three alike.
+    runs: dict[str, list[dict[str, float]]] = {"framework": [], "handloop": [], "torchvision": []}
+    for _ in range(args.repeats):
+        runs["framework"].append(_framework(EXAMPLE_VAE, args.epochs))
+        runs["handloop"].append(_worker("handloop", args.epochs))
+        runs["torchvision"].append(_worker("torchvision", args.epochs))
+    results: dict[str, Any] = {}
+    for name, measured in runs.items():
+        results.update(_medians(measured, name))
+    framework = results["framework_images_per_s"]
+    results["framework_over_handloop"] = framework / results["handloop_images_per_s"]
+    results["framework_over_torchvision"] = framework / results["torchvision_images_per_s"]
+    results["framework_images_per_s_runs"] = [run["images_per_s"] for run in runs["framework"]]
+    results["handloop_images_per_s_runs"] = [run["images_per_s"] for run in runs["handloop"]]
+    results["torchvision_images_per_s_runs"] = [run["images_per_s"] for run in runs["torchvision"]]
+    return results
+
+
+def bench_vae_conv_mnist(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = [
+        "data=mnist", "model=vae", "model/net=conv", f"data.batch_size={BATCH_SIZE}", "logger=csv",
+        f"trainer.limit_train_batches={args.conv_batches}", "trainer.limit_val_batches=2",
+    ]  # fmt: skip
+    runs = [_framework(overrides, args.epochs) for _ in range(args.repeats)]
+    return _medians(runs, "framework")
+
+
+BENCHMARKS = {
+    "vae_dense_mnist": bench_vae_dense_mnist,
+    "vae_conv_mnist": bench_vae_conv_mnist,
+    "census": bench_census,
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("names", nargs="*", default=list(BENCHMARKS), choices=list(BENCHMARKS))
+    parser.add_argument("names", nargs="*", choices=[*BENCHMARKS, []], help="default: all")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per VAE run (the first is warm-up)")
+    parser.add_argument("--conv-batches", type=int, default=60, help="batches per conv VAE epoch")
+    parser.add_argument("--worker", choices=["handloop", "torchvision"], help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--census-seeds", type=int, default=1000)
     parser.add_argument("--per-run-seeds", type=int, default=5)
     parser.add_argument("--output", type=Path, default=PROJECT_ROOT / "bench" / "results.json")
     args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(run_worker(args.worker, args.epochs)))
+        return
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
     results: dict[str, Any] = {"device": device, "platform": platform.platform(), "repeats": args.repeats}
     table = Table(title=f"benchmarks on {device}, medians of {args.repeats}")
     table.add_column("benchmark")
     table.add_column("figure")
     table.add_column("value", justify="right")
-    for name in args.names:
+    for name in args.names or list(BENCHMARKS):
         results[name] = BENCHMARKS[name](args)
         for key, value in results[name].items():
             if isinstance(value, float):

@@ -32,6 +32,23 @@ def line_images(angles: torch.Tensor, image_size: int, offsets: torch.Tensor | N
     return (side > 0).float().unsqueeze(1)
 
 
+class TensorBatches(TensorDataset):
+    """A TensorDataset that the DataLoader indexes one batch at a time (`__getitems__`): a single
+    gather per tensor instead of a Python call and a collate per sample."""
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        index = torch.as_tensor(indices, device=self.tensors[0].device)
+        return tuple(tensor[index] for tensor in self.tensors)
+
+    def to(self, device: torch.device) -> TensorBatches:
+        return TensorBatches(*(tensor.to(device) for tensor in self.tensors))
+
+
+def whole_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The collate function for TensorBatches: its batches are already stacked."""
+    return batch
+
+
 class _InMemoryDataModule(pl.LightningDataModule):
     """Serves (images, labels) tensors from memory; subclasses fill the three splits in setup()."""
 
@@ -46,17 +63,21 @@ class _InMemoryDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.splits:
             self.setup()
-        dataset = self.splits[split]
+        dataset = TensorBatches(*self.splits[split].tensors)
         batch_size = min(self.batch_size, len(dataset))
-        # The tensors are already in memory: pinning helps only the copy to a GPU, and workers
-        # (if any) are kept between epochs rather than re-forked, which would cost more than a batch.
-        on_gpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if device.type == "cuda" and self.num_workers == 0:
+            # Training on a GPU: the split lives there, so a batch is one gather on the device.
+            dataset = dataset.to(device)
+        # Workers (if any) are kept between epochs rather than re-forked, which would cost more
+        # than a batch; pinning helps only a copy from workers to a GPU.
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            pin_memory=on_gpu,
+            collate_fn=whole_batch,
+            pin_memory=device.type == "cuda" and self.num_workers > 0,
             persistent_workers=self.num_workers > 0,
         )
 
@@ -73,6 +94,11 @@ class _InMemoryDataModule(pl.LightningDataModule):
         if split not in self.splits:
             self.setup()
         return self.splits[split].tensors[0]
+
+    def labels(self, split: str) -> torch.Tensor:
+        if split not in self.splits:
+            self.setup()
+        return self.splits[split].tensors[1]
 
 
 class LinesDataModule(_InMemoryDataModule):

@@ -358,13 +358,14 @@ def evaluate(
     )
     labels = {"val": 0, "test": 0, **dict.fromkeys(out_sets, 1)}
     scored = {
-        name: score_images(model, images, cfg.get("batch_size", 500), cfg.get("samples", 16))
+        name: score_images(model, images, cfg.get("batch_size", 500), cfg.get("samples", 0))
         for name, images in {**in_sets, **out_sets}.items()
     }
     score = cfg["score"]
     if score not in scored["test"]:
         raise ValueError(
             f"ood.score={score!r} is not a score of this model; choose from {list(scored['test'])}"
+            + (" (neg_elbo_iw needs ood.samples > 0)" if "_iw" in score else "")
         )
     threshold_cfg = cfg["threshold"]
     method = threshold_cfg["method"]

@@ -4,8 +4,10 @@
 
 writes table1.md (mean ± std over seeds per model) and table1_samples.png (prior samples of each
 model side by side, first seed) into the first folder. Beside report 004's loss and cosine
-similarity it measures the prior samples: `sharpness`, the mean gradient magnitude of the images, and
-`nn_cosine`, the cosine to the nearest MNIST test image (how digit-like a sample is)."""
+similarity it measures the prior samples: `sharpness`, the mean gradient magnitude of the images,
+`nn_cosine`, the cosine to the nearest MNIST test image, and `digit_confidence`, the mean max-softmax
+probability of a small MNIST classifier trained here (how digit-like a sample is; real test digits
+are the scale)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
+from torch import nn
 from torchvision.utils import make_grid
 
 from src import plots
@@ -33,6 +36,7 @@ COLUMNS = (
     ("test/neg_elbo", "-ELBO (nats)", 1.0),
     ("sharpness", "sample sharpness", 1.0),
     ("nn_cosine", "sample NN cosine %", 100.0),
+    ("digit_confidence", "sample digit confidence %", 100.0),
 )
 
 
@@ -44,13 +48,36 @@ def sharpness(images: torch.Tensor) -> torch.Tensor:
     return (dx.square() + dy.square()).sqrt().flatten(1).mean(1)
 
 
+def train_digit_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 3) -> nn.Module:
+    """A small MLP (784-256-10) trained on MNIST's training images, to judge whether samples are
+    digits: its confidence (mean max-softmax) on real test digits is the scale to compare with."""
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(images[0].numel(), 256), nn.ReLU(), nn.Linear(256, 10))
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        for index in torch.randperm(len(images), generator=generator).split(256):
+            optimizer.zero_grad()
+            F.cross_entropy(classifier(images[index]), labels[index]).backward()
+            optimizer.step()
+    return classifier.eval()
+
+
+@torch.no_grad()
+def digit_confidence(classifier: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Per-image max-softmax probability of the digit classifier: near 1 for a clear digit."""
+    return classifier(images).softmax(1).amax(1)
+
+
 def nearest_cosine(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
     """Per-image cosine similarity to the closest reference image."""
     return (F.normalize(images.flatten(1), dim=1) @ F.normalize(references.flatten(1), dim=1).T).amax(1)
 
 
 @torch.no_grad()
-def measure_run(run_dir: Path, count: int, references: torch.Tensor) -> tuple[dict, torch.Tensor]:
+def measure_run(
+    run_dir: Path, count: int, references: torch.Tensor, classifier: nn.Module
+) -> tuple[dict, torch.Tensor]:
     """A run's metrics plus its samples' measures, and the samples (decoded z ~ N(0, I), seed 0)."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
     model_class = get_class(cfg.model._target_)
@@ -65,6 +92,7 @@ def measure_run(run_dir: Path, count: int, references: torch.Tensor) -> tuple[di
         **json.loads((run_dir / "metrics.json").read_text()),
         "sharpness": sharpness(samples).mean().item(),
         "nn_cosine": nearest_cosine(samples, references).mean().item(),
+        "digit_confidence": digit_confidence(classifier, samples).mean().item(),
     }
     return row, samples
 
@@ -106,10 +134,12 @@ def main(argv: Sequence[str] | None = None) -> str:
     run_dirs = [path.parent for folder in args.folders for path in sorted(folder.glob("*/metrics.json"))]
     if not run_dirs:
         raise SystemExit(f"No finished runs (*/metrics.json) in {[str(f) for f in args.folders]}")
-    references = instantiate(OmegaConf.load(run_dirs[0] / "config.yaml").data).images("test")
+    datamodule = instantiate(OmegaConf.load(run_dirs[0] / "config.yaml").data)
+    references = datamodule.images("test")
+    classifier = train_digit_classifier(datamodule.images("train"), datamodule.labels("train"))
     rows, samples = [], {}
     for run_dir in run_dirs:
-        row, images = measure_run(run_dir, args.samples, references)
+        row, images = measure_run(run_dir, args.samples, references, classifier)
         rows.append(row)
         samples.setdefault(row["model"], images)
     # Real digits for scale: 1000 test images against the other 9000.
@@ -118,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         "model": "MNIST test images",
         "sharpness": sharpness(held_out).mean().item(),
         "nn_cosine": nearest_cosine(held_out, others).mean().item(),
+        "digit_confidence": digit_confidence(classifier, held_out).mean().item(),
     }
     table = markdown([*rows, reference_row])
     (args.folders[0] / "table1.md").write_text(table)

@@ -9,6 +9,7 @@ from urllib.error import URLError
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from src.data import (
     DatasetNotFoundError,
@@ -161,3 +162,19 @@ def test_shared_datasets_load(dataset: str, mean: float) -> None:
     again = TorchvisionDataModule(dataset=dataset, root=str(SHARED_DATASETS), download=False, n_val=5000)
     again.setup()
     assert torch.equal(again.splits["val"].tensors[1], dm.splits["val"].tensors[1])
+
+
+def test_batch_gather_serves_the_same_batches_as_per_sample_loading() -> None:
+    """The datamodule's one-gather-per-batch loader: with the same seed, exactly the batches of the
+    plain per-sample TensorDataset + default collate (so results did not change with the speed-up)."""
+    module = LinesDataModule(image_size=4, n_train=50, n_val=2, n_test=2, batch_size=8)
+    module.setup()
+    plain = DataLoader(module.splits["train"], batch_size=8, shuffle=True)
+    torch.manual_seed(3)
+    expected = [tuple(batch) for batch in plain]
+    torch.manual_seed(3)
+    got = [tuple(batch) for batch in module.train_dataloader()]
+    assert len(got) == len(expected) == 7 and len(got[-1][0]) == 2
+    for (images, angles), (want_images, want_angles) in zip(got, expected, strict=True):
+        assert torch.equal(images, want_images) and torch.equal(angles, want_angles)
+        assert angles.dtype == want_angles.dtype

@@ -126,6 +126,7 @@ def test_blur_counts_pixels_strictly_between_point_one_and_point_nine() -> None:
 def test_posterior_statistics_and_collapse() -> None:
     model = VariationalAutoencoder(DENSE_2, [1, 2, 2], latent_dim=2)
     with torch.no_grad():
+        model.net.encoder[1].weight.abs_()  # positive weights on positive images: no dead ReLU
         for param in [*model.mu.parameters(), *model.logvar.parameters()]:
             param.zero_()
         model.mu.weight[0, 0] = 1.0  # only the first latent dimension depends on the input

@@ -1,10 +1,13 @@
-"""Scale-out and long runs: the joblib and submitit launchers, DDP on two CPU processes, the Optuna
-search, resuming from a checkpoint, src.eval, torch.compile and bf16 mixed precision."""
+"""Speed, scale-out and long runs: throughput records, the benchmark's hand loop, the joblib and
+submitit launchers, DDP on two CPU processes, the Optuna search, resuming from a checkpoint,
+src.eval, torch.compile and bf16 mixed precision."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +17,9 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
+from src.bench import EXAMPLE_VAE, ExampleVAE
 from src.eval import evaluate
-from src.run import train
+from src.run import seeded_model, train
 from tests.conftest import FAST, PROJECT_ROOT, compose_config
 
 # Tiny line images in shuffled minibatches of 8.
@@ -222,3 +226,35 @@ def test_bf16_mixed_precision_and_compile_train_on_cpu(
     assert metrics["steps"] == 2 and torch.isfinite(torch.tensor(metrics["val/loss"]))
     # Checkpoints keep the plain parameter names, loadable without compiling.
     assert not any("_orig_mod" in key for key in _last_weights(tmp_path / "run"))
+
+
+def test_training_throughput_is_recorded_per_epoch(make_config, tmp_path: Path) -> None:
+    """train/images_per_s per epoch in history.csv, their median after the warm-up epoch in metrics."""
+    cfg = make_config(*TINY_LINES, *FAST, "figures=false", "test=false", "trainer.max_epochs=3")
+    metrics = train(cfg, tmp_path / "run")
+    with (tmp_path / "run" / "history.csv").open() as handle:
+        rates = [float(row["train/images_per_s"]) for row in csv.DictReader(handle)]
+    assert len(rates) == 3 and all(rate > 0 for rate in rates)
+    assert metrics["train/images_per_s"] == pytest.approx(statistics.median(rates[1:]))
+
+
+def test_bench_hand_loop_trains_the_frameworks_vae_objective(make_config) -> None:
+    """The benchmark's hand-written loop does the framework's work: ExampleVAE's loss equals the
+    framework's VAE (784-400-20, bce-sum + KL) loss on the same weights, images and noise."""
+    cfg = make_config(*EXAMPLE_VAE)
+    model = seeded_model(cfg)
+    example = ExampleVAE()
+    pairs = [
+        (example.fc1, model.net.encoder[1]),
+        (example.fc21, model.mu),
+        (example.fc22, model.logvar),
+        (example.fc3, model.net.decoder[0]),
+        (example.fc4, model.net.decoder[2]),
+    ]
+    for mine, theirs in pairs:
+        mine.load_state_dict(theirs.state_dict())
+    images = torch.rand(16, 1, 28, 28)
+    torch.manual_seed(0)
+    framework_loss, _ = model.training_loss(images)
+    torch.manual_seed(0)
+    assert example.loss(images).item() == pytest.approx(framework_loss.item(), rel=1e-6)

@@ -14,8 +14,9 @@ from hydra.utils import instantiate
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
+from src.data import TorchvisionDataModule
 from src.run import train
-from src.table1 import markdown, nearest_cosine, sharpness
+from src.table1 import digit_confidence, markdown, nearest_cosine, sharpness, train_digit_classifier
 from src.vaegan import (
     VAEGAN,
     Discriminator,
@@ -23,7 +24,7 @@ from src.vaegan import (
     diverged_terms,
     equilibrium_updates,
 )
-from tests.conftest import FAST
+from tests.conftest import FAST, SHARED_DATASETS, needs_shared_mnist
 
 DENSE = {"_target_": "src.nets.DenseNet", "hidden_dims": [8, 4], "activation": "relu"}
 LINES = ["data.n_train=64", "data.n_val=16", "data.n_test=16"]
@@ -184,6 +185,21 @@ def test_sharpness_and_nearest_cosine_on_known_images() -> None:
     assert sharpness(flat).item() == 0.0
     assert sharpness(edge).item() == pytest.approx(1 / 3)
     assert nearest_cosine(edge, torch.cat([flat, edge])).item() == pytest.approx(1.0)
+
+
+@needs_shared_mnist
+def test_digit_classifier_is_confident_on_digits_only() -> None:
+    """The judge of 'samples look like digits': accurate on MNIST's test set, confident on its
+    digits, and not on uniform noise or a blank image."""
+    data = TorchvisionDataModule(root=str(SHARED_DATASETS), download=False)
+    classifier = train_digit_classifier(data.images("train"), data.labels("train"))
+    test_images = data.images("test")[:2000]
+    with torch.no_grad():
+        accuracy = (classifier(test_images).argmax(1) == data.labels("test")[:2000]).float().mean()
+    assert accuracy > 0.93
+    digits = digit_confidence(classifier, test_images).mean()
+    noise = torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    assert digits > 0.9 and digit_confidence(classifier, noise).mean() < digits - 0.2
 
 
 def test_table_has_mean_and_spread_per_model() -> None:
