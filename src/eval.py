@@ -49,7 +49,10 @@ def evaluate(eval_cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ckpt_path = Path(eval_cfg.ckpt_path).expanduser()
     cfg = run_config(ckpt_path)
     # The new folder records which checkpoint was evaluated; the test stage is the point of it.
-    cfg.merge_with({"ckpt_path": str(ckpt_path.resolve()), "test": True, "figures": eval_cfg.figures})
+    cfg.merge_with(
+        eval_cfg.get("overrides") or {},
+        {"ckpt_path": str(ckpt_path.resolve()), "test": True, "figures": eval_cfg.figures},
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 

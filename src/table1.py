@@ -81,8 +81,10 @@ def measure_run(
     """A run's metrics plus its samples' measures, and the samples (decoded z ~ N(0, I), seed 0)."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
     model_class = get_class(cfg.model._target_)
+    # A training run's own last checkpoint, or the one a src.eval folder evaluated.
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
     model: VariationalAutoencoder = model_class.load_from_checkpoint(
-        run_dir / "checkpoints" / "last.ckpt", map_location="cpu"
+        checkpoint if checkpoint.is_file() else cfg.ckpt_path, map_location="cpu"
     )
     model.eval()
     samples = model.sample(count, generator=torch.Generator().manual_seed(0))

@@ -190,6 +190,21 @@ def test_eval_reruns_the_test_of_a_saved_model(make_config, tmp_path: Path) -> N
     assert OmegaConf.load(again / "config.yaml").ckpt_path == str(ckpt.resolve())
 
 
+def test_eval_overrides_change_the_evaluation_not_the_model(make_config, tmp_path: Path) -> None:
+    trained = tmp_path / "trained"
+    original = train(make_config(*TINY_LINES, *FAST, "figures=false"), trained)
+    assert original["ood/score"] == "recon_mse"
+    again = tmp_path / "again"
+    eval_cfg = {
+        "ckpt_path": str(trained / "checkpoints" / "last.ckpt"),
+        "figures": False,
+        "overrides": {"ood": {"score": "recon_bce"}},
+    }
+    metrics = evaluate(OmegaConf.create(eval_cfg), again)
+    assert metrics["ood/score"] == OmegaConf.load(again / "config.yaml").ood.score == "recon_bce"
+    assert metrics["test/recon_mse"] == pytest.approx(original["test/recon_mse"], rel=1e-6)
+
+
 def test_eval_without_the_runs_config_names_the_fix(tmp_path: Path) -> None:
     stray = tmp_path / "elsewhere" / "checkpoints" / "model.ckpt"
     stray.parent.mkdir(parents=True)
