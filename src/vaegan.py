@@ -205,7 +205,7 @@ class VAEGAN(VariationalAutoencoder):
         if train_discriminator:
             optimizers["discriminator"].step()
         updates = {"decoder_updated": float(train_decoder), "disc_updated": float(train_discriminator)}
-        self._log_terms("train", {**terms, **{k: torch.tensor(v) for k, v in updates.items()}}, len(images))
+        self._log_training_terms({**terms, **updates}, len(images), batch_idx)
 
     def _stop(self, what: str) -> None:
         """Save the current (last good: every step so far was finite) weights and stop the run."""

@@ -273,3 +273,33 @@ def test_bench_hand_loop_trains_the_frameworks_vae_objective(make_config) -> Non
     framework_loss, _ = model.training_loss(images)
     torch.manual_seed(0)
     assert example.loss(images).item() == pytest.approx(framework_loss.item(), rel=1e-6)
+
+
+def test_training_terms_logged_lean_match_their_steps(make_config, tmp_path: Path) -> None:
+    """The lean training log: `train/<term>_step` on every trainer.log_every_n_steps-th step only,
+    and the epoch value in history.csv is the image-weighted mean of that epoch's step values (36
+    images in batches of 8: the last batch has 4)."""
+    cfg = make_config(
+        *TINY_LINES, *FAST, "data.n_train=36", "figures=false", "test=false", "logger=csv",
+        "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
+    )  # fmt: skip
+    run_dir = tmp_path / "run"
+    train(cfg, run_dir)
+    with next(run_dir.glob("**/metrics.csv")).open() as handle:
+        steps = [row for row in csv.DictReader(handle) if row.get("train/loss_step")]
+    with (run_dir / "history.csv").open() as handle:
+        history = list(csv.DictReader(handle))
+    assert [int(row["step"]) for row in steps] == list(range(10))  # 5 batches x 2 epochs
+    for epoch, row in enumerate(history):
+        losses = [float(step["train/loss_step"]) for step in steps[5 * epoch : 5 * epoch + 5]]
+        for term in ("loss", "recon"):
+            values = [float(step[f"train/{term}_step"]) for step in steps[5 * epoch : 5 * epoch + 5]]
+            weighted = (8 * sum(values[:4]) + 4 * values[4]) / 36
+            assert float(row[f"train/{term}"]) == pytest.approx(weighted, rel=1e-5)
+        assert losses != [losses[0]] * 5
+
+    cfg.trainer.log_every_n_steps = 3
+    train(cfg, tmp_path / "sparse")
+    with next((tmp_path / "sparse").glob("**/metrics.csv")).open() as handle:
+        logged = [int(row["step"]) for row in csv.DictReader(handle) if row.get("train/loss_step")]
+    assert logged == [2, 5, 8]
