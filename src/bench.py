@@ -218,7 +218,7 @@ def bench_vae_dense_mnist(args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in measure}
     for repeat in range(args.repeats):
         names = list(measure)
-        for name in names[repeat % 3 :] + names[: repeat % 3]:
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
             runs[name].append(measure[name]())
     results: dict[str, Any] = {}
     for name, measured in runs.items():

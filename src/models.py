@@ -134,7 +134,7 @@ class ReconstructionModel(pl.LightningModule):
             "blur": ((flat_recon > 0.1) & (flat_recon < 0.9)).float().mean(1),
         }
 
-    def ood_scores(self, images: torch.Tensor, samples: int = 16) -> dict[str, torch.Tensor]:
+    def ood_scores(self, images: torch.Tensor, samples: int = 0) -> dict[str, torch.Tensor]:
         """Per-image anomaly scores (shape (N,)), higher = more anomalous: the reconstruction errors.
         Subclasses add their own (the VAE its likelihood bounds); `samples` is the number of latent
         draws for scores that sample, unused here."""
@@ -173,32 +173,38 @@ class ReconstructionModel(pl.LightningModule):
         else:
             self._epoch_sums.add_(values, alpha=batch_size)
         self._epoch_images += batch_size
-        trainer = self.trainer
-        # Lightning's own test and writer of step logs (internals, stable since 1.x): the same rows,
-        # steps and `epoch` column as self.log(on_step=True) gives.
-        connector = trainer._logger_connector
-        if connector.should_update_logs:
+        if self._is_log_step():
+            # Lightning's own writer of step logs (an internal, stable since 1.x): the same rows,
+            # steps and `epoch` column as self.log(on_step=True) gives.
             step_values = dict(zip(terms, values.tolist(), strict=True))
-            connector.log_metrics({f"train/{name}_step": value for name, value in step_values.items()})
-            if trainer.progress_bar_callback is not None and "loss" in terms:
+            self.trainer._logger_connector.log_metrics(
+                {f"train/{name}_step": value for name, value in step_values.items()}
+            )
+            if self.trainer.progress_bar_callback is not None and "loss" in terms:
                 loss = values[list(terms).index("loss")]
                 self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False)
-        if batch_idx + 1 >= trainer.num_training_batches:
+        if self._is_last_batch(batch_idx):
             means = self._epoch_sums / self._epoch_images
             for name, value in zip(terms, means, strict=True):
                 self.log(
                     f"train/{name}_epoch", value, on_step=False, on_epoch=True, batch_size=1, sync_dist=True
                 )
 
+    def _is_log_step(self) -> bool:
+        """Whether the loggers write this training step (every trainer.log_every_n_steps): Lightning's
+        own test (an internal, stable since 1.x), so logs and NaN checks agree with its step logs."""
+        return self.trainer._logger_connector.should_update_logs
+
+    def _is_last_batch(self, batch_idx: int) -> bool:
+        return batch_idx + 1 >= self.trainer.num_training_batches
+
     def _should_check_loss(self, batch_idx: int) -> bool:
         """Whether this step checks its loss for NaN: always on a CPU, where the check is free; on an
-        accelerator, where it is a host synchronisation, every trainer.log_every_n_steps steps (when
-        Lightning logs and syncs anyway) and at each epoch's last batch, before any checkpoint."""
+        accelerator, where it is a host synchronisation, on the log steps (when Lightning syncs
+        anyway) and at each epoch's last batch, before any checkpoint."""
         if self.device.type == "cpu" or self._trainer is None:
             return True
-        trainer = self.trainer
-        last = batch_idx + 1 >= trainer.num_training_batches
-        return last or (self.global_step + 1) % max(trainer.log_every_n_steps, 1) == 0
+        return self._is_log_step() or self._is_last_batch(batch_idx)
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         images = batch[0]
@@ -326,7 +332,7 @@ class VariationalAutoencoder(ReconstructionModel):
         log_weights = log_px_z + log_pz - log_qz_x
         return -(torch.logsumexp(log_weights, dim=0) - math.log(samples))
 
-    def ood_scores(self, images: torch.Tensor, samples: int = 16) -> dict[str, torch.Tensor]:
+    def ood_scores(self, images: torch.Tensor, samples: int = 0) -> dict[str, torch.Tensor]:
         """Adds the KL term, the negative ELBO with z = mu, and its importance-weighted K-sample
         version `neg_elbo_iw` (K = `samples`; none when 0), all in nats per image."""
         scores = self.evaluation_scores(images)

@@ -175,7 +175,7 @@ def png_bits(images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def score_images(
-    model: ReconstructionModel, images: torch.Tensor, batch_size: int = 500, samples: int = 16
+    model: ReconstructionModel, images: torch.Tensor, batch_size: int = 500, samples: int = 0
 ) -> dict[str, torch.Tensor]:
     """Every score of the model for each image (float64 tensors (N,), higher = more anomalous), in
     batches, plus `<score>_ic` = score in bits - PNG length in bits for each likelihood score

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.utils import get_class
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
 from src.models import ReconstructionModel
@@ -94,8 +94,9 @@ def load_images(path: Path, image_shape: tuple[int, ...]) -> tuple[list[str], to
     return [str(index) for index in range(len(array))], _as_images(array, str(path), image_shape)
 
 
-def load_run(ckpt_path: Path) -> tuple[ReconstructionModel, dict[str, Any]]:
-    """The model of a checkpoint (its class from the run's config.yaml) and the run's metrics."""
+def load_run(ckpt_path: Path) -> tuple[ReconstructionModel, dict[str, Any], DictConfig]:
+    """The model of a checkpoint (its class from the run's config.yaml), the run's metrics and its
+    config."""
     if not ckpt_path.is_file():
         raise ScoreInputError(f"ckpt_path={ckpt_path} is not a file; give <run>/checkpoints/best.ckpt.")
     run_dir = ckpt_path.resolve().parent.parent
@@ -104,11 +105,11 @@ def load_run(ckpt_path: Path) -> tuple[ReconstructionModel, dict[str, Any]]:
         raise ScoreInputError(
             f"{config_path} not found: ckpt_path must stay in its run folder (<run>/checkpoints/*.ckpt)."
         )
-    model_class = get_class(OmegaConf.load(config_path).model._target_)
-    model = model_class.load_from_checkpoint(ckpt_path, map_location="cpu")
+    cfg = OmegaConf.load(config_path)
+    model = get_class(cfg.model._target_).load_from_checkpoint(ckpt_path, map_location="cpu")
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    return model, metrics
+    return model, metrics, cfg
 
 
 def score_file(
@@ -120,11 +121,12 @@ def score_file(
     batch_size: int = 500,
 ) -> dict[str, Any]:
     """Score every image of `input_path`, write `output_path` (CSV) and return a summary."""
-    model, metrics = load_run(ckpt_path)
+    model, metrics, cfg = load_run(ckpt_path)
     ids, images = load_images(input_path, tuple(model.image_shape))
     score = score or metrics.get("ood/score") or "recon_bce"
     threshold = threshold if threshold is not None else metrics.get("ood/threshold")
-    scores = score_images(model, images, batch_size=batch_size)
+    # The run's own K for neg_elbo_iw, so that its threshold applies (0: that score is skipped).
+    scores = score_images(model, images, batch_size=batch_size, samples=cfg.get("ood", {}).get("samples", 0))
     if score not in scores:
         raise ScoreInputError(f"score={score!r} is not a score of this model; choose from {list(scores)}")
     decision = scores[score] > threshold if threshold is not None else None

@@ -237,7 +237,7 @@ class VAEGAN(VariationalAutoencoder):
         recon_features, _ = self.discriminator(torch.sigmoid(self.decode(self.code(images))))
         return {**scores, "disc_feature_error": feature_error(recon_features, features)}
 
-    def ood_scores(self, images: torch.Tensor, samples: int = 16) -> dict[str, torch.Tensor]:
+    def ood_scores(self, images: torch.Tensor, samples: int = 0) -> dict[str, torch.Tensor]:
         """The VAE's OOD scores plus the discriminator-feature reconstruction error."""
         scores = super().ood_scores(images, samples)
         return {**scores, "disc_feature_error": self.evaluation_scores(images)["disc_feature_error"]}

@@ -47,7 +47,7 @@ def test_scores_a_npy_with_the_runs_score_and_threshold(run_dir: Path, tmp_path:
     rows = _read(tmp_path / "out.csv")
     assert [row["id"] for row in rows] == [str(index) for index in range(6)]
     assert summary["score"] == "neg_elbo" and summary["threshold"] == metrics["ood/threshold"]
-    model, _ = load_run(run_dir / "checkpoints" / "last.ckpt")
+    model, _, _ = load_run(run_dir / "checkpoints" / "last.ckpt")
     expected = ood.score_images(model, torch.from_numpy(images).float().div(255).unsqueeze(1))["neg_elbo"]
     scores = torch.tensor([float(row["score"]) for row in rows], dtype=torch.float64)
     assert torch.allclose(scores, expected, rtol=1e-5)
@@ -118,3 +118,22 @@ def test_command_line_reports_problems_with_exit_status_2(run_dir: Path, tmp_pat
     assert main([f"ckpt_path={ckpt}", f"input={tmp_path / 'shape.npy'}", f"output={tmp_path / 'o.csv'}"]) == 2
     assert "Reshape or resize them" in capsys.readouterr().err
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_the_iw_bound_uses_the_runs_k(tmp_path: Path) -> None:
+    """src.score computes neg_elbo_iw with the run's own ood.samples (so the run's threshold
+    applies): the same values as the run's evaluation with that K."""
+    folder = tmp_path / "run"
+    overrides = ["model=vae", *FAST, "data.n_train=32", "data.n_val=16", "data.n_test=16", "ood.plots=false"]
+    train(compose_config([*overrides, "ood.score=neg_elbo_iw", "ood.samples=3"], folder), folder)
+    images = _lines(4)
+    np.save(tmp_path / "x.npy", images)
+    score_file(folder / "checkpoints" / "last.ckpt", tmp_path / "x.npy", tmp_path / "out.csv")
+    model, _, _ = load_run(folder / "checkpoints" / "last.ckpt")
+    tensor = torch.from_numpy(images).float().div(255).unsqueeze(1)
+    expected = ood.score_images(model, tensor, samples=3)["neg_elbo_iw"]
+    got = torch.tensor(
+        [float(row["neg_elbo_iw"]) for row in _read(tmp_path / "out.csv")], dtype=torch.float64
+    )
+    assert torch.allclose(got, expected, rtol=1e-5)
+    assert not torch.allclose(expected, ood.score_images(model, tensor, samples=1)["neg_elbo_iw"], rtol=1e-5)
