@@ -8,7 +8,10 @@ memory (resident set, and GPU memory where there is one) is its own.
 vae_dense_mnist: the PyTorch example's VAE (784-400-20, batch 128, Adam 1e-3, Bernoulli decoder) on
 MNIST, training images per second through (a) the framework, `python -m src.run` as a user runs it;
 (b) a minimal hand-written loop over the same in-memory tensors; (c) that loop fed by torchvision's
-per-sample dataset (PIL + ToTensor) through a DataLoader, as the example does.
+per-sample dataset (PIL + ToTensor) through a DataLoader, as the example does; (d) `lightning_bare`:
+the hand loop's model in a LightningModule with nothing else, fed by the framework's DataLoader,
+through a Trainer with logging, checkpoints and validation off: the floor that Lightning's own
+training loop sets.
 
 vae_conv_mnist: the conv VAE (conf/model/net/conv.yaml) through the framework.
 
@@ -34,6 +37,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from rich.console import Console
@@ -171,9 +175,49 @@ def hand_loop(batches: Callable[[], Iterable[torch.Tensor]], epochs: int, device
     return {"images_per_s": statistics.median(rates[1:] or rates), "peak_gpu_mib": peak_gpu}
 
 
+class BareModule(pl.LightningModule):
+    """ExampleVAE in a LightningModule and nothing else: no logging, no checks, one optimiser."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vae = ExampleVAE()
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        return self.vae.loss(batch[0])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+def lightning_loop(images: torch.Tensor, epochs: int) -> tuple[dict, BareModule]:
+    """Train BareModule on `images` (batch 128, shuffled) through a Trainer with every extra off,
+    fed by the framework's DataLoader over the tensors; images/s per epoch as the framework
+    measures them (src.run.History), and the trained module."""
+    from src.data import TensorBatches, whole_batch
+    from src.run import History
+
+    torch.manual_seed(0)
+    module = BareModule()
+    loader = torch.utils.data.DataLoader(
+        TensorBatches(images), batch_size=BATCH_SIZE, shuffle=True, collate_fn=whole_batch
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        history = History(Path(folder) / "history.csv")
+        trainer = pl.Trainer(
+            accelerator="auto", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+            callbacks=[history], default_root_dir=folder,
+        )  # fmt: skip
+        trainer.fit(module, loader)
+    rates = [row["train/images_per_s"] for row in history.rows]
+    peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
+    return {"images_per_s": statistics.median(rates[1:] or rates), "peak_gpu_mib": peak_gpu}, module
+
+
 def run_worker(loop: str, epochs: int) -> dict:
-    """The hand-written loops: `handloop` over the framework's in-memory training tensors (on the
-    GPU when there is one), `torchvision` over datasets.MNIST + ToTensor + DataLoader."""
+    """The loops beside the framework: `handloop` over the framework's in-memory training tensors
+    (on the GPU when there is one), `lightning_bare` over the same tensors, `torchvision` over
+    datasets.MNIST + ToTensor + DataLoader."""
     from torchvision import datasets, transforms
 
     from src.data import data_root, load_torchvision_images
@@ -182,6 +226,9 @@ def run_worker(loop: str, epochs: int) -> dict:
     keep_freed_memory()  # as src.run does, so that the loops differ only in what is measured
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     root = data_root(os.environ.get("DATA_ROOT"))
+    if loop == "lightning_bare":
+        images = load_torchvision_images("MNIST", root, train=True, download=True).tensors[0]
+        return lightning_loop(images.to(device), epochs)[0]
     if loop == "handloop":
         images = load_torchvision_images("MNIST", root, train=True, download=True).tensors[0].to(device)
 
@@ -214,6 +261,7 @@ def bench_vae_dense_mnist(args: argparse.Namespace) -> dict[str, Any]:
         "framework": lambda: _framework(EXAMPLE_VAE, args.epochs),
         "handloop": lambda: _worker("handloop", args.epochs),
         "torchvision": lambda: _worker("torchvision", args.epochs),
+        "lightning_bare": lambda: _worker("lightning_bare", args.epochs),
     }
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in measure}
     for repeat in range(args.repeats):
@@ -226,9 +274,12 @@ def bench_vae_dense_mnist(args: argparse.Namespace) -> dict[str, Any]:
     rates = {name: [run["images_per_s"] for run in measured] for name, measured in runs.items()}
     # Ratios of the runs of one repeat, minutes apart at most, then their median: the machine's
     # speed drifts by tens of percent over minutes (its other tenants), which cancels in a pair.
-    for baseline in ("handloop", "torchvision"):
-        pairs = zip(rates["framework"], rates[baseline], strict=True)
-        results[f"framework_over_{baseline}"] = statistics.median(f / b for f, b in pairs)
+    for path, baseline in (
+        ("framework", "handloop"), ("framework", "torchvision"),
+        ("lightning_bare", "handloop"), ("framework", "lightning_bare"),
+    ):  # fmt: skip
+        pairs = zip(rates[path], rates[baseline], strict=True)
+        results[f"{path}_over_{baseline}"] = statistics.median(a / b for a, b in pairs)
     results.update({f"{name}_images_per_s_runs": values for name, values in rates.items()})
     return results
 
@@ -256,7 +307,8 @@ def main() -> None:
     parser.add_argument("names", nargs="*", choices=[*BENCHMARKS, []], help="default: all")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per VAE run (the first is warm-up)")
     parser.add_argument("--conv-batches", type=int, default=60, help="batches per conv VAE epoch")
-    parser.add_argument("--worker", choices=["handloop", "torchvision"], help=argparse.SUPPRESS)
+    workers = ["handloop", "torchvision", "lightning_bare"]
+    parser.add_argument("--worker", choices=workers, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--census-seeds", type=int, default=1000)
     parser.add_argument("--per-run-seeds", type=int, default=5)

@@ -47,6 +47,12 @@ def reconstruction_error(
     return per_pixel.sum(1) if reduction == "sum" else per_pixel.mean(1)
 
 
+def gray_fraction(images: torch.Tensor) -> torch.Tensor:
+    """Per-image fraction of pixels strictly between 0.1 and 0.9 (report 000's grey pixels): near 0
+    for crisp black-and-white strokes, higher for blur or noise."""
+    return ((images > 0.1) & (images < 0.9)).flatten(1).float().mean(1)
+
+
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """Per-image KL(N(mu, diag(exp(logvar))) || N(0, I)), summed over latent dimensions."""
     return 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(1)
@@ -131,7 +137,7 @@ class ReconstructionModel(pl.LightningModule):
             "recon_mse": (flat_recon - flat_images).square().mean(1),
             "recon_bce": F.binary_cross_entropy(clamped, flat_images, reduction="none").mean(1),
             "cosine_similarity": cosine_similarity(flat_recon, flat_images, reduction="none"),
-            "blur": ((flat_recon > 0.1) & (flat_recon < 0.9)).float().mean(1),
+            "blur": gray_fraction(recon),
         }
 
     def ood_scores(self, images: torch.Tensor, samples: int = 0) -> dict[str, torch.Tensor]:

@@ -5,9 +5,10 @@
 writes table1.md (mean ± std over seeds per model) and table1_samples.png (prior samples of each
 model side by side, first seed) into the first folder. Beside report 004's loss and cosine
 similarity it measures the prior samples: `sharpness`, the mean gradient magnitude of the images,
-`nn_cosine`, the cosine to the nearest MNIST test image, and `digit_confidence`, the mean max-softmax
-probability of a small MNIST classifier trained here (how digit-like a sample is; real test digits
-are the scale)."""
+`gray`, the fraction of grey pixels (strictly between 0.1 and 0.9: blur and noise both raise it,
+while noise also raises the gradient), `nn_cosine`, the cosine to the nearest MNIST test image,
+and `digit_confidence`, the mean max-softmax probability of a small MNIST classifier trained here
+(how digit-like a sample is; real test digits are the scale)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from src import plots
-from src.models import VariationalAutoencoder
+from src.models import VariationalAutoencoder, gray_fraction
 
 NAMES = {"VariationalAutoencoder": "VAE", "VAEGAN": "VAE-GAN"}
 # (metrics.json key or sample measure, column title, scale): cosine in percent as in report 004.
@@ -35,6 +36,7 @@ COLUMNS = (
     ("test/recon_mse", "recon mse", 1.0),
     ("test/neg_elbo", "-ELBO (nats)", 1.0),
     ("sharpness", "sample sharpness", 1.0),
+    ("gray", "sample grey pixels %", 100.0),
     ("nn_cosine", "sample NN cosine %", 100.0),
     ("digit_confidence", "sample digit confidence %", 100.0),
 )
@@ -75,6 +77,19 @@ def nearest_cosine(images: torch.Tensor, references: torch.Tensor) -> torch.Tens
 
 
 @torch.no_grad()
+def sample_measures(
+    images: torch.Tensor, references: torch.Tensor, classifier: nn.Module
+) -> dict[str, float]:
+    """Means over `images` of sharpness, grey pixels, nearest-reference cosine and digit confidence."""
+    return {
+        "sharpness": sharpness(images).mean().item(),
+        "gray": gray_fraction(images).mean().item(),
+        "nn_cosine": nearest_cosine(images, references).mean().item(),
+        "digit_confidence": digit_confidence(classifier, images).mean().item(),
+    }
+
+
+@torch.no_grad()
 def measure_run(
     run_dir: Path, count: int, references: torch.Tensor, classifier: nn.Module
 ) -> tuple[dict, torch.Tensor]:
@@ -92,9 +107,7 @@ def measure_run(
         "model": NAMES.get(model_class.__name__, model_class.__name__),
         "seed": cfg.seed,
         **json.loads((run_dir / "metrics.json").read_text()),
-        "sharpness": sharpness(samples).mean().item(),
-        "nn_cosine": nearest_cosine(samples, references).mean().item(),
-        "digit_confidence": digit_confidence(classifier, samples).mean().item(),
+        **sample_measures(samples, references, classifier),
     }
     return row, samples
 
@@ -146,12 +159,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         samples.setdefault(row["model"], images)
     # Real digits for scale: 1000 test images against the other 9000.
     held_out, others = references[: args.samples], references[args.samples :]
-    reference_row = {
-        "model": "MNIST test images",
-        "sharpness": sharpness(held_out).mean().item(),
-        "nn_cosine": nearest_cosine(held_out, others).mean().item(),
-        "digit_confidence": digit_confidence(classifier, held_out).mean().item(),
-    }
+    reference_row = {"model": "MNIST test images", **sample_measures(held_out, others, classifier)}
     table = markdown([*rows, reference_row])
     (args.folders[0] / "table1.md").write_text(table)
     side_by_side(samples, args.folders[0] / "table1_samples.png")

@@ -92,7 +92,8 @@ class Discriminator(nn.Module):
 class VAEGAN(VariationalAutoencoder):
     """VAE-GAN: the VAE's encoder, heads, decoder, sampling and evaluation, plus a discriminator and
     Larsen et al.'s three-part training (see the module docstring). `loss` (logged, monitored as
-    val/loss) is the encoder's objective: KL + feature error + pixel_weight * pixel term."""
+    val/loss) is the encoder's objective: beta * KL + feature_weight * feature error + pixel_weight *
+    pixel term."""
 
     def __init__(
         self,
@@ -103,6 +104,7 @@ class VAEGAN(VariationalAutoencoder):
         discriminator_net: Mapping | None = None,
         feature_layer: int = -1,
         gamma: float = 1.0,
+        feature_weight: float = 1.0,
         pixel_weight: float = 0.0,
         optimizers: Mapping | None = None,
         equilibrium: float | None = None,
@@ -115,7 +117,8 @@ class VAEGAN(VariationalAutoencoder):
         optimizers = {part: _plain(value or {}) for part, value in (optimizers or {}).items()}
         if unknown := set(optimizers) - set(PARTS):
             raise ValueError(f"model.optimizers may only name {list(PARTS)}, got {sorted(unknown)}")
-        for key, value in (("gamma", gamma), ("pixel_weight", pixel_weight), ("margin", margin)):
+        weights = {"gamma": gamma, "feature_weight": feature_weight, "pixel_weight": pixel_weight}
+        for key, value in {**weights, "margin": margin}.items():
             if value < 0:
                 raise ValueError(f"model.{key} must be non-negative, got {value}")
         super().__init__(net, image_shape, latent_dim, beta, **kwargs)
@@ -149,7 +152,7 @@ class VAEGAN(VariationalAutoencoder):
         pixel = reconstruction_error(
             logits[:count], images, self.hparams.reconstruction, self.hparams.reduction
         ).mean()
-        similarity = feature + self.hparams.pixel_weight * pixel
+        similarity = self.hparams.feature_weight * feature + self.hparams.pixel_weight * pixel
         ones, zeros = torch.ones_like(real), torch.zeros_like(real)
         bce = F.binary_cross_entropy_with_logits
         disc_real = bce(real, ones)

@@ -15,6 +15,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from src.data import TorchvisionDataModule
+from src.models import gray_fraction
 from src.run import train
 from src.table1 import digit_confidence, markdown, nearest_cosine, sharpness, train_digit_classifier
 from src.vaegan import (
@@ -23,6 +24,7 @@ from src.vaegan import (
     discriminator_accuracy,
     diverged_terms,
     equilibrium_updates,
+    feature_error,
 )
 from tests.conftest import FAST, SHARED_DATASETS, needs_shared_mnist
 
@@ -86,6 +88,25 @@ def test_each_loss_reaches_only_its_part_and_the_encoder_gets_no_gan_gradient(tm
     for part in ("encoder", "decoder", "discriminator"):
         for got, want in zip(grads.grads[part], expected[part], strict=True):
             assert got is not None and torch.allclose(got, want, atol=1e-6), part
+
+
+def test_feature_error_is_half_the_squared_distance() -> None:
+    features = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    target = torch.tensor([[1.0, 0.0, 1.0], [3.0, 4.0, 0.0]])
+    assert feature_error(features, target).tolist() == [4.0, 12.5]
+
+
+def test_objectives_weigh_their_terms_as_configured() -> None:
+    torch.manual_seed(0)
+    weights = {"beta": 2.0, "gamma": 0.25, "feature_weight": 0.1, "pixel_weight": 3.0}
+    model = VAEGAN(DENSE, [1, 4, 4], latent_dim=2, **weights)
+    terms = model.adversarial_terms(next(iter(_loader()))[0])
+    similarity = 0.1 * terms["feature_error"] + 3.0 * terms["pixel"]
+    assert terms["feature_error"] > 0 and terms["pixel"] > 0 and terms["kl"] > 0
+    torch.testing.assert_close(terms["loss"], 2.0 * terms["kl"] + similarity)
+    torch.testing.assert_close(terms["decoder_loss"], 0.25 * similarity + terms["gan_decoder"])
+    with pytest.raises(ValueError, match="model.feature_weight must be non-negative"):
+        VAEGAN(DENSE, [1, 4, 4], latent_dim=2, feature_weight=-1.0)
 
 
 def test_discriminator_accuracy_on_constructed_logits() -> None:
@@ -178,12 +199,13 @@ def test_training_logs_every_term_per_step_and_the_ood_score(make_config, tmp_pa
     assert scores["disc_feature_error"].shape == (5,)
 
 
-def test_sharpness_and_nearest_cosine_on_known_images() -> None:
+def test_sharpness_grey_pixels_and_nearest_cosine_on_known_images() -> None:
     flat = torch.full((1, 1, 4, 4), 0.5)
     edge = torch.zeros(1, 1, 4, 4)
     edge[..., 2:] = 1.0  # a vertical edge: |dx| = 1 in one of the 3 columns of differences
     assert sharpness(flat).item() == 0.0
     assert sharpness(edge).item() == pytest.approx(1 / 3)
+    assert gray_fraction(flat).item() == 1.0 and gray_fraction(edge).item() == 0.0
     assert nearest_cosine(edge, torch.cat([flat, edge])).item() == pytest.approx(1.0)
 
 
