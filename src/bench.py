@@ -11,7 +11,9 @@ MNIST, training images per second through (a) the framework, `python -m src.run`
 per-sample dataset (PIL + ToTensor) through a DataLoader, as the example does; (d) `lightning_bare`:
 the hand loop's model in a LightningModule with nothing else, fed by the framework's DataLoader,
 through a Trainer with logging, checkpoints and validation off: the floor that Lightning's own
-training loop sets.
+training loop sets; (e) `interleaved`: (d) with a hand-loop step after every Trainer step, both
+timed, so that the ratio of their median step times is free of the machine's drift between runs;
+(f) `framework_interleaved`: the same for the framework's own training (src.run.train in-process).
 
 vae_conv_mnist: the conv VAE (conf/model/net/conv.yaml) through the framework.
 
@@ -107,15 +109,19 @@ def _run_measured(command: list[str]) -> tuple[str, float]:
         return stdout.read(), usage.ru_maxrss / 1024  # KiB on Linux
 
 
+def _training_only(epochs: int, output_root: str) -> list[str]:
+    """Overrides that make a framework run train and nothing else (no test, OOD or figures)."""
+    return [
+        f"trainer.max_epochs={epochs}", f"output_root={output_root}", "test=false", "ood.enabled=false",
+        "figures=false", "trainer.enable_progress_bar=false", "trainer.accelerator=auto",
+    ]  # fmt: skip
+
+
 def _framework(overrides: list[str], epochs: int) -> dict[str, float]:
     """One `python -m src.run` training run: its metrics.json's images/s (median over epochs after the
     first) and the process's peak memory."""
     with tempfile.TemporaryDirectory() as output_root:
-        command = [
-            sys.executable, "-m", "src.run", *overrides, f"trainer.max_epochs={epochs}",
-            f"output_root={output_root}", "test=false", "ood.enabled=false", "figures=false",
-            "trainer.enable_progress_bar=false", "trainer.accelerator=auto",
-        ]  # fmt: skip
+        command = [sys.executable, "-m", "src.run", *overrides, *_training_only(epochs, output_root)]
         _, peak_rss = _run_measured(command)
         (metrics_path,) = Path(output_root).glob("runs/*/metrics.json")
         metrics = json.loads(metrics_path.read_text())
@@ -189,15 +195,64 @@ class BareModule(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=1e-3)
 
 
-def lightning_loop(images: torch.Tensor, epochs: int) -> tuple[dict, BareModule]:
+class InterleavedHandSteps(pl.Callback):
+    """After every training step of a Trainer, one hand-loop step (ExampleVAE, Adam 1e-3, a random
+    batch of the same tensors) on a model of its own; both timed. A pair runs milliseconds apart, so
+    the machine's drift (tens of percent over seconds here) cancels, which runs in separate processes
+    cannot promise. The Trainer's step is the time from the end of one hand step to the end of the
+    next training batch: data, hooks, optimiser and all. The first epoch (warm-up) is skipped."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+        self.model = ExampleVAE().to(images.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.trainer_step_s: list[float] = []
+        self.hand_step_s: list[float] = []
+        self._hand_ended: float | None = None
+
+    def _now(self) -> float:
+        if self.images.device.type == "cuda":
+            torch.cuda.synchronize(self.images.device)
+        return time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._hand_ended = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
+        if trainer.current_epoch == 0 and trainer.max_epochs > 1:
+            return
+        started = self._now()
+        if self._hand_ended is not None:
+            self.trainer_step_s.append(started - self._hand_ended)
+        index = torch.randint(len(self.images), (BATCH_SIZE,), device=self.images.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.loss(self.images[index]).backward()
+        self.optimizer.step()
+        self._hand_ended = self._now()
+        self.hand_step_s.append(self._hand_ended - started)
+
+    def figures(self) -> dict[str, float]:
+        """The median Trainer and hand step times (ms) and their ratio."""
+        trainer_step, hand_step = map(statistics.median, (self.trainer_step_s, self.hand_step_s))
+        return {
+            "trainer_step_ms": 1e3 * trainer_step,
+            "hand_step_ms": 1e3 * hand_step,
+            "hand_step_over_trainer_step": hand_step / trainer_step,
+        }
+
+
+def lightning_loop(images: torch.Tensor, epochs: int, interleaved: bool = False) -> tuple[dict, BareModule]:
     """Train BareModule on `images` (batch 128, shuffled) through a Trainer with every extra off,
     fed by the framework's DataLoader over the tensors; images/s per epoch as the framework
-    measures them (src.run.History), and the trained module."""
+    measures them (src.run.History), and the trained module. With `interleaved`, a hand-loop step
+    follows every training step instead (InterleavedHandSteps), and the figures are the two median
+    step times and their ratio."""
     from src.data import TensorBatches, whole_batch
     from src.run import History
 
     torch.manual_seed(0)
     module = BareModule()
+    interleaved_steps = InterleavedHandSteps(images) if interleaved else None
     loader = torch.utils.data.DataLoader(
         TensorBatches(images), batch_size=BATCH_SIZE, shuffle=True, collate_fn=whole_batch
     )
@@ -206,12 +261,38 @@ def lightning_loop(images: torch.Tensor, epochs: int) -> tuple[dict, BareModule]
         trainer = pl.Trainer(
             accelerator="auto", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-            callbacks=[history], default_root_dir=folder,
+            callbacks=[history, *filter(None, [interleaved_steps])], default_root_dir=folder,
         )  # fmt: skip
         trainer.fit(module, loader)
+    if interleaved_steps is not None:
+        return interleaved_steps.figures(), module
     rates = [row["train/images_per_s"] for row in history.rows]
     peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
     return {"images_per_s": statistics.median(rates[1:] or rates), "peak_gpu_mib": peak_gpu}, module
+
+
+def framework_interleaved(images: torch.Tensor, epochs: int) -> dict[str, float]:
+    """The framework's own training of the example VAE (src.run.train on the config that
+    `python -m src.run` gets in vae_dense_mnist: its module, data, callbacks and logger) with a
+    hand-loop step after every step (InterleavedHandSteps): drift-free step times of the framework
+    against the hand loop."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from src.run import train
+
+    steps = InterleavedHandSteps(images)
+    with tempfile.TemporaryDirectory() as output_root:
+        overrides = [*EXAMPLE_VAE, *_training_only(epochs, output_root)]
+        with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        with open_dict(cfg):  # what @hydra.main sets: ${hydra:...} in the config resolves
+            cfg.hydra.runtime.output_dir = str(Path(output_root) / "run")
+            cfg.hydra.job.num = 0
+        HydraConfig.instance().set_config(cfg)
+        train(cfg, Path(cfg.hydra.runtime.output_dir), callbacks=[steps])
+    return steps.figures()
 
 
 def run_worker(loop: str, epochs: int) -> dict:
@@ -226,9 +307,11 @@ def run_worker(loop: str, epochs: int) -> dict:
     keep_freed_memory()  # as src.run does, so that the loops differ only in what is measured
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     root = data_root(os.environ.get("DATA_ROOT"))
-    if loop == "lightning_bare":
-        images = load_torchvision_images("MNIST", root, train=True, download=True).tensors[0]
-        return lightning_loop(images.to(device), epochs)[0]
+    if loop in ("lightning_bare", "interleaved", "framework_interleaved"):
+        images = load_torchvision_images("MNIST", root, train=True, download=True).tensors[0].to(device)
+        if loop == "framework_interleaved":
+            return framework_interleaved(images, epochs)
+        return lightning_loop(images, epochs, interleaved=loop == "interleaved")[0]
     if loop == "handloop":
         images = load_torchvision_images("MNIST", root, train=True, download=True).tensors[0].to(device)
 
@@ -262,6 +345,8 @@ def bench_vae_dense_mnist(args: argparse.Namespace) -> dict[str, Any]:
         "handloop": lambda: _worker("handloop", args.epochs),
         "torchvision": lambda: _worker("torchvision", args.epochs),
         "lightning_bare": lambda: _worker("lightning_bare", args.epochs),
+        "interleaved": lambda: _worker("interleaved", args.epochs),
+        "framework_interleaved": lambda: _worker("framework_interleaved", args.epochs),
     }
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in measure}
     for repeat in range(args.repeats):
@@ -271,7 +356,11 @@ def bench_vae_dense_mnist(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name, measured in runs.items():
         results.update(_medians(measured, name))
-    rates = {name: [run["images_per_s"] for run in measured] for name, measured in runs.items()}
+    rates = {
+        name: [run["images_per_s"] for run in measured]
+        for name, measured in runs.items()
+        if "images_per_s" in measured[0]
+    }
     # Ratios of the runs of one repeat, minutes apart at most, then their median: the machine's
     # speed drifts by tens of percent over minutes (its other tenants), which cancels in a pair.
     for path, baseline in (
@@ -307,7 +396,7 @@ def main() -> None:
     parser.add_argument("names", nargs="*", choices=[*BENCHMARKS, []], help="default: all")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per VAE run (the first is warm-up)")
     parser.add_argument("--conv-batches", type=int, default=60, help="batches per conv VAE epoch")
-    workers = ["handloop", "torchvision", "lightning_bare"]
+    workers = ["handloop", "torchvision", "lightning_bare", "interleaved", "framework_interleaved"]
     parser.add_argument("--worker", choices=workers, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--census-seeds", type=int, default=1000)

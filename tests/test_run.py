@@ -167,3 +167,38 @@ def test_bad_override_fails_with_the_key_named(tmp_path: Path) -> None:
     assert "model.reconstruction must be one of ['mse', 'bce'], got 'l1'" in output
     (error_file,) = (tmp_path / "runs").glob("*/error.txt")
     assert "model.reconstruction" in error_file.read_text()
+
+
+@pytest.mark.parametrize(
+    ("setting", "nvml_loads", "left"),
+    [("1", False, None), ("1", True, "1"), ("0", False, "0"), (None, False, None)],
+)
+def test_nvml_check_is_dropped_only_where_nvml_cannot_load(
+    monkeypatch: pytest.MonkeyPatch, setting: str | None, nvml_loads: bool, left: str | None
+) -> None:
+    import ctypes
+
+    from src.run import NVML_CHECK, drop_failing_nvml_check
+
+    def load(name: str) -> object:
+        if not nvml_loads:
+            raise OSError(f"{name}: cannot open shared object file")
+        return object()
+
+    monkeypatch.setattr(ctypes, "CDLL", load)
+    if setting is None:
+        monkeypatch.delenv(NVML_CHECK, raising=False)
+    else:
+        monkeypatch.setenv(NVML_CHECK, setting)
+    drop_failing_nvml_check()
+    assert os.environ.get(NVML_CHECK) == left
+
+
+def test_dropping_the_nvml_check_keeps_torchs_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where NVML is missing, torch falls back to the CUDA runtime's count: the same answer either way."""
+    from src.run import NVML_CHECK, drop_failing_nvml_check
+
+    monkeypatch.setenv(NVML_CHECK, "1")
+    with_nvml_check = torch.cuda.is_available()
+    drop_failing_nvml_check()
+    assert torch.cuda.is_available() == with_nvml_check

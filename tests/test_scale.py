@@ -318,3 +318,23 @@ def test_training_terms_logged_lean_match_their_steps(make_config, tmp_path: Pat
     with next((tmp_path / "sparse").glob("**/metrics.csv")).open() as handle:
         logged = [int(row["step"]) for row in csv.DictReader(handle) if row.get("train/loss_step")]
     assert logged == [2, 5, 8]
+
+
+def test_bench_interleaved_path_times_one_hand_step_per_trainer_step() -> None:
+    """`interleaved`: after the warm-up epoch, every Trainer step is followed by one timed hand step
+    (300 images in batches of 128: 3 steps an epoch, so 6 hand steps and 4 Trainer steps between
+    them in epochs 2 and 3), and the hand loop's own model trains."""
+    images = (torch.rand(300, 1, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.7).float()
+    torch.manual_seed(0)
+    _, untrained = ExampleVAE(), ExampleVAE()  # lightning_loop's BareModule, then the hand loop's
+    measured, module = lightning_loop(images, epochs=3, interleaved=True)
+    (interleaved,) = [callback for callback in module.trainer.callbacks if hasattr(callback, "hand_step_s")]
+    assert len(interleaved.hand_step_s) == 6 and len(interleaved.trainer_step_s) == 4
+    assert measured["hand_step_ms"] == pytest.approx(1e3 * statistics.median(interleaved.hand_step_s))
+    assert measured["hand_step_over_trainer_step"] == pytest.approx(
+        measured["hand_step_ms"] / measured["trainer_step_ms"]
+    )
+    torch.manual_seed(1)
+    before = untrained.loss(images).item()
+    torch.manual_seed(1)
+    assert interleaved.model.loss(images).item() < before - 10
