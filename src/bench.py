@@ -232,9 +232,10 @@ class InterleavedHandSteps(pl.Callback):
         self.hand_step_s.append(self._hand_ended - started)
 
     def figures(self) -> dict[str, float]:
-        """The median Trainer and hand step times (ms) and their ratio."""
+        """The median Trainer and hand step times (ms), their ratio, and the number of hand steps."""
         trainer_step, hand_step = map(statistics.median, (self.trainer_step_s, self.hand_step_s))
         return {
+            "hand_steps": float(len(self.hand_step_s)),
             "trainer_step_ms": 1e3 * trainer_step,
             "hand_step_ms": 1e3 * hand_step,
             "hand_step_over_trainer_step": hand_step / trainer_step,
@@ -276,29 +277,20 @@ def framework_interleaved(images: torch.Tensor, epochs: int) -> dict[str, float]
     `python -m src.run` gets in vae_dense_mnist: its module, data, callbacks and logger) with a
     hand-loop step after every step (InterleavedHandSteps): drift-free step times of the framework
     against the hand loop."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from src.run import train
+    from src.run import compose_config, train
 
     steps = InterleavedHandSteps(images)
     with tempfile.TemporaryDirectory() as output_root:
-        overrides = [*EXAMPLE_VAE, *_training_only(epochs, output_root)]
-        with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-            cfg = compose("config", overrides=overrides, return_hydra_config=True)
-        with open_dict(cfg):  # what @hydra.main sets: ${hydra:...} in the config resolves
-            cfg.hydra.runtime.output_dir = str(Path(output_root) / "run")
-            cfg.hydra.job.num = 0
-        HydraConfig.instance().set_config(cfg)
-        train(cfg, Path(cfg.hydra.runtime.output_dir), callbacks=[steps])
+        run_dir = Path(output_root) / "run"
+        cfg = compose_config([*EXAMPLE_VAE, *_training_only(epochs, output_root)], run_dir)
+        train(cfg, run_dir, callbacks=[steps])
     return steps.figures()
 
 
 def run_worker(loop: str, epochs: int) -> dict:
     """The loops beside the framework: `handloop` over the framework's in-memory training tensors
-    (on the GPU when there is one), `lightning_bare` over the same tensors, `torchvision` over
-    datasets.MNIST + ToTensor + DataLoader."""
+    (on the GPU when there is one), `lightning_bare`, `interleaved` and `framework_interleaved` over
+    the same tensors, `torchvision` over datasets.MNIST + ToTensor + DataLoader."""
     from torchvision import datasets, transforms
 
     from src.data import data_root, load_torchvision_images

@@ -25,11 +25,13 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import Logger, WandbLogger
 
@@ -49,6 +51,7 @@ def wandb_is_offline() -> bool:
 
 
 log = logging.getLogger(__name__)
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 POSTERIOR_IMAGES = 2000
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 
@@ -173,6 +176,20 @@ def write_figures(
     if history:
         figures.append(plots.loss_curves(history, run_dir / "loss_curves.png"))
     return figures
+
+
+def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The config `python -m src.run <overrides>` would get, composed in-process, with Hydra's
+    runtime set up as @hydra.main sets it (so `${hydra:...}` resolves) and `output_dir` as the run
+    folder: for calling `train` from Python (the tests, the benchmark's in-process path)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
 
 
 def build(config: DictConfig, **kwargs: Any) -> Any:

@@ -6,15 +6,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-import src.run  # noqa: F401  (registers the config resolvers)
+from src.run import compose_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = PROJECT_ROOT / "conf"
 SHARED_DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"
 needs_shared_mnist = pytest.mark.skipif(
     not (SHARED_DATASETS / "MNIST" / "raw").is_dir()
@@ -31,18 +27,6 @@ FAST = [
     "ood.max_images=64",
     "logger=none",
 ]
-
-
-def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
-    """The composed config, with Hydra's runtime set up so `${hydra:...}` resolves."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from src.bench import EXAMPLE_VAE, ExampleVAE, lightning_loop
 from src.eval import evaluate
 from src.run import seeded_model, train
-from tests.conftest import FAST, PROJECT_ROOT, compose_config
+from tests.conftest import FAST, PROJECT_ROOT, SHARED_DATASETS, compose_config, needs_shared_mnist
 
 # Tiny line images in shuffled minibatches of 8.
 TINY_LINES = [
@@ -330,6 +330,7 @@ def test_bench_interleaved_path_times_one_hand_step_per_trainer_step() -> None:
     measured, module = lightning_loop(images, epochs=3, interleaved=True)
     (interleaved,) = [callback for callback in module.trainer.callbacks if hasattr(callback, "hand_step_s")]
     assert len(interleaved.hand_step_s) == 6 and len(interleaved.trainer_step_s) == 4
+    assert measured["hand_steps"] == 6
     assert measured["hand_step_ms"] == pytest.approx(1e3 * statistics.median(interleaved.hand_step_s))
     assert measured["hand_step_over_trainer_step"] == pytest.approx(
         measured["hand_step_ms"] / measured["trainer_step_ms"]
@@ -338,3 +339,18 @@ def test_bench_interleaved_path_times_one_hand_step_per_trainer_step() -> None:
     before = untrained.loss(images).item()
     torch.manual_seed(1)
     assert interleaved.model.loss(images).item() < before - 10
+
+
+@needs_shared_mnist
+def test_bench_framework_interleaved_path_runs_the_frameworks_training(monkeypatch) -> None:
+    """`framework_interleaved`: src.run.train on the framework path's config, one hand step after
+    each of its steps (one epoch: MNIST's 55 000 training images in batches of 128 = 430 steps)."""
+    from src.bench import framework_interleaved
+
+    monkeypatch.setenv("DATA_ROOT", str(SHARED_DATASETS))
+    images = torch.rand(256, 1, 28, 28)
+    figures = framework_interleaved(images, epochs=1)
+    assert figures["hand_steps"] == 430
+    assert figures["hand_step_over_trainer_step"] == pytest.approx(
+        figures["hand_step_ms"] / figures["trainer_step_ms"]
+    )
