@@ -30,4 +30,4 @@ clean:  ## remove run folders and caches (keeps data/ and .venv)
 	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
 
 bench:  ## benchmarks (not tests): a table and bench/results.json; run on an idle machine
-	$(BIN)/python -m src.bench $(ARGS)
+	$(BIN)/python -m benchmarks.run $(ARGS)

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
-from src.models import ReconstructionModel
-from src.ood import score_images
+from src.evaluation.scoring import score_images
+from src.models.base import ReconstructionModel
+from src.pipeline.checkpoints import CheckpointError, load_model, run_folder
 
 USAGE = "usage: python -m src.score ckpt_path=<file.ckpt> input=<file.npy | folder of PNGs> output=<file.csv>"
 
@@ -95,18 +95,13 @@ def load_images(path: Path, image_shape: tuple[int, ...]) -> tuple[list[str], to
 
 
 def load_run(ckpt_path: Path) -> tuple[ReconstructionModel, dict[str, Any], DictConfig]:
-    """The model of a checkpoint (its class from the run's config.yaml), the run's metrics and its
-    config."""
-    if not ckpt_path.is_file():
-        raise ScoreInputError(f"ckpt_path={ckpt_path} is not a file; give <run>/checkpoints/best.ckpt.")
-    run_dir = ckpt_path.resolve().parent.parent
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise ScoreInputError(
-            f"{config_path} not found: ckpt_path must stay in its run folder (<run>/checkpoints/*.ckpt)."
-        )
-    cfg = OmegaConf.load(config_path)
-    model = get_class(cfg.model._target_).load_from_checkpoint(ckpt_path, map_location="cpu")
+    """The model of a checkpoint, the run's metrics and its config."""
+    try:
+        run_dir = run_folder(ckpt_path)
+        cfg = OmegaConf.load(run_dir / "config.yaml")
+        model, _ = load_model(ckpt_path, cfg)
+    except CheckpointError as error:
+        raise ScoreInputError(str(error)) from None
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     return model, metrics, cfg

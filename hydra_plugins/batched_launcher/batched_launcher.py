@@ -1,5 +1,5 @@
 """`hydra/launcher=batched` (conf/hydra/launcher/batched.yaml): trains the jobs of a sweep that
-differ only in `seed` together, as one batched model (src/batched.py), then writes each job's
+differ only in `seed` together, as one batched model (src/pipeline/batched.py), then writes each job's
 folder as a normal run would (.hydra/config.yaml and overrides.yaml, config.yaml, metrics.json,
 checkpoints/last.ckpt, figures when `figures=true`), so the sweep summary sees ordinary jobs.
 Jobs it cannot batch run one by one through Hydra's usual job runner, as the basic launcher does.
@@ -82,7 +82,7 @@ class BatchedLauncher(Launcher):
     def _launch_group(
         self, label: str, jobs: list[tuple[int, Sequence[str], int | None]]
     ) -> dict[int, JobReturn]:
-        from src.batched import batching_problem, train_members
+        from src.pipeline.batched import batching_problem, train_members
 
         template = self.hydra_context.config_loader.load_sweep_config(self.config, list(jobs[0][1]))
         problem = "a single job" if len(jobs) == 1 else batching_problem(template)
@@ -143,8 +143,9 @@ class BatchedLauncher(Launcher):
 
     def _record(self, template, cfg, overrides, index, model, datamodule, seconds) -> JobReturn:
         """A lighter run_job for batched members: the job folder, .hydra/, and the run's files."""
-        from src.batched import record_member
-        from src.run import guarded, save_config
+        from src.pipeline.batched import record_member
+        from src.pipeline.config import save_config
+        from src.pipeline.run import run_job
 
         self._set_job(template, overrides, index)
         HydraConfig.instance().set_config(template)
@@ -153,6 +154,6 @@ class BatchedLauncher(Launcher):
         save_config(cfg, run_dir / ".hydra" / "config.yaml", resolve=False)
         (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
         result = JobReturn(overrides=list(overrides), cfg=cfg, working_dir=str(Path.cwd()))
-        result.return_value = guarded(record_member(model, datamodule, seconds), cfg, run_dir, in_sweep=True)
+        result.return_value = run_job(record_member(model, datamodule, seconds), cfg, run_dir, in_sweep=True)
         result.status = JobStatus.COMPLETED
         return result

@@ -13,23 +13,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import nn
 
-from src.models import VariationalAutoencoder, _plain, gaussian_kl, reconstruction_error
-from src.nets import ACTIVATIONS
+from src.models.base import EvaluationPass, plain
+from src.models.losses import feature_error, gaussian_kl, reconstruction_error, reparameterise
+from src.models.nets import ACTIVATIONS
+from src.models.vae import VariationalAutoencoder
 
 PARTS = ("encoder", "decoder", "discriminator")
-
-
-def feature_error(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image -log N(Dis_l(x) | Dis_l(x~), I) up to a constant: half the squared distance of the
-    flattened discriminator features (Larsen et al.'s L_llike^Dis_l)."""
-    return 0.5 * (features - target).flatten(1).square().sum(1)
 
 
 def discriminator_accuracy(logits: torch.Tensor, real: bool) -> torch.Tensor:
@@ -95,6 +91,8 @@ class VAEGAN(VariationalAutoencoder):
     val/loss) is the encoder's objective: beta * KL + feature_weight * feature error + pixel_weight *
     pixel term."""
 
+    anomaly_scores: ClassVar[tuple[str, ...]] = (*VariationalAutoencoder.anomaly_scores, "disc_feature_error")
+
     def __init__(
         self,
         net: Mapping,
@@ -113,8 +111,8 @@ class VAEGAN(VariationalAutoencoder):
         **kwargs: Any,
     ) -> None:
         # Plain values before save_hyperparameters (in the base) records them.
-        discriminator_net = _plain(discriminator_net) if discriminator_net else None
-        optimizers = {part: _plain(value or {}) for part, value in (optimizers or {}).items()}
+        discriminator_net = plain(discriminator_net) if discriminator_net else None
+        optimizers = {part: plain(value or {}) for part, value in (optimizers or {}).items()}
         if unknown := set(optimizers) - set(PARTS):
             raise ValueError(f"model.optimizers may only name {list(PARTS)}, got {sorted(unknown)}")
         weights = {"gamma": gamma, "feature_weight": feature_weight, "pixel_weight": pixel_weight}
@@ -140,7 +138,7 @@ class VAEGAN(VariationalAutoencoder):
         """Every loss term of one batch (batch means) and the discriminator's accuracies."""
         count = len(images)
         mu, logvar = self.encode(images)
-        latent = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        latent = reparameterise(mu, logvar)
         # Reconstructions and prior samples in one decoder pass (one set of batch-norm statistics).
         logits = self.decode(torch.cat([latent, torch.randn_like(latent)]))
         features, verdicts = self.discriminator(torch.cat([images, torch.sigmoid(logits)]))
@@ -208,7 +206,7 @@ class VAEGAN(VariationalAutoencoder):
         if train_discriminator:
             optimizers["discriminator"].step()
         updates = {"decoder_updated": float(train_decoder), "disc_updated": float(train_discriminator)}
-        self._log_training_terms({**terms, **updates}, len(images), batch_idx)
+        self.log_training_terms({**terms, **updates}, len(images), batch_idx)
 
     def _stop(self, what: str) -> None:
         """Save the current (last good: every step so far was finite) weights and stop the run."""
@@ -232,15 +230,12 @@ class VAEGAN(VariationalAutoencoder):
         ]
 
     # --- evaluation ------------------------------------------------------------------------------
-    def evaluation_scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def extra_scores(
+        self, images: torch.Tensor, evaluated: EvaluationPass, samples: int
+    ) -> dict[str, torch.Tensor]:
         """Adds `disc_feature_error`: the feature error between an image and its deterministic
         (z = mu) reconstruction, per image, an OOD score."""
-        scores = super().evaluation_scores(images)
         features, _ = self.discriminator(images)
-        recon_features, _ = self.discriminator(torch.sigmoid(self.decode(self.code(images))))
+        recon_features, _ = self.discriminator(torch.sigmoid(evaluated.logits))
+        scores = super().extra_scores(images, evaluated, samples)
         return {**scores, "disc_feature_error": feature_error(recon_features, features)}
-
-    def ood_scores(self, images: torch.Tensor, samples: int = 0) -> dict[str, torch.Tensor]:
-        """The VAE's OOD scores plus the discriminator-feature reconstruction error."""
-        scores = super().ood_scores(images, samples)
-        return {**scores, "disc_feature_error": self.evaluation_scores(images)["disc_feature_error"]}

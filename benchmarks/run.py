@@ -1,4 +1,4 @@
-"""Benchmarks (not tests): `make bench` or `python -m src.bench [names ...] [--repeats N]`.
+"""Benchmarks (not tests): `make bench` or `python -m benchmarks.run [names ...] [--repeats N]`.
 
 Prints a table and writes bench/results.json. Every figure is the median of `--repeats` runs (each
 itself the median over its epochs after the first); the machine is noisy, so compare ratios measured
@@ -59,7 +59,7 @@ def _timed_sweep(seeds: int, *overrides: str) -> float:
             "-m",
             "experiment=census_ca_2x2",
             f"seed=range(0,{seeds})",
-            f"output_root={output_root}",
+            f"paths.output_root={output_root}",
             *overrides,
         ]
         started = time.perf_counter()
@@ -112,8 +112,8 @@ def _run_measured(command: list[str]) -> tuple[str, float]:
 def _training_only(epochs: int, output_root: str) -> list[str]:
     """Overrides that make a framework run train and nothing else (no test, OOD or figures)."""
     return [
-        f"trainer.max_epochs={epochs}", f"output_root={output_root}", "test=false", "ood.enabled=false",
-        "figures=false", "trainer.enable_progress_bar=false", "trainer.accelerator=auto",
+        f"trainer.max_epochs={epochs}", f"paths.output_root={output_root}", "test=false", "ood.enabled=false",
+        "figures=false", "trainer.enable_progress_bar=false", "trainer.accelerator=auto", "print_config=false",
     ]  # fmt: skip
 
 
@@ -135,7 +135,7 @@ def _framework(overrides: list[str], epochs: int) -> dict[str, float]:
 def _worker(loop: str, epochs: int) -> dict[str, float]:
     """A hand-written loop (`handloop` or `torchvision`) in a child process."""
     stdout, peak_rss = _run_measured(
-        [sys.executable, "-m", "src.bench", "--worker", loop, "--epochs", str(epochs)]
+        [sys.executable, "-m", "benchmarks.run", "--worker", loop, "--epochs", str(epochs)]
     )
     return {**json.loads(stdout.strip().splitlines()[-1]), "peak_rss_mib": peak_rss}
 
@@ -248,8 +248,8 @@ def lightning_loop(images: torch.Tensor, epochs: int, interleaved: bool = False)
     measures them (src.run.History), and the trained module. With `interleaved`, a hand-loop step
     follows every training step instead (InterleavedHandSteps), and the figures are the two median
     step times and their ratio."""
-    from src.data import TensorBatches, whole_batch
-    from src.run import History
+    from src.data.memory import TensorBatches, whole_batch
+    from src.pipeline.callbacks import History
 
     torch.manual_seed(0)
     module = BareModule()
@@ -277,7 +277,8 @@ def framework_interleaved(images: torch.Tensor, epochs: int) -> dict[str, float]
     `python -m src.run` gets in vae_dense_mnist: its module, data, callbacks and logger) with a
     hand-loop step after every step (InterleavedHandSteps): drift-free step times of the framework
     against the hand loop."""
-    from src.run import compose_config, train
+    from src.pipeline.config import compose_config
+    from src.pipeline.training import train
 
     steps = InterleavedHandSteps(images)
     with tempfile.TemporaryDirectory() as output_root:
@@ -293,10 +294,10 @@ def run_worker(loop: str, epochs: int) -> dict:
     the same tensors, `torchvision` over datasets.MNIST + ToTensor + DataLoader."""
     from torchvision import datasets, transforms
 
-    from src.data import data_root, load_torchvision_images
-    from src.run import keep_freed_memory
+    from src.data.torchvision_sets import data_root, load_torchvision_images
+    from src.pipeline.process import prepare_training_process
 
-    keep_freed_memory()  # as src.run does, so that the loops differ only in what is measured
+    prepare_training_process()  # as src.run does, so that the loops differ only in what is measured
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     root = data_root(os.environ.get("DATA_ROOT"))
     if loop in ("lightning_bare", "interleaved", "framework_interleaved"):
@@ -385,7 +386,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("names", nargs="*", choices=[*BENCHMARKS, []], help="default: all")
+    parser.add_argument("names", nargs="*", metavar="name", help=f"any of {list(BENCHMARKS)} (default: all)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per VAE run (the first is warm-up)")
     parser.add_argument("--conv-batches", type=int, default=60, help="batches per conv VAE epoch")
     workers = ["handloop", "torchvision", "lightning_bare", "interleaved", "framework_interleaved"]
@@ -395,6 +396,8 @@ def main() -> None:
     parser.add_argument("--per-run-seeds", type=int, default=5)
     parser.add_argument("--output", type=Path, default=PROJECT_ROOT / "bench" / "results.json")
     args = parser.parse_args()
+    if unknown := sorted(set(args.names) - set(BENCHMARKS)):
+        parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
     if args.worker:
         print(json.dumps(run_worker(args.worker, args.epochs)))
         return

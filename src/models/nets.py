@@ -3,25 +3,27 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh, "elu": nn.ELU}
 
 
-def _activation(name: str) -> nn.Module:
+def named_activation(name: str) -> Callable[[], nn.Module]:
+    """A factory of fresh activation modules of the given name (`model.net.activation`)."""
     if name not in ACTIVATIONS:
         raise ValueError(f"model.net.activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
-    return ACTIVATIONS[name]()
+    return ACTIVATIONS[name]
 
 
-def _mlp(widths: Sequence[int], activation: str) -> list[nn.Module]:
-    """Linear layers between consecutive widths, each followed by the activation."""
+def _mlp(widths: Sequence[int], activation: Callable[[], nn.Module]) -> list[nn.Module]:
+    """Linear layers between consecutive widths, each followed by a fresh activation module."""
     layers: list[nn.Module] = []
     for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
-        layers += [nn.Linear(width_in, width_out), _activation(activation)]
+        layers += [nn.Linear(width_in, width_out), activation()]
     return layers
 
 
@@ -41,10 +43,11 @@ class DenseNet(nn.Module):
         pixels = math.prod(self.image_shape)
         widths = [pixels, *hidden_dims]
         self.feature_dim = widths[-1]
-        self.encoder = nn.Sequential(nn.Flatten(), *_mlp(widths, activation))
+        act = named_activation(activation)
+        self.encoder = nn.Sequential(nn.Flatten(), *_mlp(widths, act))
         decoder_widths = [latent_dim, *reversed(hidden_dims)]
         self.decoder = nn.Sequential(
-            *_mlp(decoder_widths, activation),
+            *_mlp(decoder_widths, act),
             nn.Linear(decoder_widths[-1], pixels),
             nn.Unflatten(1, self.image_shape),
         )
@@ -82,7 +85,7 @@ class ConvNet(nn.Module):
                 f"this dataset's images are {height}x{width}. Use model/net=dense for it, or "
                 f"change model.net.strides (or the dataset's image size)."
             )
-        act = lambda: nn.LeakyReLU(negative_slope)  # noqa: E731 - a fresh module per layer
+        act = functools.partial(nn.LeakyReLU, negative_slope)
         encoder: list[nn.Module] = []
         decoder_convs: list[nn.Module] = []
         channels_in = [in_channels, *channels[:-1]]
@@ -99,10 +102,10 @@ class ConvNet(nn.Module):
         conv_features = math.prod(feature_shape)
         widths = [conv_features, *hidden_dims]
         self.feature_dim = widths[-1]
-        self.encoder = nn.Sequential(*encoder, nn.Flatten(), *_mlp(widths, "leaky_relu"))
+        self.encoder = nn.Sequential(*encoder, nn.Flatten(), *_mlp(widths, act))
         decoder_widths = [latent_dim, *reversed(hidden_dims)]
         self.decoder = nn.Sequential(
-            *_mlp(decoder_widths, "leaky_relu"),
+            *_mlp(decoder_widths, act),
             nn.Linear(decoder_widths[-1], conv_features),
             act(),
             nn.Unflatten(1, feature_shape),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -13,7 +14,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -33,7 +34,7 @@ def image_rows(rows: Sequence[torch.Tensor], row_titles: Sequence[str], path: Pa
             else:
                 ax.axis("off")
         axes_row[0].set_ylabel(title, rotation=0, ha="right", va="center")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def image_grid(images: torch.Tensor, path: Path, title: str, columns: int = 8) -> Path:
@@ -45,7 +46,7 @@ def image_grid(images: torch.Tensor, path: Path, title: str, columns: int = 8) -
         if index < len(images):
             ax.imshow(images[index, 0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def bottleneck_distribution(codes: torch.Tensor, path: Path, sigmas: torch.Tensor | None = None) -> Path:
@@ -69,7 +70,7 @@ def bottleneck_distribution(codes: torch.Tensor, path: Path, sigmas: torch.Tenso
         ax.hist(sigmas.detach().cpu().flatten().numpy(), bins=50)
         ax.set_xlabel("posterior standard deviation sigma")
         ax.set_title("sigma (test set)")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def loss_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
@@ -83,7 +84,7 @@ def loss_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.legend()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def sweep_summary(groups: dict[str, dict], path: Path) -> Path:
@@ -125,7 +126,7 @@ def sweep_summary(groups: dict[str, dict], path: Path) -> Path:
             ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
         ax.set_title(key)
     axes[0, 0].legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def roc_curves(labelled: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path, score: str) -> Path:
@@ -142,7 +143,7 @@ def roc_curves(labelled: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Pat
     ax.set_ylabel("true positive rate (OOD called OOD)")
     ax.set_title(f"ROC, score {score}")
     ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def score_histograms(
@@ -169,7 +170,7 @@ def score_histograms(
         ax.set_title(name)
         ax.legend(fontsize=7)
     axes[0, 0].set_ylabel("density")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _two_d(codes: dict[str, torch.Tensor], reference: str) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -208,4 +209,38 @@ def latent_ood(
             ax.set_xlabel(axis_names[0])
             ax.set_ylabel(axis_names[1])
             ax.legend(fontsize=7, markerscale=3)
-    return _save(fig, path)
+    return save(fig, path)
+
+
+@torch.no_grad()
+def run_figures(model: Any, test_images: torch.Tensor, history: Sequence[dict], run_dir: Path) -> list[Path]:
+    """The figures of every run: inputs over reconstructions, prior samples (generative models),
+    the bottleneck distribution (latent <= 2; the VAE's posterior sigma beside it) and the loss
+    curves (when there is a history)."""
+    model.eval()
+    shown = test_images[:8].to(model.device)
+    figures = [
+        image_rows([shown, model.reconstruct(shown)], ["input", "output"], run_dir / "reconstructions.png")
+    ]
+    if model.generative:
+        samples = model.sample(64, generator=torch.Generator().manual_seed(0))
+        figures.append(image_grid(samples, run_dir / "samples.png", "decoded samples z ~ N(0, I)"))
+    if model.hparams.latent_dim <= 2:
+        evaluated = model.encode_pass(test_images.to(model.device))
+        figures.append(bottleneck_distribution(evaluated.code, run_dir / "bottleneck.png", evaluated.sigma))
+    if history:
+        figures.append(loss_curves(history, run_dir / "loss_curves.png"))
+    return figures
+
+
+def samples_side_by_side(samples: dict[str, torch.Tensor], path: Path) -> Path:
+    """The first 64 samples of each model as an 8x8 mosaic, one panel per model."""
+    import matplotlib.pyplot as plt
+    from torchvision.utils import make_grid
+
+    fig, axes = plt.subplots(1, len(samples), figsize=(4 * len(samples), 4.4), squeeze=False)
+    for ax, (model, images) in zip(axes[0], samples.items(), strict=True):
+        ax.imshow(make_grid(images[:64], nrow=8, pad_value=1.0)[0].numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"{model}: z ~ N(0, I)")
+        ax.axis("off")
+    return save(fig, path)

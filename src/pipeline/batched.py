@@ -16,13 +16,18 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from src.models import ClassicalAutoencoder, ReconstructionModel, VariationalAutoencoder
-from src.nets import DenseNet
-from src.run import build, record_run, save_config, seeded_model
+from src.models.base import ReconstructionModel
+from src.models.ca import ClassicalAutoencoder
+from src.models.nets import DenseNet
+from src.models.vae import VariationalAutoencoder
+from src.pipeline.checkpoints import save_weights
+from src.pipeline.config import build
+from src.pipeline.run import Run
+from src.pipeline.training import seeded_model
 
 BATCHABLE_MODELS = (ClassicalAutoencoder, VariationalAutoencoder)
 
@@ -93,7 +98,8 @@ def train_members(cfgs: list[DictConfig]) -> tuple[list[ReconstructionModel], pl
 
 @torch.no_grad()
 def member_metrics(model: ReconstructionModel, datamodule: pl.LightningDataModule) -> dict[str, Any]:
-    """The metrics a single run reports, computed on the full splits (one batch each)."""
+    """The metrics a single run reports, from the same model method as its validation and test
+    steps (`evaluation_metrics`), on the full splits (one batch each: full-batch training)."""
     model.eval()
     metrics: dict[str, Any] = {}
     for stage, split in (("train", "train"), ("val", "val"), ("test", "test")):
@@ -109,11 +115,12 @@ def member_metrics(model: ReconstructionModel, datamodule: pl.LightningDataModul
 def record_member(
     model: ReconstructionModel, datamodule: pl.LightningDataModule, train_time_s: float
 ) -> Callable[[DictConfig, Path], dict[str, Any]]:
-    """A job (as `src.run.guarded` runs it) that writes a trained member's run folder as a single
-    run would, and returns its metrics."""
+    """A job (as `src.pipeline.run.run_job` runs it) that writes a trained member's run folder
+    through the Run, as a single run would, and returns its metrics."""
 
     def write(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-        save_config(cfg, run_dir / "config.yaml")
+        run = Run(cfg, run_dir)
+        run.start()
         steps = training_steps(cfg)
         metrics = {
             "train/time_s": train_time_s,
@@ -123,18 +130,10 @@ def record_member(
             "steps": steps,
             "parameters": sum(p.numel() for p in model.parameters()),
         }
-        (run_dir / "checkpoints").mkdir(exist_ok=True)
-        checkpoint = {
-            "state_dict": model.state_dict(),
-            "hyper_parameters": dict(model.hparams),
-            "pytorch-lightning_version": pl.__version__,
-        }
-        torch.save(checkpoint, run_dir / "checkpoints" / "last.ckpt")
-        loggers = [build(logger_cfg, save_dir=str(run_dir)) for logger_cfg in cfg.logger.values()]
-        for logger in loggers:
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        save_weights(model, run_dir / "checkpoints" / "last.ckpt", global_step=steps, epoch=steps)
+        for logger in run.loggers:
             logger.log_metrics({key: value for key, value in metrics.items() if isinstance(value, float)})
             logger.save()
-        return record_run(cfg, run_dir, model, datamodule, metrics, loggers)
+        return run.record(model, datamodule, metrics)
 
     return write

@@ -11,11 +11,14 @@ Outcomes, checked in this order on the deterministic outputs (the VAE uses z = m
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from pathlib import Path
 
-from src.data import LINES_2X2
-from src.models import ReconstructionModel, VariationalAutoencoder
+import torch
+
+from src.data.lines import LINES_2X2
+from src.data.memory import InMemoryDataModule
+from src.evaluation.base import EvaluationResult
+from src.models.base import ReconstructionModel
 
 OUTCOMES = ("all_gray", "optimal", "one_merged_pair", "two_merged_pairs", "other")
 GRAY_TOLERANCE = 0.1
@@ -49,19 +52,6 @@ def classify_outcome(inputs: torch.Tensor, outputs: torch.Tensor) -> str:
     return {(2,): "one_merged_pair", (2, 2): "two_merged_pairs"}.get(tuple(sizes), "other")
 
 
-def layer_activations(model: ReconstructionModel, images: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
-    """(name, activation) after every layer from input to output logits, deterministic path."""
-    bottleneck = model.mu if isinstance(model, VariationalAutoencoder) else model.bottleneck
-    stages = [("encoder", model.net.encoder), ("", nn.Sequential(bottleneck)), ("decoder", model.net.decoder)]
-    activations, current = [], images
-    for prefix, sequential in stages:
-        for index, layer in enumerate(sequential):
-            current = layer(current)
-            name = f"{prefix}.{index} {type(layer).__name__}" if prefix else "bottleneck"
-            activations.append((name, current.flatten(1)))
-    return activations
-
-
 def why_identical(activations: list[tuple[str, torch.Tensor]], images: list[int]) -> str:
     """The first layer after which the given images have identical activations, and whether that is
     because every unit there is zero for all of them (dead ReLUs)."""
@@ -93,7 +83,16 @@ def outcome_metrics(model: ReconstructionModel, images: torch.Tensor) -> dict[st
         groups = merged_groups(outputs)
     else:
         return metrics
-    activations = layer_activations(model, images)
+    activations = model.layer_activations(images)
     metrics["test/merged_images"] = " ".join("=".join(LINES_2X2[i] for i in group) for group in groups)
     metrics["test/merge_reason"] = " / ".join(sorted({why_identical(activations, group) for group in groups}))
     return metrics
+
+
+class CensusOutcome:
+    """The `census` evaluation: report 000's outcome of a run on the 2x2 images (test split)."""
+
+    def __call__(
+        self, model: ReconstructionModel, datamodule: InMemoryDataModule, run_dir: Path, figures: bool
+    ) -> EvaluationResult:
+        return EvaluationResult(outcome_metrics(model, datamodule.images("test")))

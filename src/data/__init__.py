@@ -1,0 +1,1 @@
+"""LightningDataModules of the datasets, and the OOD sets evaluated against them."""

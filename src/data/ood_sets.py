@@ -1,0 +1,140 @@
+"""OOD sets for each dataset: the other torchvision dataset, shifts of the in-distribution test set
+(flips, inversion, noise) and, for the line images, defects and images that are not lines."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from src.data.lines import line_images
+from src.data.torchvision_sets import TorchvisionDataModule, load_torchvision_images
+
+# The other dataset of each pair, for the `mnist` and `fashion_mnist` OOD sets.
+TORCHVISION_SETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+
+
+def _random_lines(count: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    angles = torch.rand(count, generator=generator, dtype=torch.float64) * 2 * math.pi
+    return line_images(angles, size), angles
+
+
+def _pixel_grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    coords = torch.arange(size, dtype=torch.float64)
+    return coords[:, None].expand(size, size), coords[None, :].expand(size, size)
+
+
+def _invert_where(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Images with the pixels under `mask` (N, S, S) set to the opposite colour."""
+    mask = mask.unsqueeze(1)
+    return torch.where(mask, 1 - images, images)
+
+
+def lines_with_blob(count: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Line images with a disc of the opposite colour (radius size/10) at a random place: a defect."""
+    images, _ = _random_lines(count, size, generator)
+    rows, cols = _pixel_grid(size)
+    radius = max(size / 10, 1.0)
+    centres = radius + torch.rand(count, 2, generator=generator, dtype=torch.float64) * (
+        size - 1 - 2 * radius
+    )
+    inside = (rows - centres[:, 0, None, None]).square() + (cols - centres[:, 1, None, None]).square()
+    return _invert_where(images, inside <= radius**2)
+
+
+def lines_with_scratch(count: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Line images with a one-pixel-wide segment (half the image long) of the opposite colour."""
+    images, _ = _random_lines(count, size, generator)
+    rows, cols = _pixel_grid(size)
+    centres = size / 4 + torch.rand(count, 2, generator=generator, dtype=torch.float64) * (size / 2)
+    theta = torch.rand(count, generator=generator, dtype=torch.float64) * math.pi
+    dr, dc = torch.sin(theta)[:, None, None], torch.cos(theta)[:, None, None]
+    rel_r, rel_c = rows - centres[:, 0, None, None], cols - centres[:, 1, None, None]
+    along, across = rel_r * dr + rel_c * dc, rel_r * dc - rel_c * dr
+    return _invert_where(images, (across.abs() <= 0.5) & (along.abs() <= size / 4))
+
+
+def crossing_lines(count: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Not a line: the exclusive-or of two line images whose angles differ by 30 to 150 degrees
+    (four quadrants, two white)."""
+    first, angles = _random_lines(count, size, generator)
+    gap = (torch.rand(count, generator=generator, dtype=torch.float64) * 2 / 3 + 1 / 6) * math.pi
+    second = line_images(angles + gap, size)
+    return (first != second).float()
+
+
+def circles(count: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Not a line: a white disc (radius size/5 to size/3) on black, or its complement, near the centre."""
+    rows, cols = _pixel_grid(size)
+    radius = (torch.rand(count, generator=generator, dtype=torch.float64) * (1 / 3 - 1 / 5) + 1 / 5) * size
+    centres = (size - 1) / 2 + (torch.rand(count, 2, generator=generator, dtype=torch.float64) - 0.5) * 4
+    inside = (rows - centres[:, 0, None, None]).square() + (cols - centres[:, 1, None, None]).square()
+    discs = (inside <= radius[:, None, None].square()).float().unsqueeze(1)
+    flip = torch.rand(count, generator=generator) < 0.5
+    discs[flip] = 1 - discs[flip]
+    return discs
+
+
+LINE_DEFECTS: dict[str, Callable[[int, int, torch.Generator], torch.Tensor]] = {
+    "blob": lines_with_blob,
+    "scratch": lines_with_scratch,
+    "crossing": crossing_lines,
+    "circle": circles,
+}
+SHIFTS = ("hflip", "vflip", "invert", "noise")
+
+
+def shifted(
+    images: torch.Tensor, shift: str, generator: torch.Generator, noise_amplitude: float
+) -> torch.Tensor:
+    """A synthetic shift of in-distribution images: a flip, the inversion 1 - x, or additive uniform
+    noise in [-noise_amplitude, noise_amplitude] clipped to [0, 1]."""
+    if shift == "hflip":
+        return images.flip(-1)
+    if shift == "vflip":
+        return images.flip(-2)
+    if shift == "invert":
+        return 1 - images
+    noise = (torch.rand(images.shape, generator=generator) * 2 - 1) * noise_amplitude
+    return (images + noise).clamp(0, 1)
+
+
+def ood_sets(
+    names: list[str], datamodule: Any, count: int, seed: int = 0, noise_amplitude: float = 0.5
+) -> dict[str, torch.Tensor]:
+    """The OOD images (N, 1, H, W) in [0, 1] of each named set: `mnist`/`fashion_mnist` (that
+    dataset's official test set, read from the datamodule's data root), a shift of the in-distribution
+    test set (`hflip`, `vflip`, `invert`, `noise`), or a line defect (`blob`, `scratch`, `crossing`,
+    `circle`, at the datamodule's image size). `count` caps each set."""
+    known = [*TORCHVISION_SETS, *SHIFTS, *LINE_DEFECTS]
+    test_images = datamodule.images("test")[:count]
+    size = test_images.shape[-1]
+    sets = {}
+    for index, name in enumerate(names):
+        # One generator per set, so adding or removing a set leaves the others unchanged.
+        generator = torch.Generator().manual_seed(seed + index)
+        if name in TORCHVISION_SETS:
+            if name == datamodule.name:
+                raise ValueError(f"ood.sets holds {name!r}, the training dataset itself; remove it")
+            if not isinstance(datamodule, TorchvisionDataModule):
+                raise ValueError(
+                    f"OOD set {name!r} needs 28x28 images; remove it from ood.sets for {datamodule.name}"
+                )
+            images = load_torchvision_images(
+                TORCHVISION_SETS[name], datamodule.root, train=False, download=datamodule.download
+            ).tensors[0]
+            if images.shape[-2:] != test_images.shape[-2:]:
+                raise ValueError(
+                    f"OOD set {name!r} has {tuple(images.shape[-2:])} images but the model takes "
+                    f"{tuple(test_images.shape[-2:])}; remove it from ood.sets"
+                )
+            sets[name] = images[:count]
+        elif name in SHIFTS:
+            sets[name] = shifted(test_images, name, generator, noise_amplitude)
+        elif name in LINE_DEFECTS:
+            sets[name] = LINE_DEFECTS[name](len(test_images), size, generator)
+        else:
+            raise ValueError(f"ood.sets: unknown set {name!r}; choose from {known}")
+    return sets

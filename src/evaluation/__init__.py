@@ -1,0 +1,1 @@
+"""Evaluations after testing (declared per dataset in conf/evaluations/), and the measures they use."""

@@ -1,0 +1,218 @@
+"""The Lightning base of every autoencoder here: the net, decoding, the evaluation pass and its
+per-image scores, the optimiser and the logging. Each model adds its bottleneck and its loss."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torchmetrics.functional.regression import cosine_similarity
+
+from src.models.losses import RECONSTRUCTIONS, REDUCTIONS, gray_fraction
+from src.models.training_log import TrainingTermsLog
+
+OUTPUT_ACTIVATIONS = ("sigmoid", "heaviside")
+INITS = ("glorot_uniform", "torch")
+# Keeps log() finite when an output is exactly 0 or 1 (the Heaviside output always is).
+PROBABILITY_EPS = 1e-6
+
+
+def choice(key: str, value: str, allowed: tuple[str, ...]) -> str:
+    """`value` if it is one of `allowed`, else a ValueError naming the config key `model.<key>`."""
+    if value not in allowed:
+        raise ValueError(f"model.{key} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def plain(config: Mapping | DictConfig) -> dict:
+    """A plain dict of a (possibly Hydra) config, so checkpoints hold values, not config objects."""
+    return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else dict(config)
+
+
+@dataclass
+class EvaluationPass:
+    """One deterministic pass of images through a model: everything its scores, figures and
+    evaluations need, computed once. `code` is the bottleneck value (the VAE's posterior mean),
+    `logits` the decoder's output for it, `logvar` the VAE's posterior log-variance."""
+
+    code: torch.Tensor
+    logits: torch.Tensor
+    logvar: torch.Tensor | None = None
+
+    @property
+    def sigma(self) -> torch.Tensor | None:
+        return None if self.logvar is None else (0.5 * self.logvar).exp()
+
+
+class ReconstructionModel(TrainingTermsLog):
+    """Base of every autoencoder. Subclasses define the bottleneck (`code_layer`, `encode_pass`)
+    and `training_loss`; `scores` gives every per-image number, which become the test metrics
+    (means) and the anomaly scores (those named in `anomaly_scores`)."""
+
+    # Scores in which higher means more anomalous: the candidates for OOD detection.
+    anomaly_scores: ClassVar[tuple[str, ...]] = ("recon_mse", "recon_bce")
+    # Whether the model has a prior to sample images from (`sample`).
+    generative: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        net: Mapping,
+        image_shape: list[int],
+        latent_dim: int = 1,
+        reconstruction: str = "mse",
+        reduction: str = "mean",
+        output_activation: str = "sigmoid",
+        init: str = "glorot_uniform",
+        optimizer: Mapping | None = None,
+    ) -> None:
+        super().__init__()
+        net = plain(net)
+        optimizer = plain(optimizer or {"_target_": "torch.optim.Adam", "lr": 1e-3})
+        image_shape = [int(size) for size in image_shape]
+        choice("reconstruction", reconstruction, RECONSTRUCTIONS)
+        choice("reduction", reduction, REDUCTIONS)
+        choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
+        choice("init", init, INITS)
+        if latent_dim < 1:
+            raise ValueError(f"model.latent_dim must be at least 1, got {latent_dim}")
+        self.save_hyperparameters()
+        self.image_shape = tuple(image_shape)
+        self.net = instantiate(net, image_shape=image_shape, latent_dim=latent_dim)
+
+    def _init_weights(self) -> None:
+        """Keras' defaults (Glorot-uniform weights, zero biases) unless init=torch. Subclasses call it
+        once all layers exist."""
+        if self.hparams.init != "glorot_uniform":
+            return
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    # --- the model -------------------------------------------------------------------------------
+    def code_layer(self) -> nn.Module:
+        """The layer on the encoder features that gives the deterministic bottleneck value."""
+        raise NotImplementedError
+
+    def training_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The objective minimised in training, and its named terms (batch means)."""
+        raise NotImplementedError
+
+    def encode_pass(self, images: torch.Tensor) -> EvaluationPass:
+        """The deterministic pass: bottleneck value and the decoder's logits for it."""
+        code = self.code(images)
+        return EvaluationPass(code, self.decode(code))
+
+    def code(self, images: torch.Tensor) -> torch.Tensor:
+        """Deterministic bottleneck value of each image (the VAE's posterior mean)."""
+        return self.code_layer()(self.net.encoder(images))
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """Pixel logits for latent codes."""
+        return self.net.decoder(latent)
+
+    def output(self, logits: torch.Tensor, activation: str | None = None) -> torch.Tensor:
+        """The evaluation output: sigmoid, or report 000's Heaviside step (`activation`, default
+        the configured model.output_activation)."""
+        if (activation or self.hparams.output_activation) == "heaviside":
+            return (logits > 0).to(logits.dtype)
+        return torch.sigmoid(logits)
+
+    def reconstruct(self, images: torch.Tensor, activation: str | None = None) -> torch.Tensor:
+        """Deterministic reconstruction in [0, 1] with the evaluation output activation."""
+        return self.output(self.encode_pass(images).logits, activation)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.reconstruct(images)
+
+    def layer_activations(self, images: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """(name, activation) after every layer from input to output logits, deterministic path."""
+        stages = [("encoder", self.net.encoder), ("", [self.code_layer()]), ("decoder", self.net.decoder)]
+        activations, current = [], images
+        for prefix, layers in stages:
+            for index, layer in enumerate(layers):
+                current = layer(current)
+                name = f"{prefix}.{index} {type(layer).__name__}" if prefix else "bottleneck"
+                activations.append((name, current.flatten(1)))
+        return activations
+
+    def latent_statistics(self, images: torch.Tensor) -> dict[str, float | int]:
+        """Statistics of the bottleneck over a set of images; none for a deterministic code."""
+        return {}
+
+    # --- scores ----------------------------------------------------------------------------------
+    def scores(
+        self, images: torch.Tensor, samples: int = 0, activation: str | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Every per-image score (shape (N,)) from one deterministic pass: the mean per-pixel squared
+        error and binary cross-entropy of the reconstruction, the cosine between input and
+        reconstruction vectors, the blur (the fraction of output pixels strictly between 0.1 and
+        0.9), and each model's own (`extra_scores`). `samples` is the number of latent draws for
+        scores that sample (none when 0); `activation` overrides the output activation."""
+        evaluated = self.encode_pass(images)
+        recon = self.output(evaluated.logits, activation)
+        flat_recon, flat_images = recon.flatten(1), images.flatten(1)
+        clamped = flat_recon.clamp(PROBABILITY_EPS, 1 - PROBABILITY_EPS)
+        return {
+            "recon_mse": (flat_recon - flat_images).square().mean(1),
+            "recon_bce": F.binary_cross_entropy(clamped, flat_images, reduction="none").mean(1),
+            "cosine_similarity": cosine_similarity(flat_recon, flat_images, reduction="none"),
+            "blur": gray_fraction(recon),
+            **self.extra_scores(images, evaluated, samples),
+        }
+
+    def extra_scores(
+        self, images: torch.Tensor, evaluated: EvaluationPass, samples: int
+    ) -> dict[str, torch.Tensor]:
+        """A model's own per-image scores beside the reconstruction errors."""
+        return {}
+
+    def evaluation_metrics(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Batch means of the training objective, its terms and the scores: what the validation and
+        test stages report (as `val/<name>`, `test/<name>`)."""
+        loss, terms = self.training_loss(images)
+        scores = {name: value.mean() for name, value in self.scores(images).items()}
+        return {"loss": loss, **terms, **scores}
+
+    # --- Lightning -------------------------------------------------------------------------------
+    def _log_evaluation(self, stage: str, images: torch.Tensor) -> None:
+        """Validation and test terms through Lightning's epoch means."""
+        for name, value in self.evaluation_metrics(images).items():
+            self.log(
+                f"{stage}/{name}",
+                value,
+                on_epoch=True,
+                batch_size=len(images),
+                prog_bar=name == "loss",
+                sync_dist=True,
+            )
+
+    def check_finite(self, loss: torch.Tensor, terms: Mapping[str, Any], batch_idx: int) -> None:
+        if self.should_check_loss(batch_idx) and not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"The training loss of {type(self).__name__} became {loss.item()} at step {self.global_step} "
+                f"(terms: { {k: float(v) for k, v in terms.items()} }). Lower model.optimizer.lr, or use "
+                "model.reconstruction=bce; the checkpoints already in the run folder are kept."
+            )
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        images = batch[0]
+        loss, terms = self.training_loss(images)
+        self.check_finite(loss, terms, batch_idx)
+        self.log_training_terms({"loss": loss, **terms}, len(images), batch_idx)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        self._log_evaluation("val", batch[0])
+
+    def test_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        self._log_evaluation("test", batch[0])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return instantiate(self.hparams.optimizer, params=self.parameters())

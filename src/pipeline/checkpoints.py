@@ -1,0 +1,79 @@
+"""Checkpoints: the one way from a checkpoint to its run folder, its config and its model. Every
+load uses torch.load(weights_only=True): a checkpoint holds tensors and plain values, never code."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from src.models.base import ReconstructionModel
+from src.pipeline.config import build
+
+
+class CheckpointError(FileNotFoundError):
+    """A checkpoint that is missing, outside its run folder, or not loadable safely."""
+
+
+def run_folder(ckpt_path: Path) -> Path:
+    """The run folder of a checkpoint (<run>/checkpoints/<name>.ckpt), checked to hold config.yaml."""
+    if not ckpt_path.is_file():
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path} does not exist. Point it at a saved model, e.g. "
+            "ckpt_path=outputs/runs/<run>/checkpoints/best.ckpt (or last.ckpt)."
+        )
+    run_dir = ckpt_path.resolve().parent.parent
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(
+            f"{run_dir / 'config.yaml'} not found: the model and data are rebuilt from the config.yaml of "
+            f"the run that wrote the checkpoint, which lies beside the run's checkpoints/ folder. Keep "
+            f"{ckpt_path.name} in <run>/checkpoints/, or copy that run's config.yaml to "
+            f"{run_dir / 'config.yaml'}."
+        )
+    return run_dir
+
+
+def run_config(ckpt_path: Path) -> DictConfig:
+    """The resolved config of the run that wrote `ckpt_path`."""
+    return OmegaConf.load(run_folder(ckpt_path) / "config.yaml")
+
+
+def load_checkpoint(ckpt_path: Path) -> dict[str, Any]:
+    """The checkpoint's contents, loaded without running any code from the file."""
+    try:
+        return torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{ckpt_path} holds more than tensors and plain values, so it is not loaded (it could run "
+            f"code): {str(error).splitlines()[0]}. Use a checkpoint written by this project."
+        ) from None
+
+
+def load_model(ckpt_path: Path, cfg: DictConfig | None = None) -> tuple[ReconstructionModel, dict[str, Any]]:
+    """The model of `cfg.model` (default: the config of the checkpoint's run) with the checkpoint's
+    weights, in evaluation mode on the CPU, and the checkpoint itself."""
+    cfg = cfg if cfg is not None else run_config(ckpt_path)
+    checkpoint = load_checkpoint(ckpt_path)
+    model: ReconstructionModel = build(cfg.model)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), checkpoint
+
+
+def save_weights(model: ReconstructionModel, path: Path, global_step: int, epoch: int) -> Path:
+    """A checkpoint of a model trained outside a Trainer (the batched launcher's members), in
+    Lightning's layout (state_dict, hyper_parameters, global_step, epoch): `load_model` reads both."""
+    import pytorch_lightning as pl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "global_step": global_step,
+        "epoch": epoch,
+        "pytorch-lightning_version": pl.__version__,
+    }
+    torch.save(checkpoint, path)
+    return path

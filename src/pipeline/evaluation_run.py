@@ -1,0 +1,52 @@
+"""Re-running the test stage of a saved model into a new run folder, through the same Run as
+training: the model, data, trainer and seed come from the config its run saved (config.yaml)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+
+from src.pipeline.checkpoints import load_model, run_config, run_folder
+from src.pipeline.config import build
+from src.pipeline.run import Run
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    """A run's history.csv (for the loss curves); empty when it has none."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return [{key: float(value) for key, value in row.items() if value} for row in csv.DictReader(handle)]
+
+
+def evaluate_checkpoint(eval_cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Load `eval_cfg.ckpt_path` into the model its run configured, test it and write `run_dir`."""
+    ckpt_path = Path(eval_cfg.ckpt_path).expanduser()
+    cfg = run_config(ckpt_path)
+    # The new folder records which checkpoint was evaluated; the test stage is the point of it.
+    cfg.merge_with(
+        eval_cfg.get("overrides") or {},
+        {"ckpt_path": str(ckpt_path.resolve()), "test": True, "figures": eval_cfg.figures},
+    )
+    run = Run(cfg, run_dir)
+    run.start()
+    model, checkpoint = load_model(ckpt_path, cfg)
+    if cfg.seed is not None:  # the VAE's sampled test/loss: the same numbers on every evaluation
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build(cfg.data)
+    # One process: testing needs no distributed strategy, whatever the training run used.
+    trainer: pl.Trainer = build(
+        cfg.trainer, strategy="auto", devices=1, logger=run.loggers or False, default_root_dir=str(run_dir)
+    )
+    metrics: dict[str, Any] = {
+        "seed": cfg.seed,
+        # The optimiser steps the model had (its epoch count depends on the hook that saved it).
+        "steps": checkpoint["global_step"],
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    history = read_history(run_folder(ckpt_path) / "history.csv")
+    return run.test_and_record(trainer, model, datamodule, metrics, history)

@@ -1,0 +1,48 @@
+"""Process settings for training, made explicitly by the code that trains (never at import)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import warnings
+
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+
+def drop_failing_nvml_check() -> None:
+    """Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 on import, so that asking whether CUDA is there
+    does not initialise it (which would poison fork). Where NVML cannot load (no NVIDIA driver), torch
+    then tries to load it on every torch.cuda.is_available(), fails, and falls back to the CUDA
+    runtime's check anyway; Adam asks once per step, for the same answer. So the request is dropped
+    where NVML cannot load. Elsewhere: nothing."""
+    if os.environ.get(NVML_CHECK) != "1":
+        return
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        del os.environ[NVML_CHECK]
+
+
+def keep_freed_memory() -> None:
+    """Make glibc keep freed memory in the process (elsewhere: nothing). By default it returns large
+    freed blocks, such as a conv layer's activations, to the OS, and the next training step
+    page-faults them back in. The same as MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647; the
+    price: a process never shrinks."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 2**31 - 1)
+
+
+def prepare_training_process() -> None:
+    """Everything a training process sets before its first step: Lightning imported (its own
+    import-time setting comes first), then the NVML check and the allocator settings above."""
+    import pytorch_lightning  # noqa: F401 - for its import-time setting of NVML_CHECK
+
+    # Lightning's own use of a deprecated torch API; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+    drop_failing_nvml_check()
+    keep_freed_memory()

@@ -1,0 +1,149 @@
+"""The Run: the one owner of a run folder. Training, src.eval, the batched launcher's members and
+src.score all go through it: the resolved config, the loggers, the post-test evaluations declared
+in the config, metrics.json, the figures, the closing line and, on failure, error.txt."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger
+
+from src.data.memory import InMemoryDataModule
+from src.evaluation.base import EvaluationResult
+from src.models.base import ReconstructionModel
+from src.pipeline.callbacks import epoch_metrics
+from src.pipeline.config import build, save_config
+from src.pipeline.loggers import build_loggers
+from src.pipeline.process import prepare_training_process
+from src.reporting import wandb as wandb_reporting
+from src.reporting.figures import run_figures
+
+log = logging.getLogger(__name__)
+
+
+def print_config_tree(cfg: DictConfig) -> None:
+    """The composed config as a tree, one branch per top-level key (rich)."""
+    from rich import print as rich_print
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
+    tree = Tree("config", guide_style="dim")
+    for key, value in cfg.items():
+        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        tree.add(key).add(Syntax(text, "yaml", background_color="default"))
+    rich_print(tree)
+
+
+class Run:
+    """One run folder `run_dir` for the config `cfg`."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        self.cfg, self.dir = cfg, run_dir
+        self._loggers: list[Logger] | None = None
+
+    def start(self, show: bool = False) -> None:
+        """Create the folder and write the resolved config.yaml; print it as a tree with `show`."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.dir / "config.yaml")
+        if show:
+            print_config_tree(self.cfg)
+
+    @property
+    def loggers(self) -> list[Logger]:
+        """The run's loggers, built once (conf/logger/)."""
+        if self._loggers is None:
+            self._loggers = build_loggers(self.cfg, self.dir)
+        return self._loggers
+
+    def evaluate(self, model: ReconstructionModel, datamodule: InMemoryDataModule) -> EvaluationResult:
+        """Every evaluation the config declares (conf/evaluations/), in order, merged."""
+        merged = EvaluationResult()
+        model.eval()
+        for spec in (self.cfg.get("evaluations") or {}).values():
+            result = build(spec)(model, datamodule, self.dir, bool(self.cfg.figures))
+            merged.metrics.update(result.metrics)
+            merged.figures += result.figures
+        return merged
+
+    def test_and_record(
+        self,
+        trainer: pl.Trainer,
+        model: ReconstructionModel,
+        datamodule: InMemoryDataModule,
+        metrics: dict[str, Any],
+        history: list[dict[str, float]],
+    ) -> dict[str, Any]:
+        """The test stage (when `test`) and everything after it, for a model just trained or loaded
+        from a checkpoint: one code path, so every post-test evaluation reaches every kind of run."""
+        if self.cfg.test:
+            trainer.test(model, datamodule=datamodule, verbose=False)
+            metrics.update(epoch_metrics(trainer))
+        if not trainer.is_global_zero:
+            return metrics
+        return self.record(model, datamodule, metrics, history)
+
+    def record(
+        self,
+        model: ReconstructionModel,
+        datamodule: InMemoryDataModule,
+        metrics: dict[str, Any],
+        history: list[dict[str, float]] | None = None,
+    ) -> dict[str, Any]:
+        """The end of every run: the declared evaluations (when `test`), metrics.json, the figures,
+        the final metrics and figures to W&B (whose run is then finished)."""
+        figures = []
+        if self.cfg.test:
+            evaluated = self.evaluate(model, datamodule)
+            metrics.update(evaluated.metrics)
+            figures += evaluated.figures
+        (self.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        if self.cfg.figures:
+            figures = run_figures(model, datamodule.images("test"), history or [], self.dir) + figures
+        wandb_reporting.finish_runs(self.loggers, metrics, figures)
+        return metrics
+
+    def headline(self, metrics: dict[str, Any]) -> str:
+        """The closing line: the run folder and the metrics named by `headline` (glob patterns)."""
+        patterns = self.cfg.get("headline") or []
+        shown = [
+            f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+            for key, value in sorted(metrics.items())
+            if any(fnmatch.fnmatchcase(key, pattern) for pattern in patterns)
+        ]
+        return f"Run folder {self.dir}" + (": " + ", ".join(shown) if shown else "")
+
+    def fail(self) -> Path:
+        """Write the current exception's traceback to error.txt beside whatever the run wrote."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / "error.txt"
+        path.write_text(traceback.format_exc())
+        return path
+
+
+def run_job(
+    job: Callable[[DictConfig, Path], dict[str, Any]], cfg: DictConfig, run_dir: Path, in_sweep: bool
+) -> float | None:
+    """Run `job` into `run_dir`. A failure leaves error.txt beside whatever the run already wrote;
+    a single run then raises, while a sweep job returns None so that the other jobs go on and the
+    sweep summary counts it as failed. Returns the validation loss, which sweepers such as Optuna
+    minimise."""
+    prepare_training_process()
+    run = Run(cfg, run_dir)
+    try:
+        metrics = job(cfg, run_dir)
+    except Exception as error:
+        error_file = run.fail()
+        if not in_sweep:
+            raise
+        log.error("Job %s failed (%s: %s); see %s", run_dir, type(error).__name__, error, error_file)
+        return None
+    log.info(run.headline(metrics))
+    return metrics.get("val/loss")

@@ -1,0 +1,81 @@
+"""Training one run: seed, build model, data, callbacks and trainer from the config, fit, test, and
+hand the results to the Run."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import Callback
+
+from src.models.base import ReconstructionModel
+from src.pipeline.callbacks import History, epoch_metrics
+from src.pipeline.config import build, check_config
+from src.pipeline.run import Run
+
+
+def seeded_model(cfg: DictConfig) -> ReconstructionModel:
+    """Seed everything (unless seed is null), then build the model: its initial weights are a
+    function of the seed alone, in every training path."""
+    if cfg.seed is not None:
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    return build(cfg.model)
+
+
+def resume_path(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume from (`ckpt_path`), checked before anything is built."""
+    if cfg.ckpt_path is None:
+        return None
+    path = Path(cfg.ckpt_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ckpt_path={cfg.ckpt_path} does not exist. Point it at a checkpoint of an earlier run, e.g. "
+            "ckpt_path=outputs/runs/<run>/checkpoints/last.ckpt, or drop it (ckpt_path=null) to train afresh."
+        )
+    return str(path)
+
+
+def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Train, validate and test the configured model; write the run folder; return the metrics.
+    `callbacks` join the configured ones (the benchmark's interleaved hand-loop steps use it)."""
+    run = Run(cfg, run_dir)
+    run.start(show=bool(cfg.get("print_config")))
+    check_config(cfg)
+    ckpt_path = resume_path(cfg)
+    model = seeded_model(cfg)
+    datamodule = build(cfg.data)
+    configured = [build(callback_cfg) for callback_cfg in (cfg.get("callbacks") or {}).values()]
+    trainer: pl.Trainer = build(
+        cfg.trainer,
+        logger=run.loggers or False,
+        callbacks=[*configured, *callbacks],
+        default_root_dir=str(run_dir),
+    )
+    started = time.perf_counter()
+    # Lightning trains the compiled module's original: checkpoints keep the plain parameter names.
+    trainer.fit(torch.compile(model) if cfg.compile else model, datamodule=datamodule, ckpt_path=ckpt_path)
+    history = next((callback for callback in configured if isinstance(callback, History)), None)
+    rows = history.rows if history is not None else []
+    # The first epoch pays for warm-up (allocations, caches, compilation): the median of the others.
+    throughputs = [row["train/images_per_s"] for row in rows if "train/images_per_s" in row]
+    metrics: dict[str, Any] = {
+        "train/time_s": time.perf_counter() - started,
+        **epoch_metrics(trainer),
+        **({"train/images_per_s": statistics.median(throughputs[1:] or throughputs)} if throughputs else {}),
+        **(
+            {"train/peak_gpu_memory_mib": torch.cuda.max_memory_allocated() / 2**20}
+            if torch.cuda.is_initialized()
+            else {}
+        ),
+        "seed": cfg.seed,
+        "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    return run.test_and_record(trainer, model, datamodule, metrics, rows)

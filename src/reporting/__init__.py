@@ -1,0 +1,1 @@
+"""What runs and sweeps leave for people: figures, Markdown and CSV tables, W&B."""

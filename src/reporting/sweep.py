@@ -1,0 +1,148 @@
+"""Summaries of sweeps: after any multirun, `SweepSummary` (a Hydra callback, conf/hydra/default.yaml)
+reads every job folder of the sweep and writes summary.json, summary.md and summary.png beside
+them. Jobs are grouped by their overrides other than `seed`, so `model=ca,vae seed='range(0,100)'`
+gives one group per model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from src.evaluation.census import OUTCOMES
+from src.evaluation.intervals import numeric_summary, wilson_interval
+from src.reporting import wandb as wandb_reporting
+from src.reporting.figures import sweep_summary
+from src.reporting.tables import markdown_table
+
+log = logging.getLogger(__name__)
+# Categories every summary lists, even when no job fell into them.
+KNOWN_CATEGORIES = {"test/outcome": OUTCOMES}
+
+
+def load_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Every job folder (one holding .hydra/) with its overrides, metrics (None if the job failed)
+    and the last line of its error, if any."""
+    jobs = []
+    for hydra_dir in sorted(sweep_dir.glob("*/.hydra"), key=lambda p: (len(p.parent.name), p.parent.name)):
+        job_dir = hydra_dir.parent
+        overrides = yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or []
+        metrics_file, error_file = job_dir / "metrics.json", job_dir / "error.txt"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+        error = None
+        if metrics is None:
+            lines = error_file.read_text().strip().splitlines() if error_file.is_file() else []
+            error = lines[-1] if lines else "no metrics.json and no error.txt (killed?)"
+        jobs.append({"dir": job_dir.name, "overrides": overrides, "metrics": metrics, "error": error})
+    return jobs
+
+
+def summarise(jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts, frequencies and 95% Wilson intervals of every categorical (string) result, and mean,
+    std, min and max of every numeric one, over the jobs that finished."""
+    finished = [job["metrics"] for job in jobs if job["metrics"] is not None]
+    summary: dict[str, Any] = {
+        "n_jobs": len(jobs),
+        "n_failed": len(jobs) - len(finished),
+        "failed": {job["dir"]: job["error"] for job in jobs if job["metrics"] is None},
+        "counts": {},
+        "frequencies": {},
+        "ci95": {},
+        "metrics": {},
+    }
+    keys = sorted({key for metrics in finished for key in metrics if key != "seed"})
+    for key in keys:
+        values = [metrics[key] for metrics in finished if key in metrics and metrics[key] is not None]
+        if all(isinstance(value, str) for value in values):
+            counts = Counter(values)
+            categories = list(KNOWN_CATEGORIES.get(key, ())) + sorted(
+                set(counts) - set(KNOWN_CATEGORIES.get(key, ()))
+            )
+            summary["counts"][key] = {category: counts[category] for category in categories}
+            summary["frequencies"][key] = {c: counts[c] / len(values) for c in categories}
+            summary["ci95"][key] = {c: list(wilson_interval(counts[c], len(values))) for c in categories}
+        elif all(isinstance(value, int | float) and not isinstance(value, bool) for value in values):
+            summary["metrics"][key] = numeric_summary(values)
+    return summary
+
+
+def group_key(overrides: list[str]) -> str:
+    return " ".join(override for override in overrides if not override.startswith("seed=")) or "(base config)"
+
+
+def summarise_sweep(sweep_dir: Path) -> dict[str, Any]:
+    """The summary of all jobs, and under "groups" one per set of non-seed overrides."""
+    jobs = load_jobs(sweep_dir)
+    summary = {"sweep": str(sweep_dir), **summarise(jobs), "groups": {}}
+    by_group: dict[str, list[dict[str, Any]]] = {}
+    for job in jobs:
+        by_group.setdefault(group_key(job["overrides"]), []).append(job)
+    summary["groups"] = {name: summarise(group_jobs) for name, group_jobs in by_group.items()}
+    return summary
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """summary.md: per group, the failed jobs, each categorical result's counts, frequencies and
+    95% Wilson intervals, and the numeric results' mean, std, min and max."""
+    lines = [f"# Sweep summary: {summary['sweep']}", ""]
+    for name, group in summary["groups"].items():
+        lines += [f"## {name}", "", f"jobs: {group['n_jobs']}, failed: {group['n_failed']}", ""]
+        for job_dir, error in group["failed"].items():
+            lines.append(f"- failed job `{job_dir}`: {error}")
+        for key, counts in group["counts"].items():
+            rows = [
+                [
+                    category,
+                    count,
+                    f"{group['frequencies'][key][category]:.3f}",
+                    "[{:.3f}, {:.3f}]".format(*group["ci95"][key][category]),
+                ]
+                for category, count in counts.items()
+            ]
+            lines += ["", f"### {key}", ""]
+            lines += markdown_table(["value", "count", "frequency", "95% Wilson interval"], rows, "lrrl")
+        if group["metrics"]:
+            rows = [
+                [key, f"{s['mean']:.6g}", f"{s['std']:.3g}", f"{s['min']:.6g}", f"{s['max']:.6g}", s["n"]]
+                for key, s in group["metrics"].items()
+            ]
+            lines += ["", "### metrics", ""]
+            lines += markdown_table(["metric", "mean", "std", "min", "max", "n"], rows, "lrrrrr")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_summary(sweep_dir: Path) -> dict[str, Any]:
+    """Write summary.json, summary.md and summary.png into the sweep folder; return the summary."""
+    summary = summarise_sweep(sweep_dir)
+    (sweep_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (sweep_dir / "summary.md").write_text(markdown(summary))
+    sweep_summary(summary["groups"], sweep_dir / "summary.png")
+    return summary
+
+
+class SweepSummary(Callback):
+    """Hydra callback: summarise the sweep when a multirun ends; exit non-zero if a job failed
+    (after the summary is written, so the other jobs' results are kept and counted)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        summary = write_summary(sweep_dir)
+        log.info(
+            "Sweep summary: %s (%d jobs, %d failed)",
+            sweep_dir / "summary.md",
+            summary["n_jobs"],
+            summary["n_failed"],
+        )
+        if "wandb" in config.get("logger", {}):
+            wandb_reporting.log_summary(config, sweep_dir, summary)
+        if summary["n_failed"]:
+            log.error("%d of %d jobs failed: %s", summary["n_failed"], summary["n_jobs"], summary["failed"])
+            sys.exit(1)

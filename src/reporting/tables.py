@@ -1,0 +1,64 @@
+"""Markdown and CSV tables: one Markdown table writer for every page (ood.md, summary.md, table1.md,
+results pages) and the per-image scores.csv."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], align: str = "") -> list[str]:
+    """The lines of a Markdown table. `align` holds one letter per column, `l` or `r` (default l)."""
+    rule = ["---:" if align[index : index + 1] == "r" else "---" for index in range(len(columns))]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(rule) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+def write_scores_csv(
+    path: Path, scored: Mapping[str, Mapping[str, torch.Tensor]], labels: Mapping[str, int]
+) -> Path:
+    """One row per image: set, label (0 in-distribution, 1 OOD), index in its set, every score."""
+    names = list(dict.fromkeys(name for scores in scored.values() for name in scores))
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["set", "label", "index", *names])
+        for set_name, scores in scored.items():
+            columns = [scores[name].tolist() for name in names]
+            for index, row in enumerate(zip(*columns, strict=True)):
+                writer.writerow([set_name, labels[set_name], index, *(f"{value:.6g}" for value in row)])
+    return path
+
+
+def ood_report(
+    data_name: str,
+    results: Mapping[str, Mapping[str, float]],
+    sizes: Mapping[str, int],
+    aurocs: Mapping[str, Mapping[str, float]],
+    header: str,
+) -> str:
+    """ood.md: per OOD set report 004's Table 2 (label 0 in-distribution, 1 OOD), then the AUROC of
+    every score on every set."""
+    lines = ["# OOD detection", "", header, ""]
+    for name, metrics in results.items():
+        rows = [
+            [label, *(f"{metrics[f'{key}_{side}']:.4f}" for key in ("precision", "recall", "f1")), size]
+            for label, side, size in ((0, "in", sizes["test"]), (1, "ood", sizes[name]))
+        ]
+        lines += [
+            f"## {data_name} test (label 0) vs {name} (label 1)",
+            "",
+            f"AUROC {metrics['auroc']:.4f} · AUPR {metrics['aupr']:.4f} · "
+            f"FPR at 95% TPR {metrics['fpr95']:.4f}",
+            "",
+            *markdown_table(["label", "precision", "recall", "f1-score", "support"], rows),
+            "",
+        ]
+    score_names = list(next(iter(aurocs.values())))
+    rows = [[name, *(f"{by_score[score]:.4f}" for score in score_names)] for name, by_score in aurocs.items()]
+    lines += ["## AUROC of every score", "", *markdown_table(["set", *score_names], rows)]
+    return "\n".join(lines) + "\n"
