@@ -7,8 +7,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from omegaconf import DictConfig
+
 from src.data.memory import InMemoryDataModule
 from src.models.base import ReconstructionModel
+
+
+@dataclass
+class EvaluationContext:
+    """Where an evaluation writes (`run_dir`), whether it draws figures, and the run's config."""
+
+    run_dir: Path
+    figures: bool
+    config: DictConfig
 
 
 @dataclass
@@ -21,5 +32,5 @@ class EvaluationResult:
 
 class Evaluation(Protocol):
     def __call__(
-        self, model: ReconstructionModel, datamodule: InMemoryDataModule, run_dir: Path, figures: bool
+        self, model: ReconstructionModel, datamodule: InMemoryDataModule, context: EvaluationContext
     ) -> EvaluationResult: ...

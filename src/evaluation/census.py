@@ -11,13 +11,11 @@ Outcomes, checked in this order on the deterministic outputs (the VAE uses z = m
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from src.data.lines import LINES_2X2
 from src.data.memory import InMemoryDataModule
-from src.evaluation.base import EvaluationResult
+from src.evaluation.base import EvaluationContext, EvaluationResult
 from src.models.base import ReconstructionModel
 
 OUTCOMES = ("all_gray", "optimal", "one_merged_pair", "two_merged_pairs", "other")
@@ -93,6 +91,6 @@ class CensusOutcome:
     """The `census` evaluation: report 000's outcome of a run on the 2x2 images (test split)."""
 
     def __call__(
-        self, model: ReconstructionModel, datamodule: InMemoryDataModule, run_dir: Path, figures: bool
+        self, model: ReconstructionModel, datamodule: InMemoryDataModule, context: EvaluationContext
     ) -> EvaluationResult:
         return EvaluationResult(outcome_metrics(model, datamodule.images("test")))

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from src.data.memory import InMemoryDataModule
-from src.evaluation.base import EvaluationResult
+from src.evaluation.base import EvaluationContext, EvaluationResult
 from src.models.base import OUTPUT_ACTIVATIONS, ReconstructionModel
 from src.reporting.figures import image_rows
 
@@ -21,7 +19,7 @@ class HeavisideComparison:
 
     @torch.no_grad()
     def __call__(
-        self, model: ReconstructionModel, datamodule: InMemoryDataModule, run_dir: Path, figures: bool
+        self, model: ReconstructionModel, datamodule: InMemoryDataModule, context: EvaluationContext
     ) -> EvaluationResult:
         images = datamodule.images("test").to(model.device)
         metrics, rows = {}, [images[: self.shown]]
@@ -31,8 +29,8 @@ class HeavisideComparison:
                 {f"test/{activation}/{name}": value.mean().item() for name, value in scores.items()}
             )
             rows.append(model.reconstruct(images[: self.shown], activation))
-        if not figures:
+        if not context.figures:
             return EvaluationResult(metrics)
         return EvaluationResult(
-            metrics, [image_rows(rows, ["input", *OUTPUT_ACTIVATIONS], run_dir / "heaviside.png")]
+            metrics, [image_rows(rows, ["input", *OUTPUT_ACTIVATIONS], context.run_dir / "heaviside.png")]
         )

@@ -8,9 +8,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from src.data.memory import InMemoryDataModule
 from src.data.ood_sets import ood_sets
-from src.evaluation.base import EvaluationResult
+from src.evaluation.base import EvaluationContext, EvaluationResult
 from src.evaluation.detection import (
     auroc,
     best_f1_threshold,
@@ -25,17 +27,21 @@ from src.reporting.tables import ood_report, write_scores_csv
 
 
 class OODDetection:
-    """The `ood` evaluation; `settings` is the `ood` config (conf/ood/<data>.yaml)."""
+    """The `ood` evaluation, configured by the run config's key `settings` (default `ood`: the
+    group conf/ood/<data>.yaml), read when it runs, so that src.eval's overrides of it apply."""
 
-    def __init__(self, settings: Mapping[str, Any]) -> None:
+    def __init__(self, settings: str = "ood") -> None:
         self.settings = settings
 
     def __call__(
-        self, model: ReconstructionModel, datamodule: InMemoryDataModule, run_dir: Path, figures: bool
+        self, model: ReconstructionModel, datamodule: InMemoryDataModule, context: EvaluationContext
     ) -> EvaluationResult:
-        if not self.settings.get("enabled", True):
+        settings = OmegaConf.select(context.config, self.settings)
+        if settings is None:
+            raise ValueError(f"evaluations.ood.settings={self.settings!r} names no key of the config")
+        if not settings.get("enabled", True):
             return EvaluationResult()
-        return evaluate(self.settings, model, datamodule, run_dir, figures)
+        return evaluate(settings, model, datamodule, context.run_dir, context.figures)
 
 
 def evaluate(

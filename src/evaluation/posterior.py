@@ -3,12 +3,10 @@ set): whatever the model's `latent_statistics` reports, as `<split>/<name>`."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from src.data.memory import InMemoryDataModule
-from src.evaluation.base import EvaluationResult
+from src.evaluation.base import EvaluationContext, EvaluationResult
 from src.models.base import ReconstructionModel
 
 
@@ -21,7 +19,7 @@ class LatentStatistics:
 
     @torch.no_grad()
     def __call__(
-        self, model: ReconstructionModel, datamodule: InMemoryDataModule, run_dir: Path, figures: bool
+        self, model: ReconstructionModel, datamodule: InMemoryDataModule, context: EvaluationContext
     ) -> EvaluationResult:
         images = datamodule.images(self.split)[: self.max_images].to(model.device)
         statistics = model.latent_statistics(images)

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import Logger
 
 from src.data.memory import InMemoryDataModule
-from src.evaluation.base import EvaluationResult
+from src.evaluation.base import EvaluationContext, EvaluationResult
 from src.models.base import ReconstructionModel
 from src.pipeline.callbacks import epoch_metrics
 from src.pipeline.config import build, save_config
@@ -50,8 +50,12 @@ class Run:
         self._loggers: list[Logger] | None = None
 
     def start(self, show: bool = False) -> None:
-        """Create the folder and write the resolved config.yaml; print it as a tree with `show`."""
+        """Create the folder and write the resolved config.yaml; print it as a tree with `show`.
+        `paths.run_dir`, where callbacks write, is set to this folder."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        if "paths" in self.cfg:
+            with open_dict(self.cfg):
+                self.cfg.paths.run_dir = str(self.dir)
         save_config(self.cfg, self.dir / "config.yaml")
         if show:
             print_config_tree(self.cfg)
@@ -67,8 +71,9 @@ class Run:
         """Every evaluation the config declares (conf/evaluations/), in order, merged."""
         merged = EvaluationResult()
         model.eval()
+        context = EvaluationContext(self.dir, bool(self.cfg.figures), self.cfg)
         for spec in (self.cfg.get("evaluations") or {}).values():
-            result = build(spec)(model, datamodule, self.dir, bool(self.cfg.figures))
+            result = build(spec)(model, datamodule, context)
             merged.metrics.update(result.metrics)
             merged.figures += result.figures
         return merged

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
 from src.evaluation.sample_quality import sample_measures, train_digit_classifier
 from src.pipeline.checkpoints import load_model
+from src.pipeline.config import build
 from src.reporting.figures import samples_side_by_side
 from src.reporting.tables import markdown_table
 
@@ -54,7 +54,7 @@ def measure_run(
 
 def markdown(rows: Sequence[dict]) -> str:
     """One line per model: mean ± standard deviation over its runs (seeds) of every column."""
-    rows = []
+    table_rows = []
     for model in dict.fromkeys(row["model"] for row in rows):
         runs = [row for row in rows if row["model"] == model]
         cells = []
@@ -62,8 +62,9 @@ def markdown(rows: Sequence[dict]) -> str:
             values = [scale * row[key] for row in runs if row.get(key) is not None]
             spread = f" ± {statistics.stdev(values):.3g}" if len(values) > 1 else ""
             cells.append(f"{statistics.mean(values):.4g}{spread}" if values else "–")
-        rows.append([model, len(runs), *cells])
-    return "\n".join(markdown_table(["model", "runs", *(title for _, title, _ in COLUMNS)], rows)) + "\n"
+        table_rows.append([model, len(runs), *cells])
+    columns = ["model", "runs", *(title for _, title, _ in COLUMNS)]
+    return "\n".join(markdown_table(columns, table_rows)) + "\n"
 
 
 def write_table1(folders: Sequence[Path], count: int = 1000) -> str:
@@ -72,7 +73,7 @@ def write_table1(folders: Sequence[Path], count: int = 1000) -> str:
     run_dirs = [path.parent for folder in folders for path in sorted(folder.glob("*/metrics.json"))]
     if not run_dirs:
         raise SystemExit(f"No finished runs (*/metrics.json) in {[str(f) for f in folders]}")
-    datamodule = instantiate(OmegaConf.load(run_dirs[0] / "config.yaml").data)
+    datamodule = build(OmegaConf.load(run_dirs[0] / "config.yaml").data)
     references = datamodule.images("test")
     classifier = train_digit_classifier(datamodule.images("train"), datamodule.labels("train"))
     rows, samples = [], {}

@@ -1,4 +1,4 @@
-"""Datasets: the lines family as documented, the 2x2 images, MNIST loading and its errors."""
+"""The datasets: line images, the 2x2 images, MNIST-style IDX files and the batch gather."""
 
 from __future__ import annotations
 
@@ -11,14 +11,31 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from src.data import (
-    DatasetNotFoundError,
-    Lines2x2DataModule,
-    LinesDataModule,
-    TorchvisionDataModule,
-    line_images,
-)
-from tests.conftest import SHARED_DATASETS, needs_shared_mnist
+from src.data.lines import Lines2x2DataModule, LinesDataModule, line_images
+from src.data.torchvision_sets import DatasetNotFoundError, TorchvisionDataModule
+from tests.helpers import SHARED_DATASETS, needs_shared_mnist
+
+
+def _write_idx(folder: Path, prefix: str, images: torch.Tensor, labels: torch.Tensor) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    n, rows, cols = images.shape
+    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(
+        struct.pack(">IIII", 2051, n, rows, cols) + images.to(torch.uint8).numpy().tobytes()
+    )
+    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(
+        struct.pack(">II", 2049, n) + labels.to(torch.uint8).numpy().tobytes()
+    )
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path: Path) -> tuple[Path, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    train = torch.randint(0, 256, (12, 28, 28), generator=generator)
+    test = torch.randint(0, 256, (5, 28, 28), generator=generator)
+    raw = tmp_path / "MNIST" / "raw"
+    _write_idx(raw, "train", train, torch.arange(12) % 10)
+    _write_idx(raw, "t10k", test, torch.arange(5))
+    return tmp_path, train, test
 
 
 def test_line_at_angle_zero_has_white_upper_half() -> None:
@@ -82,28 +99,6 @@ def test_lines2x2_pixel_order() -> None:
     # Pixel order: upper-left, upper-right, bottom-left, bottom-right.
     assert images[:, 0].flatten(1).tolist() == [[0, 0, 1, 1], [1, 0, 1, 0], [1, 1, 0, 0], [0, 1, 0, 1]]
     assert next(iter(dm.train_dataloader()))[0].shape == (4, 1, 2, 2)
-
-
-def _write_idx(folder: Path, prefix: str, images: torch.Tensor, labels: torch.Tensor) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    n, rows, cols = images.shape
-    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(
-        struct.pack(">IIII", 2051, n, rows, cols) + images.to(torch.uint8).numpy().tobytes()
-    )
-    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(
-        struct.pack(">II", 2049, n) + labels.to(torch.uint8).numpy().tobytes()
-    )
-
-
-@pytest.fixture
-def tiny_mnist(tmp_path: Path) -> tuple[Path, torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    train = torch.randint(0, 256, (12, 28, 28), generator=generator)
-    test = torch.randint(0, 256, (5, 28, 28), generator=generator)
-    raw = tmp_path / "MNIST" / "raw"
-    _write_idx(raw, "train", train, torch.arange(12) % 10)
-    _write_idx(raw, "t10k", test, torch.arange(5))
-    return tmp_path, train, test
 
 
 def test_tiny_idx_files_load_exactly(tiny_mnist) -> None:

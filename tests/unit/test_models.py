@@ -8,10 +8,17 @@ import pytest
 import torch
 from torch import nn
 
-from src.models import ClassicalAutoencoder, VariationalAutoencoder, gaussian_kl, reconstruction_error
-from src.nets import ConvNet
+from src.models.ca import ClassicalAutoencoder
+from src.models.losses import gaussian_kl, reconstruction_error
+from src.models.nets import ConvNet
+from src.models.vae import VariationalAutoencoder
 
-DENSE_2 = {"_target_": "src.nets.DenseNet", "hidden_dims": [2]}
+DENSE_2 = {"_target_": "src.models.nets.DenseNet", "hidden_dims": [2]}
+
+
+def _zero_decoder(model: nn.Module) -> None:
+    for param in model.net.decoder.parameters():
+        nn.init.zeros_(param)
 
 
 def test_reconstruction_error_on_known_input() -> None:
@@ -33,16 +40,11 @@ def test_gaussian_kl_on_known_values() -> None:
     assert torch.allclose(gaussian_kl(mu, logvar), expected)
 
 
-def _zero_decoder(model: nn.Module) -> None:
-    for param in model.net.decoder.parameters():
-        nn.init.zeros_(param)
-
-
 def test_evaluation_scores_of_a_gray_output() -> None:
     model = ClassicalAutoencoder(DENSE_2, [1, 2, 2])
     _zero_decoder(model)  # every output pixel is sigmoid(0) = 0.5
     images = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]).view(2, 1, 2, 2)
-    scores = model.evaluation_scores(images)
+    scores = model.scores(images)
     assert torch.allclose(scores["recon_mse"], torch.tensor([0.25, 0.25]))
     assert torch.allclose(scores["recon_bce"], torch.full((2,), math.log(2)))
     # cos between (0.5, 0.5, 0.5, 0.5) and (1, 0, 0, 0) is 1/2; and (1, 1, 1, 1) is 1.
@@ -58,7 +60,7 @@ def test_vae_neg_elbo_and_kl_with_known_weights() -> None:
         nn.init.zeros_(param)
     nn.init.constant_(model.mu.bias, 2.0)  # mu = 2, sigma = 1 for every image: KL = 0.5 * 4 = 2
     images = torch.rand(5, 1, 2, 2)
-    scores = model.evaluation_scores(images)
+    scores = model.scores(images)
     assert torch.allclose(scores["kl"], torch.full((5,), 2.0))
     assert torch.allclose(scores["neg_elbo"], torch.full((5,), 4 * math.log(2) + 2.0))
     loss, terms = model.training_loss(images)  # the decoder ignores z, so sampling changes nothing
@@ -83,7 +85,7 @@ def test_glorot_init_has_zero_biases_and_keras_bounds() -> None:
 
 @pytest.mark.parametrize("size", [28, 32])
 def test_conv_net_takes_28_and_32(size: int) -> None:
-    model = VariationalAutoencoder({"_target_": "src.nets.ConvNet"}, [1, size, size], latent_dim=4)
+    model = VariationalAutoencoder({"_target_": "src.models.nets.ConvNet"}, [1, size, size], latent_dim=4)
     assert model.reconstruct(torch.rand(3, 1, size, size)).shape == (3, 1, size, size)
     convs = [m for m in model.net.encoder if isinstance(m, nn.Conv2d)]
     assert [c.out_channels for c in convs] == [32, 64, 64] and [c.stride[0] for c in convs] == [1, 2, 2]
@@ -117,10 +119,10 @@ def test_blur_counts_pixels_strictly_between_point_one_and_point_nine() -> None:
     with torch.no_grad():
         # Output probabilities sigmoid(bias): 0.5, 0.95, 0.05, 0.85 -> two of four pixels are gray.
         model.net.decoder[2].bias.copy_(torch.logit(torch.tensor([0.5, 0.95, 0.05, 0.85])))
-    scores = model.evaluation_scores(torch.zeros(3, 1, 2, 2))
+    scores = model.scores(torch.zeros(3, 1, 2, 2))
     assert torch.allclose(scores["blur"], torch.full((3,), 0.5))
     model.hparams.output_activation = "heaviside"
-    assert model.evaluation_scores(torch.zeros(3, 1, 2, 2))["blur"].sum() == 0
+    assert model.scores(torch.zeros(3, 1, 2, 2))["blur"].sum() == 0
 
 
 def test_posterior_statistics_and_collapse() -> None:
@@ -132,9 +134,9 @@ def test_posterior_statistics_and_collapse() -> None:
         model.mu.weight[0, 0] = 1.0  # only the first latent dimension depends on the input
         model.logvar.bias.fill_(2 * math.log(0.01))  # sigma = 0.01, as report 000 observed
     images = torch.rand(200, 1, 2, 2, generator=torch.Generator().manual_seed(0)) * 4
-    stats = model.posterior_statistics(images)
+    stats = model.latent_statistics(images)
     assert stats["active_dims"] == 1
     assert stats["sigma_mean"] == pytest.approx(0.01) and stats["sigma_max"] == pytest.approx(0.01)
     with torch.no_grad():
         model.mu.weight.zero_()
-    assert model.posterior_statistics(images)["active_dims"] == 0  # posterior collapse
+    assert model.latent_statistics(images)["active_dims"] == 0  # posterior collapse

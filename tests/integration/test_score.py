@@ -1,4 +1,4 @@
-"""`python -m src.score`: scoring a .npy and a folder of PNGs with a trained run, and clear refusals."""
+"""src.score on a trained model: files, folders of PNGs, bad input, the run's K."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from src import ood
-from src.run import train
-from src.score import ScoreInputError, load_images, load_run, main, score_file
-from tests.conftest import FAST, PROJECT_ROOT, compose_config
+from src.data import ood_sets
+from src.evaluation import scoring
+from src.pipeline.config import compose_config
+from src.pipeline.scoring_run import ScoreInputError, command, load_images, load_run, score_file
+from src.pipeline.training import train
+from tests.helpers import FAST, PROJECT_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _lines(count: int = 6) -> np.ndarray:
-    return (ood.lines_with_blob(count, 32, torch.Generator().manual_seed(1))[:, 0].numpy() * 255).astype(
+    return (ood_sets.lines_with_blob(count, 32, torch.Generator().manual_seed(1))[:, 0].numpy() * 255).astype(
         np.uint8
     )
 
@@ -48,7 +50,7 @@ def test_scores_a_npy_with_the_runs_score_and_threshold(run_dir: Path, tmp_path:
     assert [row["id"] for row in rows] == [str(index) for index in range(6)]
     assert summary["score"] == "neg_elbo" and summary["threshold"] == metrics["ood/threshold"]
     model, _, _ = load_run(run_dir / "checkpoints" / "last.ckpt")
-    expected = ood.score_images(model, torch.from_numpy(images).float().div(255).unsqueeze(1))["neg_elbo"]
+    expected = scoring.score_images(model, torch.from_numpy(images).float().div(255).unsqueeze(1))["neg_elbo"]
     scores = torch.tensor([float(row["score"]) for row in rows], dtype=torch.float64)
     assert torch.allclose(scores, expected, rtol=1e-5)
     assert [row["ood"] for row in rows] == [str(int(s > metrics["ood/threshold"])) for s in expected]
@@ -106,16 +108,18 @@ def test_refuses_bad_input_clearly(run_dir: Path, tmp_path: Path) -> None:
         load_images(tmp_path / "pngs", shape)
     with pytest.raises(ScoreInputError, match="does not exist"):
         load_images(tmp_path / "missing.npy", shape)
-    with pytest.raises(ScoreInputError, match="is not a file"):
+    with pytest.raises(ScoreInputError, match="missing.ckpt does not exist"):
         load_run(tmp_path / "missing.ckpt")
 
 
 def test_command_line_reports_problems_with_exit_status_2(run_dir: Path, tmp_path: Path, capsys) -> None:
-    assert main(["input=x.npy"]) == 2
+    assert command(["input=x.npy"]) == 2
     assert "missing ['ckpt_path', 'output']" in capsys.readouterr().err
     np.save(tmp_path / "shape.npy", np.zeros((4, 5), np.uint8))
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    assert main([f"ckpt_path={ckpt}", f"input={tmp_path / 'shape.npy'}", f"output={tmp_path / 'o.csv'}"]) == 2
+    assert (
+        command([f"ckpt_path={ckpt}", f"input={tmp_path / 'shape.npy'}", f"output={tmp_path / 'o.csv'}"]) == 2
+    )
     assert "Reshape or resize them" in capsys.readouterr().err
     assert not (tmp_path / "o.csv").exists()
 
@@ -131,9 +135,11 @@ def test_the_iw_bound_uses_the_runs_k(tmp_path: Path) -> None:
     score_file(folder / "checkpoints" / "last.ckpt", tmp_path / "x.npy", tmp_path / "out.csv")
     model, _, _ = load_run(folder / "checkpoints" / "last.ckpt")
     tensor = torch.from_numpy(images).float().div(255).unsqueeze(1)
-    expected = ood.score_images(model, tensor, samples=3)["neg_elbo_iw"]
+    expected = scoring.score_images(model, tensor, samples=3)["neg_elbo_iw"]
     got = torch.tensor(
         [float(row["neg_elbo_iw"]) for row in _read(tmp_path / "out.csv")], dtype=torch.float64
     )
     assert torch.allclose(got, expected, rtol=1e-5)
-    assert not torch.allclose(expected, ood.score_images(model, tensor, samples=1)["neg_elbo_iw"], rtol=1e-5)
+    assert not torch.allclose(
+        expected, scoring.score_images(model, tensor, samples=1)["neg_elbo_iw"], rtol=1e-5
+    )

@@ -1,4 +1,4 @@
-"""Every config group option composes, and its objects instantiate."""
+"""Every config group composes and instantiates; presets and per-dataset groups are chosen."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import pytest
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 
-from src.models import ClassicalAutoencoder, VariationalAutoencoder
+from src.models.ca import ClassicalAutoencoder
+from src.pipeline.config import CONFIG_DIR
+from src.models.vae import VariationalAutoencoder
 
-GROUPS = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = CONFIG_DIR
 
 
 def options(group: str) -> list[str]:
@@ -23,6 +25,10 @@ def test_every_group_has_its_options() -> None:
     assert options("model/net") == ["conv", "dense"]
     assert options("trainer") == ["cpu", "ddp", "default", "gpu"]
     assert options("logger") == ["csv", "none", "tensorboard", "wandb"]
+    assert options("callbacks") == ["default", "early_stopping"]
+    assert options("debug") == ["fast", "limit", "overfit", "profile"]
+    assert options("paths") == ["default"]
+    assert options("evaluations") == ["common", "fashion_mnist", "lines", "lines2x2", "mnist"]
 
 
 @pytest.mark.parametrize("data", options("data"))
@@ -84,3 +90,29 @@ def test_wandb_is_offline_without_a_key(make_config, monkeypatch, tmp_path: Path
     assert make_config("logger=wandb").logger.wandb.offline is True
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert make_config("logger=wandb").logger.wandb.offline is False
+
+
+@pytest.mark.parametrize("data", ["lines", "lines2x2", "mnist", "fashion_mnist"])
+def test_every_dataset_gets_its_ood_config(make_config, data: str) -> None:
+    cfg = make_config(f"data={data}")
+    assert cfg.ood.enabled == (data != "lines2x2")
+    assert cfg.ood.threshold.method == "percentile" and cfg.ood.threshold.percentile == 99
+    other = {"mnist": "fashion_mnist", "fashion_mnist": "mnist"}
+    if data in other:
+        assert cfg.ood.sets[0] == other[data]
+
+
+@pytest.mark.parametrize(
+    ("experiment", "data", "model", "score"),
+    [
+        ("ood_mnist_vae", "mnist", "VariationalAutoencoder", "neg_elbo"),
+        ("ood_mnist_ca", "mnist", "ClassicalAutoencoder", "recon_bce"),
+        ("ood_fashion_vae", "fashion_mnist", "VariationalAutoencoder", "neg_elbo_ic"),
+        ("anomaly_lines_ca", "lines", "ClassicalAutoencoder", "recon_mse"),
+        ("anomaly_lines_vae", "lines", "VariationalAutoencoder", "neg_elbo"),
+    ],
+)
+def test_experiment_presets_compose(make_config, experiment: str, data: str, model: str, score: str) -> None:
+    cfg = make_config(f"experiment={experiment}")
+    assert cfg.data.name == data and cfg.model._target_.endswith(model)
+    assert cfg.ood.score == score and cfg.name == experiment

@@ -1,0 +1,183 @@
+"""Scoring new images with a trained model (`python -m src.score`): one row per image (id, score,
+decision at the run's threshold, then every score). The model, the decision score and the threshold
+come from the run folder that holds the checkpoint (config.yaml, metrics.json); `score=<name>` and
+`threshold=<number>` override them, `batch_size=<n>` sets the batch size."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image, UnidentifiedImageError
+
+from src.evaluation.scoring import score_images
+from src.models.base import ReconstructionModel
+from src.pipeline.checkpoints import CheckpointError, load_model, run_folder
+
+USAGE = "usage: python -m src.score ckpt_path=<file.ckpt> input=<file.npy | folder of PNGs> output=<file.csv>"
+
+
+class ScoreInputError(ValueError):
+    """Input images that cannot be scored: the message names the problem and the fix."""
+
+
+def _as_images(array: np.ndarray, source: str, image_shape: tuple[int, ...]) -> torch.Tensor:
+    """(N, H, W) or (N, 1, H, W), uint8 in [0, 255] or floats in [0, 1] -> float (N, 1, H, W) in [0, 1]."""
+    height, width = image_shape[-2:]
+    if array.ndim == 3:
+        array = array[:, None]
+    if array.ndim != 4 or array.shape[1] != 1 or array.shape[2:] != (height, width) or len(array) == 0:
+        raise ScoreInputError(
+            f"{source}: images of shape {array.shape}; the model takes (N, {height}, {width}) or "
+            f"(N, 1, {height}, {width}) grayscale images with N >= 1. Reshape or resize them."
+        )
+    if array.dtype == np.uint8:
+        return torch.from_numpy(array.astype(np.float32) / 255)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ScoreInputError(
+            f"{source}: dtype {array.dtype}; use uint8 in [0, 255] or floats in [0, 1] (e.g. array / 255)."
+        )
+    if not np.isfinite(array).all():
+        raise ScoreInputError(f"{source}: holds NaN or infinite values; images must be finite, in [0, 1].")
+    low, high = float(array.min()), float(array.max())
+    if low < 0 or high > 1:
+        raise ScoreInputError(
+            f"{source}: float values in [{low:g}, {high:g}], outside [0, 1]. Divide 0-255 data by 255, "
+            "or save it as uint8."
+        )
+    return torch.from_numpy(array.astype(np.float32))
+
+
+def load_images(path: Path, image_shape: tuple[int, ...]) -> tuple[list[str], torch.Tensor]:
+    """Identifiers and images (N, 1, H, W) in [0, 1] from a .npy array (ids: row numbers), a PNG,
+    or a folder of PNGs (ids: file names, sorted)."""
+    if not path.exists():
+        raise ScoreInputError(f"input={path} does not exist; give a .npy file, a .png or a folder of PNGs.")
+    if path.is_dir() or path.suffix.lower() == ".png":
+        files = sorted(path.glob("*.png")) if path.is_dir() else [path]
+        if not files:
+            raise ScoreInputError(f"input={path} holds no .png files; put the images there as PNGs.")
+        arrays = []
+        for file in files:
+            try:
+                with Image.open(file) as image:
+                    arrays.append(np.asarray(image.convert("L")))
+            except (UnidentifiedImageError, OSError) as error:
+                raise ScoreInputError(
+                    f"{file} could not be read as a PNG ({error}); replace or remove it."
+                ) from None
+        sizes = {array.shape for array in arrays}
+        if len(sizes) > 1:
+            raise ScoreInputError(
+                f"{path}: PNGs of different sizes {sorted(sizes)}; resize all to {tuple(image_shape[-2:])}."
+            )
+        return [file.name for file in files], _as_images(np.stack(arrays), str(path), image_shape)
+    if path.suffix.lower() != ".npy":
+        raise ScoreInputError(
+            f"input={path}: unknown file type; give a .npy file, a .png or a folder of PNGs."
+        )
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise ScoreInputError(
+            f"{path} could not be read as a .npy array ({error}); save it with numpy.save."
+        ) from None
+    return [str(index) for index in range(len(array))], _as_images(array, str(path), image_shape)
+
+
+def load_run(ckpt_path: Path) -> tuple[ReconstructionModel, dict[str, Any], DictConfig]:
+    """The model of a checkpoint, the run's metrics and its config."""
+    try:
+        run_dir = run_folder(ckpt_path)
+        cfg = OmegaConf.load(run_dir / "config.yaml")
+        model, _ = load_model(ckpt_path, cfg)
+    except CheckpointError as error:
+        raise ScoreInputError(str(error)) from None
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    return model, metrics, cfg
+
+
+def score_file(
+    ckpt_path: Path,
+    input_path: Path,
+    output_path: Path,
+    score: str | None = None,
+    threshold: float | None = None,
+    batch_size: int = 500,
+) -> dict[str, Any]:
+    """Score every image of `input_path`, write `output_path` (CSV) and return a summary."""
+    model, metrics, cfg = load_run(ckpt_path)
+    ids, images = load_images(input_path, tuple(model.image_shape))
+    score = score or metrics.get("ood/score") or "recon_bce"
+    threshold = threshold if threshold is not None else metrics.get("ood/threshold")
+    # The run's own K for neg_elbo_iw, so that its threshold applies (0: that score is skipped).
+    scores = score_images(model, images, batch_size=batch_size, samples=cfg.get("ood", {}).get("samples", 0))
+    if score not in scores:
+        raise ScoreInputError(f"score={score!r} is not a score of this model; choose from {list(scores)}")
+    decision = scores[score] > threshold if threshold is not None else None
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    names = list(scores)
+    with output_path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "score", "ood", *names])
+        for row, image_id in enumerate(ids):
+            flag = "" if decision is None else int(decision[row])
+            writer.writerow(
+                [
+                    image_id,
+                    f"{float(scores[score][row]):.6g}",
+                    flag,
+                    *(f"{float(scores[n][row]):.6g}" for n in names),
+                ]
+            )
+    return {
+        "images": len(ids),
+        "score": score,
+        "threshold": threshold,
+        "flagged_ood": None if decision is None else int(decision.sum()),
+        "mean": float(scores[score].mean()),
+        "min": float(scores[score].min()),
+        "max": float(scores[score].max()),
+        "output": str(output_path),
+    }
+
+
+def command(argv: list[str]) -> int:
+    """The command line: `key=value` arguments; 0 on success, 2 on bad input (one line why)."""
+    args = OmegaConf.from_cli(argv)
+    missing = [key for key in ("ckpt_path", "input", "output") if key not in args]
+    unknown = sorted(set(args) - {"ckpt_path", "input", "output", "score", "threshold", "batch_size"})
+    if missing or unknown:
+        problem = f"missing {missing}" if missing else f"unknown arguments {unknown}"
+        print(f"src.score: {problem}\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        summary = score_file(
+            Path(str(args.ckpt_path)),
+            Path(str(args.input)),
+            Path(str(args.output)),
+            args.get("score"),
+            args.get("threshold"),
+            int(args.get("batch_size", 500)),
+        )
+    except ScoreInputError as error:
+        print(f"src.score: {error}", file=sys.stderr)
+        return 2
+    flagged = summary["flagged_ood"]
+    decided = (
+        f"{flagged} of {summary['images']} called OOD (score > {summary['threshold']:.6g})"
+        if flagged is not None
+        else "no threshold in the run's metrics.json: no decisions (give threshold=<number>)"
+    )
+    print(
+        f"scored {summary['images']} images with {summary['score']}: mean {summary['mean']:.4g}, "
+        f"min {summary['min']:.4g}, max {summary['max']:.4g}; {decided}; wrote {summary['output']}"
+    )
+    return 0

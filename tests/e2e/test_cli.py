@@ -1,0 +1,102 @@
+"""`python -m src.run` as a user runs it: the run folder, W&B offline, parallel jobs, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import FAST, PROJECT_ROOT, SHARED_DATASETS
+
+pytestmark = pytest.mark.slow
+
+
+TEST_KEYS = {"test/recon_mse", "test/recon_bce", "test/cosine_similarity", "test/loss"}
+
+
+VAE_KEYS = {"test/kl", "test/neg_elbo"}
+
+
+SMALL_DATA = {
+    "lines": ["data.n_train=64", "data.n_val=16", "data.n_test=16"],
+    "lines2x2": [],
+    "mnist": [
+        f"data.root={SHARED_DATASETS}",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+    ],
+}
+
+
+SMALL_DATA["fashion_mnist"] = SMALL_DATA["mnist"]
+
+
+def _run(*overrides: str, cwd: Path = PROJECT_ROOT) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(PROJECT_ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "src.run", *overrides],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_src_run_writes_the_run_folder(tmp_path: Path) -> None:
+    run_dir = tmp_path / "my-run"
+    process = _run("model=vae", "logger=wandb", *FAST[:-1], *SMALL_DATA["lines"], f"hydra.run.dir={run_dir}")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics.keys() >= TEST_KEYS | VAE_KEYS
+    assert (run_dir / "reconstructions.png").stat().st_size > 1000
+    assert "model:" in (run_dir / "config.yaml").read_text()
+    # W&B wrote a complete offline run inside the run folder, ready for `wandb sync`.
+    # Offline, W&B keeps config and metrics in the run's transaction log (protobuf, strings raw).
+    (offline_run,) = (run_dir / "wandb").glob("offline-run-*")
+    (log_file,) = offline_run.glob("run-*.wandb")
+    records = log_file.read_bytes()
+    assert b"model.beta" in records or b"beta" in records
+    assert b"test/recon_mse" in records and json.dumps(metrics["test/recon_mse"]).encode() in records
+    figures = list(run_dir.glob("*.png"))
+    assert len(list((offline_run / "files" / "media" / "images").glob("figures_*.png"))) == len(figures) == 8
+    sync = subprocess.run(
+        [str(Path(sys.executable).parent / "wandb"), "sync", "--dry-run", str(offline_run)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "WANDB_API_KEY": "x" * 40},
+    )
+    assert "Would sync 1 run(s)" in sync.stdout + sync.stderr
+
+
+def test_jobs_started_together_get_their_own_folders(tmp_path: Path) -> None:
+    overrides = [
+        "data=lines2x2",
+        "trainer.max_epochs=1",
+        "test=false",
+        "logger=none",
+        f"paths.output_root={tmp_path}",
+    ]
+    processes = [_run(*overrides) for _ in range(2)]
+    for process in processes:
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output
+    folders = list((tmp_path / "runs").iterdir())
+    assert len(folders) == 2
+    assert all((folder / "metrics.json").is_file() for folder in folders)
+
+
+def test_bad_override_fails_with_the_key_named(tmp_path: Path) -> None:
+    process = _run("model.reconstruction=l1", "logger=none", f"paths.output_root={tmp_path}")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode != 0
+    assert "model.reconstruction must be one of ['mse', 'bce'], got 'l1'" in output
+    (error_file,) = (tmp_path / "runs").glob("*/error.txt")
+    assert "model.reconstruction" in error_file.read_text()

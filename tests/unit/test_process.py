@@ -1,0 +1,59 @@
+"""Process settings for training: the NVML check."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from tests.helpers import SHARED_DATASETS
+
+SMALL_DATA = {
+    "lines": ["data.n_train=64", "data.n_val=16", "data.n_test=16"],
+    "lines2x2": [],
+    "mnist": [
+        f"data.root={SHARED_DATASETS}",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+    ],
+}
+
+
+SMALL_DATA["fashion_mnist"] = SMALL_DATA["mnist"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "nvml_loads", "left"),
+    [("1", False, None), ("1", True, "1"), ("0", False, "0"), (None, False, None)],
+)
+def test_nvml_check_is_dropped_only_where_nvml_cannot_load(
+    monkeypatch: pytest.MonkeyPatch, setting: str | None, nvml_loads: bool, left: str | None
+) -> None:
+    import ctypes
+
+    from src.pipeline.process import NVML_CHECK, drop_failing_nvml_check
+
+    def load(name: str) -> object:
+        if not nvml_loads:
+            raise OSError(f"{name}: cannot open shared object file")
+        return object()
+
+    monkeypatch.setattr(ctypes, "CDLL", load)
+    if setting is None:
+        monkeypatch.delenv(NVML_CHECK, raising=False)
+    else:
+        monkeypatch.setenv(NVML_CHECK, setting)
+    drop_failing_nvml_check()
+    assert os.environ.get(NVML_CHECK) == left
+
+
+def test_dropping_the_nvml_check_keeps_torchs_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where NVML is missing, torch falls back to the CUDA runtime's count: the same answer either way."""
+    from src.pipeline.process import NVML_CHECK, drop_failing_nvml_check
+
+    monkeypatch.setenv(NVML_CHECK, "1")
+    with_nvml_check = torch.cuda.is_available()
+    drop_failing_nvml_check()
+    assert torch.cuda.is_available() == with_nvml_check
