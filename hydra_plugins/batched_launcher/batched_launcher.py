@@ -4,8 +4,8 @@ folder as a normal run would (.hydra/config.yaml and overrides.yaml, config.yaml
 checkpoints/last.ckpt, figures when `figures=true`), so the sweep summary sees ordinary jobs.
 Jobs it cannot batch run one by one through Hydra's usual job runner, as the basic launcher does.
 
-Hydra's basic sweeper composes every job's config before launching, to fail early; at about
-0.2 s a composition that costs more than training a thousand tiny models, so the project's sweeper
+Hydra's basic sweeper composes every job's config before launching, to fail early; for a thousand
+seeds that costs more than training a thousand tiny models, so the project's sweeper
 (`GroupedSweeper`, conf/hydra/sweeper/grouped.yaml) checks one job per group of seed-only variants."""
 
 # No `from __future__ import annotations` here: Hydra loads plugin modules outside sys.modules,
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 @functools.cache
 def _parser() -> OverridesParser:
-    return OverridesParser.create()  # building the grammar takes tens of milliseconds
+    return OverridesParser.create()  # building the grammar is slow: once per process
 
 
 def split_seed(overrides: Sequence[str]) -> tuple[tuple[str, ...], int | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -11,18 +12,13 @@ from hydra.utils import instantiate
 
 from src.evaluation.census import OUTCOMES
 from src.pipeline.checkpoints import load_model
+from src.pipeline.run import Run
 from src.pipeline.training import train
 from tests.helpers import FAST, SHARED_DATASETS, needs_shared_mnist
 
 TEST_KEYS = {"test/recon_mse", "test/recon_bce", "test/cosine_similarity", "test/loss"}
-
-
 VAE_KEYS = {"test/kl", "test/neg_elbo"}
-
-
 VAEGAN_KEYS = VAE_KEYS | {"test/disc_feature_error"}
-
-
 SMALL_DATA = {
     "lines": ["data.n_train=64", "data.n_val=16", "data.n_test=16"],
     "lines2x2": [],
@@ -33,8 +29,6 @@ SMALL_DATA = {
         "trainer.limit_test_batches=1",
     ],
 }
-
-
 SMALL_DATA["fashion_mnist"] = SMALL_DATA["mnist"]
 
 
@@ -110,3 +104,38 @@ def test_checkpoint_reloads_with_plain_hparams(make_config, tmp_path: Path) -> N
         "activation": "relu",
     }
     assert model.reconstruct(torch.rand(2, 1, 32, 32)).shape == (2, 1, 32, 32)
+
+
+def test_callbacks_from_config_really_run(make_config, tmp_path: Path) -> None:
+    """A project callback and one of Lightning's own, each added on the command line by class."""
+    probe = tmp_path / "epochs.txt"
+    cfg = make_config(
+        *FAST, *SMALL_DATA["lines"], "trainer.max_epochs=3", "logger=csv", "figures=false",
+        "+callbacks.probe._target_=tests.callback_probe.EpochProbe", f"+callbacks.probe.path={probe}",
+        "+callbacks.lr_monitor._target_=pytorch_lightning.callbacks.LearningRateMonitor",
+        "+callbacks.lr_monitor.logging_interval=step",
+    )  # fmt: skip
+    train(cfg, tmp_path / "run")
+    assert probe.read_text().split() == ["0", "1", "2"]
+    with (tmp_path / "run" / "csv" / "metrics.csv").open() as handle:
+        rates = [float(row["lr-Adam"]) for row in csv.DictReader(handle) if row.get("lr-Adam")]
+    assert rates and set(rates) == {1e-3}
+
+
+def test_dropping_a_default_callback_drops_its_file(make_config, tmp_path: Path) -> None:
+    train(make_config(*FAST, *SMALL_DATA["lines"], "figures=false", "~callbacks.history"), tmp_path / "run")
+    assert not (tmp_path / "run" / "history.csv").exists()
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_debug_fast_runs_the_whole_pipeline_on_one_batch(make_config, tmp_path: Path) -> None:
+    metrics = train(make_config("model=vae", "debug=fast", *FAST[1:], "figures=false"), tmp_path / "run")
+    assert metrics["steps"] == 1 and "test/neg_elbo" in metrics and "ood/noise/auroc" in metrics
+
+
+def test_closing_line_names_the_folder_and_the_headline_metrics(make_config, tmp_path: Path) -> None:
+    cfg = make_config("data=lines2x2", "headline=[test/outcome, 'ood/*/auroc']")
+    line = Run(cfg, tmp_path / "run").headline(
+        {"test/outcome": "optimal", "test/loss": 0.5, "ood/noise/auroc": 0.912345, "ood/noise/f1_ood": 0.5}
+    )
+    assert line == f"Run folder {tmp_path / 'run'}: ood/noise/auroc 0.9123, test/outcome optimal"

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 
 from src.models.ca import ClassicalAutoencoder
-from src.pipeline.config import CONFIG_DIR
 from src.models.vae import VariationalAutoencoder
+from src.pipeline.config import CONFIG_DIR, ConfigError, check_config
 
 GROUPS = CONFIG_DIR
 
@@ -116,3 +116,49 @@ def test_experiment_presets_compose(make_config, experiment: str, data: str, mod
     cfg = make_config(f"experiment={experiment}")
     assert cfg.data.name == data and cfg.model._target_.endswith(model)
     assert cfg.ood.score == score and cfg.name == experiment
+
+
+def test_report_000s_dense_widths_do_not_leak_into_the_conv_net(make_config) -> None:
+    for data in ("lines", "lines2x2"):
+        assert make_config(f"data={data}").model.net.hidden_dims == [2]
+        assert make_config(f"data={data}", "model.latent_dim=3").model.latent_dim == 3
+    conv = make_config("data=lines", "model/net=conv")
+    assert conv.model.net.hidden_dims == [] and conv.model.latent_dim == 1
+    assert make_config("data=mnist").model.net.hidden_dims == [512, 256]
+
+
+@pytest.mark.parametrize(
+    ("data", "evaluations"),
+    [
+        ("lines", ["heaviside", "latent_statistics", "ood"]),
+        ("lines2x2", ["census", "latent_statistics", "ood"]),
+        ("mnist", ["latent_statistics", "ood"]),
+        ("fashion_mnist", ["latent_statistics", "ood"]),
+    ],
+)
+def test_each_dataset_declares_its_evaluations(make_config, data: str, evaluations: list[str]) -> None:
+    cfg = make_config(f"data={data}")
+    assert list(cfg.evaluations) == evaluations
+    for spec in cfg.evaluations.values():
+        assert callable(get_class(spec._target_))
+
+
+def test_settings_the_trainer_would_drop_are_refused(make_config) -> None:
+    with pytest.raises(ConfigError, match=r"trainer.callbacks is not used.*\+callbacks.<name>._target_="):
+        check_config(make_config("+trainer.callbacks=[]"))
+    with pytest.raises(ConfigError, match="trainer.logger is not used"):
+        check_config(make_config("+trainer.logger=false"))
+    check_config(make_config())
+
+
+@pytest.mark.parametrize(
+    ("debug", "key", "value"),
+    [
+        ("fast", "fast_dev_run", True),
+        ("limit", "limit_train_batches", 5),
+        ("overfit", "overfit_batches", 1),
+        ("profile", "profiler", "simple"),
+    ],
+)
+def test_debug_presets_set_the_trainer(make_config, debug: str, key: str, value: object) -> None:
+    assert make_config(f"debug={debug}").trainer[key] == value

@@ -1,0 +1,147 @@
+"""Results pages (docs/results/*.md) written from run folders, never typed by hand: each page names
+the command that wrote it, its date and the commit of the code, then one section per source (its
+own command, read from the folder) and, optionally, a person's notes appended verbatim."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shlex
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import yaml
+
+from src.reporting.sweep import markdown as sweep_markdown
+from src.reporting.sweep import write_summary
+from src.reporting.table1 import write_table1
+from src.reporting.tables import markdown_table
+
+TITLES = {
+    "census": "Sweep results: frequencies with 95% Wilson intervals, metrics over seeds",
+    "ood": "OOD detection of single runs",
+    "table1": "Report 004's Table 1",
+    "bench": "Benchmarks",
+}
+
+
+def commit_of(folder: Path) -> str:
+    """The short commit of the git checkout holding `folder`, with `+changes` when the tree differs
+    from it; `unknown` outside git."""
+
+    def git(*arguments: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(folder), *arguments], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return "unknown"
+
+
+def run_command(folder: Path) -> str:
+    """The `python -m src.run` command line that made a run or sweep folder, from Hydra's record."""
+    multirun = folder / "multirun.yaml"
+    if multirun.is_file():
+        overrides = yaml.safe_load(multirun.read_text())["hydra"]["overrides"]["task"]
+        return shlex.join(["python", "-m", "src.run", "-m", *overrides])
+    overrides_file = folder / ".hydra" / "overrides.yaml"
+    if overrides_file.is_file():
+        return shlex.join(["python", "-m", "src.run", *(yaml.safe_load(overrides_file.read_text()) or [])])
+    return "(not recorded: no .hydra/ in the folder)"
+
+
+def _figure(source: Path, page: Path, name: str) -> str:
+    """Copy a figure beside the page (as <page stem>_<name>) and link it."""
+    target = page.parent / f"{page.stem}_{name}"
+    shutil.copyfile(source, target)
+    return f"![{name}]({target.name})"
+
+
+def census_sections(folders: Sequence[Path], page: Path) -> list[str]:
+    sections = []
+    for index, folder in enumerate(folders):
+        summary = write_summary(folder)
+        body = sweep_markdown(summary).split("\n", 2)[2]  # without its own title
+        figure = _figure(folder / "summary.png", page, f"{index}_summary.png")
+        sections.append(f"## {folder.name}\n\n`{run_command(folder)}`\n\n{body}\n{figure}\n")
+    return sections
+
+
+def ood_sections(folders: Sequence[Path], page: Path) -> list[str]:
+    sections = []
+    for index, folder in enumerate(folders):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        report = (folder / "ood.md").read_text().split("\n", 2)[2]  # without its own title
+        keys = ("epochs", "steps", "parameters", "train/time_s", "test/loss", "test/recon_mse")
+        rows = [[key, f"{metrics[key]:.6g}" if isinstance(metrics[key], float) else metrics[key]]
+                for key in keys if key in metrics]  # fmt: skip
+        figures = [_figure(path, page, f"{index}_{path.name}") for path in sorted(folder.glob("ood_roc.png"))]
+        sections.append(
+            f"## {folder.name}\n\n`{run_command(folder)}`\n\n"
+            + "\n".join(markdown_table(["run", "value"], rows))
+            + f"\n\n{report}\n"
+            + "".join(f"{figure}\n" for figure in figures)
+        )
+    return sections
+
+
+def table1_sections(folders: Sequence[Path], page: Path) -> list[str]:
+    table = write_table1(folders)
+    figure = _figure(folders[0] / "table1_samples.png", page, "samples.png")
+    commands = "\n".join(f"- `{run_command(folder)}`" for folder in folders)
+    return [f"## Runs\n\n{commands}\n\n{table}\n{figure}\n"]
+
+
+def bench_sections(files: Sequence[Path], page: Path) -> list[str]:
+    sections = []
+    for path in files:
+        results = json.loads(path.read_text())
+        lines = [f"## {path}", "", f"device: {results['device']}; repeats: {results['repeats']}", ""]
+        for name, figures in results.items():
+            if isinstance(figures, dict):
+                rows = [[key, f"{value:.4g}"] for key, value in figures.items() if isinstance(value, float)]
+                lines += [f"### {name}", "", *markdown_table(["figure", "value"], rows, "lr"), ""]
+        sections.append("\n".join(lines))
+    return sections
+
+
+SECTIONS: dict[str, Callable[[Sequence[Path], Path], list[str]]] = {
+    "census": census_sections,
+    "ood": ood_sections,
+    "table1": table1_sections,
+    "bench": bench_sections,
+}
+
+
+def write_page(
+    kind: str, sources: Sequence[Path], output: Path, title: str | None = None, notes: Path | None = None
+) -> str:
+    """Write the results page `output` of `kind` from `sources` (sweep or run folders, or bench
+    results files); returns its text."""
+    if kind not in SECTIONS:
+        raise ValueError(f"unknown kind {kind!r}; choose from {list(SECTIONS)}")
+    if missing := [str(source) for source in sources if not source.exists()]:
+        raise FileNotFoundError(f"not found: {missing}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    command = shlex.join(
+        ["python", "-m", "src.results", kind, *map(str, sources), "--output", str(output)]
+        + (["--title", title] if title else [])
+        + (["--notes", str(notes)] if notes else [])
+    )
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    header = (
+        f"# {title or TITLES[kind]}\n\n"
+        f"> Written by `{command}` on {stamp} from commit {commit_of(output.parent)}; "
+        "do not edit by hand: rerun the command.\n"
+    )
+    sections = SECTIONS[kind](sources, output)
+    text = "\n".join([header, *sections])
+    if notes is not None:
+        text += "\n## Notes\n\n" + notes.read_text()
+    output.write_text(text)
+    return text

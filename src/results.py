@@ -1,0 +1,20 @@
+"""`python -m src.results <census|ood|table1|bench> <folders or files ...> --output docs/results/<page>.md`:
+write a results page from run or sweep folders (src/reporting/results.py)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from src.reporting.results import SECTIONS, write_page
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("kind", choices=list(SECTIONS))
+    parser.add_argument("sources", type=Path, nargs="+", help="sweep/run folders, or bench results files")
+    parser.add_argument("--output", type=Path, required=True, help="the page to write")
+    parser.add_argument("--title", help="the page's title (default: one per kind)")
+    parser.add_argument("--notes", type=Path, help="Markdown appended verbatim under 'Notes'")
+    args = parser.parse_args()
+    write_page(args.kind, args.sources, args.output, args.title, args.notes)
+    print(f"wrote {args.output}")
