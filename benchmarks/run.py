@@ -112,8 +112,9 @@ def _run_measured(command: list[str]) -> tuple[str, float]:
 def _training_only(epochs: int, output_root: str) -> list[str]:
     """Overrides that make a framework run train and nothing else (no test, OOD or figures)."""
     return [
-        f"trainer.max_epochs={epochs}", f"paths.output_root={output_root}", "test=false", "ood.enabled=false",
-        "figures=false", "trainer.enable_progress_bar=false", "trainer.accelerator=auto", "print_config=false",
+        f"trainer.max_epochs={epochs}", f"paths.output_root={output_root}", "test=false",
+        "ood.enabled=false", "figures=false", "trainer.enable_progress_bar=false",
+        "trainer.accelerator=auto", "print_config=false",
     ]  # fmt: skip
 
 

@@ -23,7 +23,8 @@ def _job(folder: Path, overrides: list[str], metrics: dict) -> Path:
 def test_census_page_from_a_sweep_folder(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     for seed, outcome in enumerate(["optimal", "optimal", "one_merged_pair"]):
-        _job(sweep / str(seed), [f"seed={seed}"], {"seed": seed, "test/outcome": outcome, "test/loss": seed / 10})
+        metrics = {"seed": seed, "test/outcome": outcome, "test/loss": seed / 10}
+        _job(sweep / str(seed), [f"seed={seed}"], metrics)
     (sweep / "multirun.yaml").write_text(
         yaml.safe_dump({"hydra": {"overrides": {"task": ["experiment=census_ca_2x2", "seed=range(0,3)"]}}})
     )
