@@ -41,3 +41,21 @@ def src_run(*arguments: str, cwd: Path = PROJECT_ROOT, timeout: float = 600) -> 
         text=True,
         timeout=timeout,
     )
+
+
+# Each dataset at a few batches (MNIST's from ../shared/datasets).
+SMALL_DATA = {
+    "lines": ["data.n_train=64", "data.n_val=16", "data.n_test=16"],
+    "lines2x2": [],
+    "mnist": [
+        f"data.root={SHARED_DATASETS}",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+    ],
+}
+SMALL_DATA["fashion_mnist"] = SMALL_DATA["mnist"]
+# The test metrics every model reports, and those the VAE and the VAE-GAN add.
+TEST_KEYS = {"test/recon_mse", "test/recon_bce", "test/cosine_similarity", "test/loss"}
+VAE_KEYS = {"test/kl", "test/neg_elbo"}
+VAEGAN_KEYS = VAE_KEYS | {"test/disc_feature_error"}

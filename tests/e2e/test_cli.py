@@ -10,30 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import FAST, PROJECT_ROOT, SHARED_DATASETS
+from tests.helpers import FAST, PROJECT_ROOT, SMALL_DATA, TEST_KEYS, VAE_KEYS
 
 pytestmark = pytest.mark.slow
-
-
-TEST_KEYS = {"test/recon_mse", "test/recon_bce", "test/cosine_similarity", "test/loss"}
-
-
-VAE_KEYS = {"test/kl", "test/neg_elbo"}
-
-
-SMALL_DATA = {
-    "lines": ["data.n_train=64", "data.n_val=16", "data.n_test=16"],
-    "lines2x2": [],
-    "mnist": [
-        f"data.root={SHARED_DATASETS}",
-        "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1",
-    ],
-}
-
-
-SMALL_DATA["fashion_mnist"] = SMALL_DATA["mnist"]
 
 
 def _run(*overrides: str, cwd: Path = PROJECT_ROOT) -> subprocess.Popen:

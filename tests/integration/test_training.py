@@ -14,22 +14,14 @@ from src.evaluation.census import OUTCOMES
 from src.pipeline.checkpoints import load_model
 from src.pipeline.run import Run
 from src.pipeline.training import train
-from tests.helpers import FAST, SHARED_DATASETS, needs_shared_mnist
-
-TEST_KEYS = {"test/recon_mse", "test/recon_bce", "test/cosine_similarity", "test/loss"}
-VAE_KEYS = {"test/kl", "test/neg_elbo"}
-VAEGAN_KEYS = VAE_KEYS | {"test/disc_feature_error"}
-SMALL_DATA = {
-    "lines": ["data.n_train=64", "data.n_val=16", "data.n_test=16"],
-    "lines2x2": [],
-    "mnist": [
-        f"data.root={SHARED_DATASETS}",
-        "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1",
-    ],
-}
-SMALL_DATA["fashion_mnist"] = SMALL_DATA["mnist"]
+from tests.helpers import (
+    FAST,
+    SMALL_DATA,
+    TEST_KEYS,
+    VAE_KEYS,
+    VAEGAN_KEYS,
+    needs_shared_mnist,
+)
 
 
 def _cases() -> list:

@@ -7,22 +7,6 @@ import os
 import pytest
 import torch
 
-from tests.helpers import SHARED_DATASETS
-
-SMALL_DATA = {
-    "lines": ["data.n_train=64", "data.n_val=16", "data.n_test=16"],
-    "lines2x2": [],
-    "mnist": [
-        f"data.root={SHARED_DATASETS}",
-        "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1",
-    ],
-}
-
-
-SMALL_DATA["fashion_mnist"] = SMALL_DATA["mnist"]
-
 
 @pytest.mark.parametrize(
     ("setting", "nvml_loads", "left"),
