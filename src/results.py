@@ -1,12 +1,12 @@
 """`python -m src.results <census|ood|table1|bench> <folders or files ...> --output docs/results/<page>.md`:
-write a results page from run or sweep folders (src/reporting/results.py)."""
+write a results page from run or sweep folders (src/analysis/results.py)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from src.reporting.results import SECTIONS, write_page
+from src.analysis.results import SECTIONS, write_page
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -3,14 +3,14 @@
     python -m src.table1 outputs/multiruns/<folder> [more folders] [--samples 1000]
 
 writes table1.md (mean ± std over seeds per model) and table1_samples.png (prior samples of each
-model side by side, first seed) into the first folder (src/reporting/table1.py)."""
+model side by side, first seed) into the first folder (src/analysis/table1.py)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from src.reporting.table1 import write_table1
+from src.analysis.table1 import write_table1
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

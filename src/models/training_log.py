@@ -1,5 +1,5 @@
-"""The lean training log: Lightning's `self.log` costs about half a millisecond a call, a tenth of
-a small model's step, so the training terms are summed on the device and written straight to the
+"""The lean training log: Lightning's `self.log` is slow next to a small model's step
+(docs/performance.md), so the training terms are summed on the device and written straight to the
 loggers. Every use of Lightning internals by the models is here."""
 
 from __future__ import annotations

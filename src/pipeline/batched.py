@@ -26,6 +26,7 @@ from src.models.nets import DenseNet
 from src.models.vae import VariationalAutoencoder
 from src.pipeline.checkpoints import save_weights
 from src.pipeline.config import build
+from src.pipeline.process import prepare_training_process
 from src.pipeline.run import Run
 from src.pipeline.training import seeded_model
 
@@ -67,6 +68,7 @@ def training_steps(cfg: DictConfig) -> int:
 def train_members(cfgs: list[DictConfig]) -> tuple[list[ReconstructionModel], pl.LightningDataModule, float]:
     """Train one member per config (configs differ only in `seed`); return the trained models,
     the datamodule and the training time in seconds."""
+    prepare_training_process()
     datamodule = build(cfgs[0].data)
     datamodule.setup()
     images = datamodule.images("train")

@@ -1,6 +1,7 @@
-"""The Run: the one owner of a run folder. Training, src.eval, the batched launcher's members and
-src.score all go through it: the resolved config, the loggers, the post-test evaluations declared
-in the config, metrics.json, the figures, the closing line and, on failure, error.txt."""
+"""The Run: the one owner of a run folder. Training, src.eval and the batched launcher's members
+write through it (the resolved config, the loggers, the post-test evaluations declared in the
+config, metrics.json, the figures, the closing line and, on failure, error.txt), and whatever reads
+run folders (src.score, sweep summaries, results pages) reads them through `read_run`."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import json
 import logging
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import Logger
 
@@ -131,6 +134,34 @@ class Run:
         path = self.dir / "error.txt"
         path.write_text(traceback.format_exc())
         return path
+
+
+@dataclass
+class RunRecord:
+    """What a finished (or failed) run folder holds: its metrics (None if it never finished), the
+    last line of its error.txt, and the command-line overrides Hydra recorded for it."""
+
+    dir: Path
+    metrics: dict[str, Any] | None
+    error: str | None
+    overrides: list[str]
+
+    def config(self) -> DictConfig:
+        """The run's resolved config.yaml."""
+        return OmegaConf.load(self.dir / "config.yaml")
+
+
+def read_run(run_dir: Path) -> RunRecord:
+    """The record of a run folder, as the Run wrote it."""
+    metrics_file, error_file = run_dir / "metrics.json", run_dir / "error.txt"
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    error = None
+    if metrics is None:
+        lines = error_file.read_text().strip().splitlines() if error_file.is_file() else []
+        error = lines[-1] if lines else "no metrics.json and no error.txt (killed?)"
+    overrides = yaml.safe_load(overrides_file.read_text()) or [] if overrides_file.is_file() else []
+    return RunRecord(run_dir, metrics, error, overrides)
 
 
 def run_job(

@@ -6,7 +6,6 @@ come from the run folder that holds the checkpoint (config.yaml, metrics.json); 
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from src.evaluation.scoring import score_images
 from src.models.base import ReconstructionModel
 from src.pipeline.checkpoints import CheckpointError, load_model, run_folder
+from src.pipeline.run import read_run
 
 USAGE = "usage: python -m src.score ckpt_path=<file.ckpt> input=<file.npy | folder of PNGs> output=<file.csv>"
 
@@ -94,14 +94,12 @@ def load_images(path: Path, image_shape: tuple[int, ...]) -> tuple[list[str], to
 def load_run(ckpt_path: Path) -> tuple[ReconstructionModel, dict[str, Any], DictConfig]:
     """The model of a checkpoint, the run's metrics and its config."""
     try:
-        run_dir = run_folder(ckpt_path)
-        cfg = OmegaConf.load(run_dir / "config.yaml")
+        record = read_run(run_folder(ckpt_path))
+        cfg = record.config()
         model, _ = load_model(ckpt_path, cfg)
     except CheckpointError as error:
         raise ScoreInputError(str(error)) from None
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    return model, metrics, cfg
+    return model, record.metrics or {}, cfg
 
 
 def score_file(

@@ -8,7 +8,7 @@ import torch
 from src.evaluation.census import classify_outcome, outcome_metrics
 from src.evaluation.intervals import wilson_interval
 from src.models.ca import ClassicalAutoencoder
-from src.reporting.sweep import summarise
+from src.analysis.sweep import summarise
 
 INPUTS = torch.tensor([[0, 0, 1, 1], [1, 0, 1, 0], [1, 1, 0, 0], [0, 1, 0, 1]], dtype=torch.float)
 

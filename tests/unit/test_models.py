@@ -91,6 +91,14 @@ def test_conv_net_takes_28_and_32(size: int) -> None:
     assert [c.out_channels for c in convs] == [32, 64, 64] and [c.stride[0] for c in convs] == [1, 2, 2]
 
 
+def test_conv_net_uses_its_negative_slope_in_every_layer_dense_ones_included() -> None:
+    net = ConvNet([1, 28, 28], latent_dim=2, hidden_dims=[16, 8], negative_slope=0.3)
+    slopes = [m.negative_slope for m in net.modules() if isinstance(m, nn.LeakyReLU)]
+    # 3 conv + 2 dense layers in the encoder; 2 dense, 1 after the projection and 2 conv in the decoder.
+    assert slopes == [0.3] * 10
+    assert not any(isinstance(m, nn.ReLU) for m in net.modules())
+
+
 @pytest.mark.parametrize("size", [2, 30])
 def test_conv_net_refuses_sizes_it_cannot_take(size: int) -> None:
     with pytest.raises(ValueError, match=rf"divisible by 4; this dataset's images are {size}x{size}"):

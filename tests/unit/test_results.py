@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src.reporting.results import commit_of, run_command, write_page
+from src.analysis.results import commit_of, run_command, write_page
 from tests.helpers import PROJECT_ROOT
 
 

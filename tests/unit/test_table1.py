@@ -7,7 +7,7 @@ import torch
 
 from src.evaluation.sample_quality import nearest_cosine, sharpness
 from src.models.losses import gray_fraction
-from src.reporting.table1 import markdown
+from src.analysis.table1 import markdown
 
 
 def test_sharpness_grey_pixels_and_nearest_cosine_on_known_images() -> None:

@@ -12,12 +12,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from src.evaluation.census import OUTCOMES
 from src.evaluation.intervals import numeric_summary, wilson_interval
+from src.pipeline.run import read_run
 from src.reporting import wandb as wandb_reporting
 from src.reporting.figures import sweep_summary
 from src.reporting.tables import markdown_table
@@ -32,15 +32,15 @@ def load_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     and the last line of its error, if any."""
     jobs = []
     for hydra_dir in sorted(sweep_dir.glob("*/.hydra"), key=lambda p: (len(p.parent.name), p.parent.name)):
-        job_dir = hydra_dir.parent
-        overrides = yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or []
-        metrics_file, error_file = job_dir / "metrics.json", job_dir / "error.txt"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
-        error = None
-        if metrics is None:
-            lines = error_file.read_text().strip().splitlines() if error_file.is_file() else []
-            error = lines[-1] if lines else "no metrics.json and no error.txt (killed?)"
-        jobs.append({"dir": job_dir.name, "overrides": overrides, "metrics": metrics, "error": error})
+        record = read_run(hydra_dir.parent)
+        jobs.append(
+            {
+                "dir": record.dir.name,
+                "overrides": record.overrides,
+                "metrics": record.metrics,
+                "error": record.error,
+            }
+        )
     return jobs
 
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import yaml
 
-from src.reporting.sweep import markdown as sweep_markdown
-from src.reporting.sweep import write_summary
-from src.reporting.table1 import write_table1
+from src.analysis.sweep import markdown as sweep_markdown
+from src.analysis.sweep import write_summary
+from src.analysis.table1 import write_table1
+from src.pipeline.run import read_run
 from src.reporting.tables import markdown_table
 
 TITLES = {
@@ -75,7 +76,7 @@ def census_sections(folders: Sequence[Path], page: Path) -> list[str]:
 def ood_sections(folders: Sequence[Path], page: Path) -> list[str]:
     sections = []
     for index, folder in enumerate(folders):
-        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics = read_run(folder).metrics or {}
         report = (folder / "ood.md").read_text().split("\n", 2)[2]  # without its own title
         keys = ("epochs", "steps", "parameters", "train/time_s", "test/loss", "test/recon_mse")
         rows = [[key, f"{metrics[key]:.6g}" if isinstance(metrics[key], float) else metrics[key]]

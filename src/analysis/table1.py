@@ -4,18 +4,17 @@ mean ± std over seeds per model of the test metrics and of the prior samples' m
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from src.evaluation.sample_quality import sample_measures, train_digit_classifier
 from src.pipeline.checkpoints import load_model
 from src.pipeline.config import build
+from src.pipeline.run import read_run
 from src.reporting.figures import samples_side_by_side
 from src.reporting.tables import markdown_table
 
@@ -38,7 +37,8 @@ def measure_run(
     run_dir: Path, count: int, references: torch.Tensor, classifier: nn.Module
 ) -> tuple[dict, torch.Tensor]:
     """A run's metrics plus its samples' measures, and the samples (decoded z ~ N(0, I), seed 0)."""
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    record = read_run(run_dir)
+    cfg = record.config()
     # A training run's own last checkpoint, or the one a src.eval folder evaluated.
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     model, _ = load_model(checkpoint if checkpoint.is_file() else Path(cfg.ckpt_path), cfg)
@@ -46,7 +46,7 @@ def measure_run(
     row = {
         "model": NAMES.get(type(model).__name__, type(model).__name__),
         "seed": cfg.seed,
-        **json.loads((run_dir / "metrics.json").read_text()),
+        **(record.metrics or {}),
         **sample_measures(samples, references, classifier),
     }
     return row, samples
@@ -73,7 +73,7 @@ def write_table1(folders: Sequence[Path], count: int = 1000) -> str:
     run_dirs = [path.parent for folder in folders for path in sorted(folder.glob("*/metrics.json"))]
     if not run_dirs:
         raise SystemExit(f"No finished runs (*/metrics.json) in {[str(f) for f in folders]}")
-    datamodule = build(OmegaConf.load(run_dirs[0] / "config.yaml").data)
+    datamodule = build(read_run(run_dirs[0]).config().data)
     references = datamodule.images("test")
     classifier = train_digit_classifier(datamodule.images("train"), datamodule.labels("train"))
     rows, samples = [], {}
