@@ -44,12 +44,18 @@ def commit_of(folder: Path) -> str:
         return "unknown"
 
 
+# Hydra overrides that only say where the folder went, not how the runs were made.
+PLACEMENT = ("hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode=")
+
+
 def run_command(folder: Path) -> str:
-    """The `python -m src.run` command line that made a run or sweep folder, from Hydra's record."""
+    """The `python -m src.run` command line that made a run or sweep folder, from Hydra's record
+    (where the folder was put left out)."""
     multirun = folder / "multirun.yaml"
     if multirun.is_file():
-        overrides = yaml.safe_load(multirun.read_text())["hydra"]["overrides"]["task"]
-        return shlex.join(["python", "-m", "src.run", "-m", *overrides])
+        recorded = yaml.safe_load(multirun.read_text())["hydra"]["overrides"]
+        hydra = [item for item in recorded["hydra"] if not item.startswith(PLACEMENT)]
+        return shlex.join(["python", "-m", "src.run", "-m", *recorded["task"], *hydra])
     overrides_file = folder / ".hydra" / "overrides.yaml"
     if overrides_file.is_file():
         return shlex.join(["python", "-m", "src.run", *(yaml.safe_load(overrides_file.read_text()) or [])])
@@ -67,7 +73,8 @@ def census_sections(folders: Sequence[Path], page: Path) -> list[str]:
     sections = []
     for index, folder in enumerate(folders):
         summary = write_summary(folder)
-        body = sweep_markdown(summary).split("\n", 2)[2]  # without its own title
+        # Without its own title, one heading level down.
+        body = ("\n" + sweep_markdown(summary).split("\n", 2)[2]).replace("\n#", "\n##")[1:]
         figure = _figure(folder / "summary.png", page, f"{index}_summary.png")
         sections.append(f"## {folder.name}\n\n`{run_command(folder)}`\n\n{body}\n{figure}\n")
     return sections

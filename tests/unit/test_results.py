@@ -26,7 +26,16 @@ def test_census_page_from_a_sweep_folder(tmp_path: Path) -> None:
         metrics = {"seed": seed, "test/outcome": outcome, "test/loss": seed / 10}
         _job(sweep / str(seed), [f"seed={seed}"], metrics)
     (sweep / "multirun.yaml").write_text(
-        yaml.safe_dump({"hydra": {"overrides": {"task": ["experiment=census_ca_2x2", "seed=range(0,3)"]}}})
+        yaml.safe_dump(
+            {
+                "hydra": {
+                    "overrides": {
+                        "task": ["experiment=census_ca_2x2", "seed=range(0,3)"],
+                        "hydra": ["hydra.mode=MULTIRUN", "hydra/launcher=batched", f"hydra.sweep.dir={sweep}"],
+                    }
+                }
+            }
+        )
     )
     page = tmp_path / "docs" / "census.md"
     notes = tmp_path / "notes.md"
@@ -35,7 +44,8 @@ def test_census_page_from_a_sweep_folder(tmp_path: Path) -> None:
     assert page.read_text() == text
     assert re.search(r"Written by `python -m src.results census .*sweep --output .*census.md --notes", text)
     assert re.search(r"on \d{4}-\d\d-\d\d \d\d:\d\d UTC from commit unknown", text)
-    assert "`python -m src.run -m experiment=census_ca_2x2 'seed=range(0,3)'`" in text
+    assert "`python -m src.run -m experiment=census_ca_2x2 'seed=range(0,3)' hydra/launcher=batched`" in text
+    assert "\n### (base config)" in text and "\n#### test/outcome" in text  # one level down
     assert "| optimal | 2 | 0.667 |" in text and "| one_merged_pair | 1 | 0.333 |" in text
     assert "| test/loss | 0.1 |" in text  # the mean over the three jobs
     assert (page.parent / "census_0_summary.png").stat().st_size > 1000
