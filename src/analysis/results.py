@@ -90,7 +90,7 @@ def ood_sections(folders: Sequence[Path], page: Path) -> list[str]:
                 for key in keys if key in metrics]  # fmt: skip
         figures = [_figure(path, page, f"{index}_{path.name}") for path in sorted(folder.glob("ood_roc.png"))]
         sections.append(
-            f"## {folder.name}\n\n`{run_command(folder)}`\n\n"
+            f"## {folder.parent.name}/{folder.name}\n\n`{run_command(folder)}`\n\n"
             + "\n".join(markdown_table(["run", "value"], rows))
             + f"\n\n{report}\n"
             + "".join(f"{figure}\n" for figure in figures)

@@ -50,3 +50,24 @@ def test_the_pipeline_does_not_branch_on_dataset_names() -> None:
             if isinstance(node, ast.Compare):
                 constants = {c.value for c in ast.walk(node) if isinstance(c, ast.Constant)}
                 assert not constants & names, f"{path.name}:{node.lineno} compares with a dataset name"
+
+
+def test_readme_layout_names_every_source_file() -> None:
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("```")[1]
+    rows = {line.split()[0].rstrip("/"): line for line in layout.splitlines() if line.startswith("  ")}
+    folders = {"models", "data", "evaluation", "reporting", "pipeline", "analysis"}
+    assert folders <= set(rows)
+    listed = {}
+    for line in layout.splitlines():
+        if line.startswith("  ") and line.split()[0].rstrip("/") in folders:
+            current = line.split()[0].rstrip("/")
+        elif not line.startswith("                   "):
+            current = None
+        if current:
+            listed.setdefault(current, set()).update(word for word in line.split() if word.endswith(".py"))
+    for folder in folders:
+        on_disk = {p.name for p in (PROJECT_ROOT / "src" / folder).glob("*.py")} - {"__init__.py"}
+        assert listed[folder] == on_disk, folder
+    entry_points = {p.name for p in (PROJECT_ROOT / "src").glob("*.py")} - {"__init__.py"}
+    assert entry_points <= set(layout.split())
