@@ -15,7 +15,8 @@ SHARED_DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"
 needs_shared_mnist = pytest.mark.skipif(
     not (SHARED_DATASETS / "MNIST" / "raw").is_dir()
     or not (SHARED_DATASETS / "FashionMNIST" / "raw").is_dir(),
-    reason=f"real MNIST/Fashion-MNIST not found in {SHARED_DATASETS} (see docs/configuration.md, 'Data files and offline use')",
+    reason=f"real MNIST/Fashion-MNIST not found in {SHARED_DATASETS} "
+    "(see docs/configuration.md, 'Data files and offline use')",
 )
 
 # Small and fast: a handful of steps, no progress bar, no config tree.
@@ -59,3 +60,13 @@ SMALL_DATA["fashion_mnist"] = SMALL_DATA["mnist"]
 TEST_KEYS = {"test/recon_mse", "test/recon_bce", "test/cosine_similarity", "test/loss"}
 VAE_KEYS = {"test/kl", "test/neg_elbo"}
 VAEGAN_KEYS = VAE_KEYS | {"test/disc_feature_error"}
+# Tiny line images in shuffled minibatches of 8: many quick steps.
+TINY_LINES = [
+    "data=lines",
+    "data.image_size=8",
+    "data.n_train=32",
+    "data.n_val=16",
+    "data.n_test=16",
+    "data.batch_size=8",
+    "model.net.hidden_dims=[8]",
+]

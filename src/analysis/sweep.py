@@ -5,6 +5,7 @@ gives one group per model."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import sys
@@ -57,7 +58,8 @@ def summarise(jobs: list[dict[str, Any]]) -> dict[str, Any]:
         "ci95": {},
         "metrics": {},
     }
-    keys = sorted({key for metrics in finished for key in metrics if key != "seed"})
+    # Not results: the seed, and the checkpoint file the metrics were measured on.
+    keys = sorted({key for metrics in finished for key in metrics if key not in ("seed", "checkpoint")})
     for key in keys:
         values = [metrics[key] for metrics in finished if key in metrics and metrics[key] is not None]
         if all(isinstance(value, str) for value in values):
@@ -130,9 +132,29 @@ def write_summary(sweep_dir: Path) -> dict[str, Any]:
 
 class SweepSummary(Callback):
     """Hydra callback: summarise the sweep when a multirun ends; exit non-zero if a job failed
-    (after the summary is written, so the other jobs' results are kept and counted)."""
+    (after the summary is written, so the other jobs' results are kept and counted). A sweep that
+    is stopped before its end (a job interrupted by SIGTERM or SIGINT) is summarised as the process
+    exits: the jobs that ended, and the interrupted one as failed."""
+
+    def __init__(self) -> None:
+        self._ended = False
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        atexit.register(self._summarise_if_stopped, Path(str(config.hydra.sweep.dir)))
+
+    def _summarise_if_stopped(self, sweep_dir: Path) -> None:
+        if self._ended or not sweep_dir.is_dir():
+            return
+        summary = write_summary(sweep_dir)
+        log.error(
+            "Sweep stopped before its end: %s summarises the %d job(s) started (%d failed or interrupted)",
+            sweep_dir / "summary.md",
+            summary["n_jobs"],
+            summary["n_failed"],
+        )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._ended = True
         sweep_dir = Path(str(config.hydra.sweep.dir))
         summary = write_summary(sweep_dir)
         log.info(

@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+
+from src.pipeline.process import Interrupted
 
 
 def epoch_metrics(trainer: pl.Trainer) -> dict[str, float]:
@@ -99,3 +101,33 @@ class RandomState(Callback):
         torch.set_rng_state(state_dict["torch"])
         if state_dict["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """checkpoints/last.ckpt: the state after the last finished training epoch, rewritten at the end
+    of every epoch whatever the validation did, so that a killed run resumes from its latest state
+    and the run's metrics (measured on the final weights) belong to this file."""
+
+    def __init__(self, dirpath: str | Path, filename: str = "last") -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename=filename,
+            monitor=None,
+            save_top_k=1,
+            every_n_epochs=1,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+        )
+
+    def holds_final_state(self, trainer: pl.Trainer) -> bool:
+        """Whether the file was written at the trainer's current step (the weights in memory)."""
+        return bool(self.best_model_path) and self._last_global_step_saved == trainer.global_step
+
+
+class WhereInterrupted(Callback):
+    """Notes on an interruption (`Interrupted`, from SIGTERM or SIGINT) the epoch and step training
+    had reached, for the run's error.txt."""
+
+    def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, Interrupted):
+            exception.epoch, exception.step = trainer.current_epoch, trainer.global_step

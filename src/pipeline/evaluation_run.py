@@ -47,6 +47,8 @@ def evaluate_checkpoint(eval_cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         # The optimiser steps the model had (its epoch count depends on the hook that saved it).
         "steps": checkpoint["global_step"],
         "parameters": sum(p.numel() for p in model.parameters()),
+        # The weights every metric here was measured on.
+        "checkpoint": str(ckpt_path.resolve()),
     }
     history = read_history(run_folder(ckpt_path) / "history.csv")
     return run.test_and_record(trainer, model, datamodule, metrics, history)

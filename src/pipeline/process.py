@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import signal
+import threading
 import warnings
+from collections.abc import Iterator
 
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 
@@ -46,3 +50,35 @@ def prepare_training_process() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
     drop_failing_nvml_check()
     keep_freed_memory()
+
+
+class Interrupted(BaseException):
+    """A job stopped by a signal (SIGTERM: a cluster's time limit or preemption; SIGINT: Ctrl-C). A
+    BaseException, so that nothing on the way treats it as an ordinary error; `status` is the
+    conventional exit status (128 + the signal's number)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signal = signal.Signals(signum).name
+        self.status = 128 + signum
+        self.epoch: int | None = None
+        self.step: int | None = None
+        super().__init__(f"interrupted by {self.signal}")
+
+
+@contextlib.contextmanager
+def interrupt_on_signals() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGINT raise `Interrupted` (in the main thread; elsewhere the
+    handlers stay as they are). Lightning chains its own SIGTERM handler in front of this one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

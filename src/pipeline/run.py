@@ -23,9 +23,10 @@ from src.data.memory import InMemoryDataModule
 from src.evaluation.base import EvaluationContext, EvaluationResult
 from src.models.base import ReconstructionModel
 from src.pipeline.callbacks import epoch_metrics
+from src.pipeline.checkpoints import load_checkpoint
 from src.pipeline.config import build, save_config
 from src.pipeline.loggers import build_loggers
-from src.pipeline.process import prepare_training_process
+from src.pipeline.process import Interrupted, interrupt_on_signals, prepare_training_process
 from src.reporting import wandb as wandb_reporting
 from src.reporting.figures import run_figures
 
@@ -128,6 +129,26 @@ class Run:
         ]
         return f"Run folder {self.dir}" + (": " + ", ".join(shown) if shown else "")
 
+    def interrupted(self, interrupt: Interrupted) -> Path:
+        """error.txt for a job stopped by a signal: when, what is kept, and how to resume."""
+        where = f" at epoch {interrupt.epoch}, step {interrupt.step}" if interrupt.step is not None else ""
+        last = self.dir / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            saved = load_checkpoint(last)
+            resume = (
+                f"The state after epoch {saved['epoch']} (step {saved['global_step']}) is in {last}: resume "
+                f"with the same command and ckpt_path={last}; the result equals an uninterrupted run's."
+            )
+        else:
+            resume = "No epoch had finished, so there is no checkpoint to resume from: run the job again."
+        path = self.dir / "error.txt"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            f"Interrupted by {interrupt.signal}{where} (exit status {interrupt.status}); no metrics.json "
+            f"was written. {resume} Every file written before is kept.\n"
+        )
+        return path
+
     def fail(self) -> Path:
         """Write the current exception's traceback to error.txt beside whatever the run wrote."""
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -169,12 +190,18 @@ def run_job(
 ) -> float | None:
     """Run `job` into `run_dir`. A failure leaves error.txt beside whatever the run already wrote;
     a single run then raises, while a sweep job returns None so that the other jobs go on and the
-    sweep summary counts it as failed. Returns the validation loss, which sweepers such as Optuna
-    minimise."""
+    sweep summary counts it as failed. A SIGTERM or SIGINT stops the job, and a sweep with it, with
+    error.txt saying where and how to resume, and exit status 143 or 130. Returns the validation
+    loss, which sweepers such as Optuna minimise."""
     prepare_training_process()
     run = Run(cfg, run_dir)
     try:
-        metrics = job(cfg, run_dir)
+        with interrupt_on_signals():
+            metrics = job(cfg, run_dir)
+    except Interrupted as interrupt:
+        error_file = run.interrupted(interrupt)
+        log.error("Job %s %s; see %s", run_dir, interrupt, error_file)
+        raise SystemExit(interrupt.status) from None
     except Exception as error:
         error_file = run.fail()
         if not in_sweep:

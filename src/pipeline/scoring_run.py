@@ -114,7 +114,17 @@ def score_file(
     model, metrics, cfg = load_run(ckpt_path)
     ids, images = load_images(input_path, tuple(model.image_shape))
     score = score or metrics.get("ood/score") or "recon_bce"
-    threshold = threshold if threshold is not None else metrics.get("ood/threshold")
+    if threshold is None and "ood/threshold" in metrics:
+        measured_on = metrics.get("checkpoint")
+        if (
+            measured_on is not None
+            and (ckpt_path.parent.parent / measured_on).resolve() != ckpt_path.resolve()
+        ):
+            raise ScoreInputError(
+                f"the run's threshold was measured on {measured_on}, not on {ckpt_path.name}: score with "
+                f"ckpt_path={ckpt_path.parent.parent / measured_on}, or give threshold=<number>."
+            )
+        threshold = metrics["ood/threshold"]
     # The run's own K for neg_elbo_iw, so that its threshold applies (0: that score is skipped).
     scores = score_images(model, images, batch_size=batch_size, samples=cfg.get("ood", {}).get("samples", 0))
     if score not in scores:

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 
 from src.models.base import ReconstructionModel
-from src.pipeline.callbacks import History, epoch_metrics
+from src.pipeline.callbacks import History, LastCheckpoint, WhereInterrupted, epoch_metrics
 from src.pipeline.config import build, check_config
 from src.pipeline.run import Run
 
@@ -54,7 +54,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback] = ()) ->
     trainer: pl.Trainer = build(
         cfg.trainer,
         logger=run.loggers or False,
-        callbacks=[*configured, *callbacks],
+        callbacks=[*configured, WhereInterrupted(), *callbacks],
         default_root_dir=str(run_dir),
     )
     started = time.perf_counter()
@@ -78,4 +78,8 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback] = ()) ->
         "steps": trainer.global_step,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
+    # The test metrics and the OOD threshold are measured on the final weights: say which file holds them.
+    last = [cb for cb in configured if isinstance(cb, LastCheckpoint) and cb.holds_final_state(trainer)]
+    if last:
+        metrics["checkpoint"] = str(Path(last[0].best_model_path).relative_to(run_dir.resolve()))
     return run.test_and_record(trainer, model, datamodule, metrics, rows)

@@ -14,17 +14,7 @@ from omegaconf import OmegaConf
 from src.pipeline.config import compose_config
 from src.pipeline.evaluation_run import evaluate_checkpoint
 from src.pipeline.training import train
-from tests.helpers import FAST
-
-TINY_LINES = [
-    "data=lines",
-    "data.image_size=8",
-    "data.n_train=32",
-    "data.n_val=16",
-    "data.n_test=16",
-    "data.batch_size=8",
-    "model.net.hidden_dims=[8]",
-]
+from tests.helpers import FAST, TINY_LINES
 
 
 def _last_weights(run_dir: Path) -> dict[str, torch.Tensor]:

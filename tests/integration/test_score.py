@@ -143,3 +143,16 @@ def test_the_iw_bound_uses_the_runs_k(tmp_path: Path) -> None:
     assert not torch.allclose(
         expected, scoring.score_images(model, tensor, samples=1)["neg_elbo_iw"], rtol=1e-5
     )
+
+
+def test_the_runs_threshold_applies_only_to_the_checkpoint_it_was_measured_on(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    np.save(tmp_path / "lines.npy", _lines())
+    best = run_dir / "checkpoints" / "best.ckpt"
+    with pytest.raises(
+        ScoreInputError, match=r"threshold was measured on checkpoints/last.ckpt, not on best.ckpt"
+    ):
+        score_file(best, tmp_path / "lines.npy", tmp_path / "out.csv")
+    summary = score_file(best, tmp_path / "lines.npy", tmp_path / "out.csv", threshold=1.0)
+    assert summary["threshold"] == 1.0 and summary["images"] == 6

@@ -1,0 +1,47 @@
+"""Checkpoints: last.ckpt is always the last state, metrics say which file they were measured on,
+and nothing is loaded that could run code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from src.pipeline.checkpoints import CheckpointError, load_checkpoint
+from src.pipeline.evaluation_run import evaluate_checkpoint
+from src.pipeline.training import train
+from tests.helpers import FAST
+
+
+def test_last_checkpoint_is_the_last_epoch_even_when_validation_is_rare(make_config, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cfg = make_config("data=lines2x2", *FAST, "trainer.max_epochs=7", "trainer.check_val_every_n_epoch=5")
+    metrics = train(cfg, run)
+    last, best = (load_checkpoint(run / "checkpoints" / name) for name in ("last.ckpt", "best.ckpt"))
+    assert (last["epoch"], last["global_step"]) == (6, 7) and best["global_step"] == 5
+    assert metrics["checkpoint"] == "checkpoints/last.ckpt" and metrics["steps"] == 7
+    assert sorted(path.name for path in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(make_config, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(make_config("data=lines2x2", *FAST, "trainer.max_epochs=2"), run)
+    crafted, marker = run / "checkpoints" / "crafted.ckpt", tmp_path / "code-ran"
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint["payload"] = _RunsCode(marker)
+    torch.save(checkpoint, crafted)
+    with pytest.raises(CheckpointError, match=r"crafted.ckpt holds more than tensors.*could run code"):
+        load_checkpoint(crafted)
+    with pytest.raises(CheckpointError, match="could run code"):
+        evaluate_checkpoint(OmegaConf.create({"ckpt_path": str(crafted), "figures": False}), tmp_path / "e")
+    assert not marker.exists()
