@@ -15,7 +15,8 @@ SHARED_DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"
 needs_shared_mnist = pytest.mark.skipif(
     not (SHARED_DATASETS / "MNIST" / "raw").is_dir()
     or not (SHARED_DATASETS / "FashionMNIST" / "raw").is_dir(),
-    reason=f"real MNIST/Fashion-MNIST not found in {SHARED_DATASETS} (see docs/configuration.md, 'Data files and offline use')",
+    reason=f"real MNIST/Fashion-MNIST not found in {SHARED_DATASETS} "
+    "(see docs/configuration.md, 'Data files and offline use')",
 )
 
 # Small and fast: a handful of steps, no progress bar, no config tree.

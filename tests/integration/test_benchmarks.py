@@ -72,8 +72,8 @@ def test_bench_interleaved_path_times_one_hand_step_per_trainer_step() -> None:
 
 @needs_shared_mnist
 def test_bench_framework_interleaved_path_runs_the_frameworks_training(monkeypatch) -> None:
-    """`framework_interleaved`: src.pipeline.training.train on the framework path's config, one hand step after
-    each of its steps (one epoch: MNIST's 55 000 training images in batches of 128 = 430 steps)."""
+    """`framework_interleaved`: src.pipeline.training.train on the framework path's config, one hand
+    step after each of its steps (one epoch: MNIST's 55 000 training images in batches of 128 = 430 steps)."""
     from benchmarks.run import framework_interleaved
 
     monkeypatch.setenv("DATA_ROOT", str(SHARED_DATASETS))
