@@ -13,7 +13,8 @@ the hand loop's model in a LightningModule with nothing else, fed by the framewo
 through a Trainer with logging, checkpoints and validation off: the floor that Lightning's own
 training loop sets; (e) `interleaved`: (d) with a hand-loop step after every Trainer step, both
 timed, so that the ratio of their median step times is free of the machine's drift between runs;
-(f) `framework_interleaved`: the same for the framework's own training (src.pipeline.training.train in-process).
+(f) `framework_interleaved`: the same for the framework's own training
+(src.pipeline.training.train in-process).
 
 vae_conv_mnist: the conv VAE (conf/model/net/conv.yaml) through the framework.
 
@@ -246,9 +247,9 @@ class InterleavedHandSteps(pl.Callback):
 def lightning_loop(images: torch.Tensor, epochs: int, interleaved: bool = False) -> tuple[dict, BareModule]:
     """Train BareModule on `images` (batch 128, shuffled) through a Trainer with every extra off,
     fed by the framework's DataLoader over the tensors; images/s per epoch as the framework
-    measures them (src.pipeline.callbacks.History), and the trained module. With `interleaved`, a hand-loop step
-    follows every training step instead (InterleavedHandSteps), and the figures are the two median
-    step times and their ratio."""
+    measures them (src.pipeline.callbacks.History), and the trained module. With `interleaved`, a
+    hand-loop step follows every training step instead (InterleavedHandSteps), and the figures are
+    the two median step times and their ratio."""
     from src.data.memory import TensorBatches, whole_batch
     from src.pipeline.callbacks import History
 

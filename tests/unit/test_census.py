@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from src.analysis.sweep import summarise
 from src.evaluation.census import classify_outcome, outcome_metrics
 from src.evaluation.intervals import wilson_interval
 from src.models.ca import ClassicalAutoencoder
-from src.analysis.sweep import summarise
 
 INPUTS = torch.tensor([[0, 0, 1, 1], [1, 0, 1, 0], [1, 1, 0, 0], [0, 1, 0, 1]], dtype=torch.float)
 

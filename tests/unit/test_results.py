@@ -31,7 +31,11 @@ def test_census_page_from_a_sweep_folder(tmp_path: Path) -> None:
                 "hydra": {
                     "overrides": {
                         "task": ["experiment=census_ca_2x2", "seed=range(0,3)"],
-                        "hydra": ["hydra.mode=MULTIRUN", "hydra/launcher=batched", f"hydra.sweep.dir={sweep}"],
+                        "hydra": [
+                            "hydra.mode=MULTIRUN",
+                            "hydra/launcher=batched",
+                            f"hydra.sweep.dir={sweep}",
+                        ],
                     }
                 }
             }

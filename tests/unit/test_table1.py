@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from src.analysis.table1 import markdown
 from src.evaluation.sample_quality import nearest_cosine, sharpness
 from src.models.losses import gray_fraction
-from src.analysis.table1 import markdown
 
 
 def test_sharpness_grey_pixels_and_nearest_cosine_on_known_images() -> None:
