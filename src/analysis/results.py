@@ -69,12 +69,16 @@ def _figure(source: Path, page: Path, name: str) -> str:
     return f"![{name}]({target.name})"
 
 
+def _demoted(markdown: str) -> str:
+    """A page's body without its title line, every heading one level down."""
+    return ("\n" + markdown.split("\n", 2)[2]).replace("\n#", "\n##")[1:]
+
+
 def census_sections(folders: Sequence[Path], page: Path) -> list[str]:
     sections = []
     for index, folder in enumerate(folders):
         summary = write_summary(folder)
-        # Without its own title, one heading level down.
-        body = ("\n" + sweep_markdown(summary).split("\n", 2)[2]).replace("\n#", "\n##")[1:]
+        body = _demoted(sweep_markdown(summary))
         figure = _figure(folder / "summary.png", page, f"{index}_summary.png")
         sections.append(f"## {folder.name}\n\n`{run_command(folder)}`\n\n{body}\n{figure}\n")
     return sections
@@ -84,7 +88,7 @@ def ood_sections(folders: Sequence[Path], page: Path) -> list[str]:
     sections = []
     for index, folder in enumerate(folders):
         metrics = read_run(folder).metrics or {}
-        report = (folder / "ood.md").read_text().split("\n", 2)[2]  # without its own title
+        report = _demoted((folder / "ood.md").read_text())
         keys = ("epochs", "steps", "parameters", "train/time_s", "test/loss", "test/recon_mse")
         rows = [[key, f"{metrics[key]:.6g}" if isinstance(metrics[key], float) else metrics[key]]
                 for key in keys if key in metrics]  # fmt: skip

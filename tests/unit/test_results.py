@@ -58,12 +58,12 @@ def test_census_page_from_a_sweep_folder(tmp_path: Path) -> None:
 
 def test_ood_page_from_a_run_folder(tmp_path: Path) -> None:
     run = _job(tmp_path / "run", ["experiment=ood_mnist_vae"], {"epochs": 3, "test/loss": 101.25})
-    (run / "ood.md").write_text("# OOD detection\n\nScore `neg_elbo`\n\n| set | neg_elbo |\n")
+    (run / "ood.md").write_text("# OOD detection\n\nScore `neg_elbo`\n\n## AUROC\n\n| set | neg_elbo |\n")
     text = write_page("ood", [run], tmp_path / "ood.md", title="OOD presets")
     assert text.startswith("# OOD presets\n")
     assert "`python -m src.run experiment=ood_mnist_vae`" in text
     assert "| epochs | 3 |" in text and "| test/loss | 101.25 |" in text
-    assert "Score `neg_elbo`" in text and "# OOD detection" not in text
+    assert "Score `neg_elbo`" in text and "# OOD detection" not in text and "\n### AUROC\n" in text
 
 
 def test_missing_sources_and_unknown_kinds_are_refused(tmp_path: Path) -> None:
