@@ -104,20 +104,26 @@ class RandomState(Callback):
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """checkpoints/last.ckpt: the state after the last finished training epoch, rewritten at the end
-    of every epoch whatever the validation did, so that a killed run resumes from its latest state
-    and the run's metrics (measured on the final weights) belong to this file."""
+    """checkpoints/last.ckpt: the state after a finished training epoch, rewritten every
+    `every_n_epochs` epochs whatever the validation did and always when training ends, so that a
+    killed run resumes from a recent state (at most `every_n_epochs` old) and the run's metrics,
+    measured on the final weights, belong to this file."""
 
-    def __init__(self, dirpath: str | Path, filename: str = "last") -> None:
+    def __init__(self, dirpath: str | Path, filename: str = "last", every_n_epochs: int = 1) -> None:
         super().__init__(
             dirpath=dirpath,
             filename=filename,
             monitor=None,
             save_top_k=1,
-            every_n_epochs=1,
+            every_n_epochs=every_n_epochs,
             save_on_train_epoch_end=True,
             enable_version_counter=False,
         )
+
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        # The final state, when the last epoch was not a multiple of every_n_epochs.
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def holds_final_state(self, trainer: pl.Trainer) -> bool:
         """Whether the file was written at the trainer's current step (the weights in memory)."""

@@ -17,7 +17,10 @@ from tests.helpers import FAST
 
 def test_last_checkpoint_is_the_last_epoch_even_when_validation_is_rare(make_config, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    cfg = make_config("data=lines2x2", *FAST, "trainer.max_epochs=7", "trainer.check_val_every_n_epoch=5")
+    cfg = make_config(
+        "data=lines2x2", *FAST, "trainer.max_epochs=7", "trainer.check_val_every_n_epoch=5",
+        "callbacks.last_checkpoint.every_n_epochs=1",
+    )  # fmt: skip
     metrics = train(cfg, run)
     last, best = (load_checkpoint(run / "checkpoints" / name) for name in ("last.ckpt", "best.ckpt"))
     assert (last["epoch"], last["global_step"]) == (6, 7) and best["global_step"] == 5
@@ -45,3 +48,15 @@ def test_a_checkpoint_that_would_run_code_is_refused(make_config, tmp_path: Path
     with pytest.raises(CheckpointError, match="could run code"):
         evaluate_checkpoint(OmegaConf.create({"ckpt_path": str(crafted), "figures": False}), tmp_path / "e")
     assert not marker.exists()
+
+
+def test_a_sparse_last_checkpoint_still_holds_the_final_state(make_config, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cfg = make_config(
+        "data=lines2x2", *FAST, "trainer.max_epochs=7", "callbacks.last_checkpoint.every_n_epochs=5"
+    )
+    metrics = train(cfg, run)
+    last = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == metrics["steps"] == 7 and metrics["checkpoint"] == "checkpoints/last.ckpt"
+    assert make_config("data=lines2x2").callbacks.last_checkpoint.every_n_epochs == 500
+    assert make_config("data=lines").callbacks.last_checkpoint.every_n_epochs == 1
