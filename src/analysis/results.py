@@ -116,7 +116,7 @@ def bench_sections(files: Sequence[Path], page: Path) -> list[str]:
         lines = [f"## {path}", "", f"device: {results['device']}; repeats: {results['repeats']}", ""]
         for name, figures in results.items():
             if isinstance(figures, dict):
-                rows = [[key, f"{value:.4g}"] for key, value in figures.items() if isinstance(value, float)]
+                rows = [[key, f"{value:.6g}"] for key, value in figures.items() if isinstance(value, float)]
                 lines += [f"### {name}", "", *markdown_table(["figure", "value"], rows, "lr"), ""]
         sections.append("\n".join(lines))
     return sections
