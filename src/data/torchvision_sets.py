@@ -8,11 +8,12 @@ import torch
 from torch.utils.data import TensorDataset
 
 from src.data.memory import InMemoryDataModule
+from src.errors import ConfigValueError, MissingFileError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(MissingFileError):
     """Raised when a dataset's files are missing (or corrupt) and cannot be downloaded."""
 
 
@@ -27,7 +28,7 @@ def load_torchvision_images(dataset: str, root: Path, train: bool, download: boo
     import torchvision.datasets
 
     if dataset not in ("MNIST", "FashionMNIST"):
-        raise ValueError(f"data.dataset must be MNIST or FashionMNIST, got {dataset!r}")
+        raise ConfigValueError(f"data.dataset must be MNIST or FashionMNIST, got {dataset!r}")
     cls = getattr(torchvision.datasets, dataset)
     raw_folder = root / dataset / "raw"
     how_to_fix = (
@@ -89,7 +90,7 @@ class TorchvisionDataModule(InMemoryDataModule):
         full = load_torchvision_images(self.dataset, self.root, train=True, download=self.download)
         images, labels = full.tensors
         if not 0 < self.n_val < len(images):
-            raise ValueError(f"data.n_val must be between 1 and {len(images) - 1}, got {self.n_val}")
+            raise ConfigValueError(f"data.n_val must be between 1 and {len(images) - 1}, got {self.n_val}")
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.split_seed))
         val_idx, train_idx = order[: self.n_val], order[self.n_val :]
         self.splits = {

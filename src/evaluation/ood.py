@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from src.data.memory import InMemoryDataModule
 from src.data.ood_sets import ood_sets
+from src.errors import ConfigValueError
 from src.evaluation.base import EvaluationContext, EvaluationResult
 from src.evaluation.detection import (
     auroc,
@@ -38,7 +39,7 @@ class OODDetection:
     ) -> EvaluationResult:
         settings = OmegaConf.select(context.config, self.settings)
         if settings is None:
-            raise ValueError(f"evaluations.ood.settings={self.settings!r} names no key of the config")
+            raise ConfigValueError(f"evaluations.ood.settings={self.settings!r} names no key of the config")
         if not settings.get("enabled", True):
             return EvaluationResult()
         return evaluate(settings, model, datamodule, context.run_dir, context.figures)
@@ -65,7 +66,7 @@ def evaluate(
     }
     score = cfg["score"]
     if score not in scored["test"]:
-        raise ValueError(
+        raise ConfigValueError(
             f"ood.score={score!r} is not a score of this model; choose from {list(scored['test'])}"
             + (" (neg_elbo_iw needs ood.samples > 0)" if "_iw" in score else "")
         )
@@ -112,25 +113,24 @@ def evaluate(
     (run_dir / "ood.md").write_text(ood_report(datamodule.name, results, sizes, aurocs, header))
     write_scores_csv(run_dir / "scores.csv", scored, labels)
 
-    written: list[Path] = []
-    if figures and cfg.get("plots", True):
-        written.append(
-            figures_module.roc_curves(
-                {name: labelled(in_test[score], scored[name][score]) for name in out_sets},
-                run_dir / "ood_roc.png",
-                score,
-            )
+    if not (figures and cfg.get("plots", True)):
+        return EvaluationResult(metrics)
+    limit = cfg.get("plot_points", 2000)
+
+    def roc() -> Path:
+        labelled_sets = {name: labelled(in_test[score], scored[name][score]) for name in out_sets}
+        return figures_module.roc_curves(labelled_sets, run_dir / "ood_roc.png", score)
+
+    def histograms() -> Path:
+        return figures_module.score_histograms(
+            {"val": scored["val"][score], "test": in_test[score]},
+            {name: scored[name][score] for name in out_sets},
+            thresholds,
+            run_dir / "ood_histograms.png",
+            score,
         )
-        written.append(
-            figures_module.score_histograms(
-                {"val": scored["val"][score], "test": in_test[score]},
-                {name: scored[name][score] for name in out_sets},
-                thresholds,
-                run_dir / "ood_histograms.png",
-                score,
-            )
-        )
-        limit = cfg.get("plot_points", 2000)
+
+    def latent() -> Path:
         codes = {
             name: latent_codes(model, images[:limit]) for name, images in {**in_sets, **out_sets}.items()
         }
@@ -141,5 +141,6 @@ def evaluate(
             )
             for name in out_sets
         }
-        written.append(figures_module.latent_ood(codes, predicted, run_dir / "ood_latent.png"))
-    return EvaluationResult(metrics, written)
+        return figures_module.latent_ood(codes, predicted, run_dir / "ood_latent.png")
+
+    return EvaluationResult(metrics, figures_module.drawn([roc, histograms, latent], run_dir))

@@ -10,11 +10,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from src.errors import MissingFileError
 from src.models.base import ReconstructionModel
 from src.pipeline.config import build
 
 
-class CheckpointError(FileNotFoundError):
+class CheckpointError(MissingFileError):
     """A checkpoint that is missing, outside its run folder, or not loadable safely."""
 
 

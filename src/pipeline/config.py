@@ -4,6 +4,7 @@ objects from `_target_` entries, checks made before anything is built, and savin
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,14 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from src.errors import ConfigValueError
 from src.reporting.wandb import wandb_is_offline
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
-class ConfigError(ValueError):
-    """A config value that cannot work: the message names the key, the problem and the fix."""
+# The config checks' error (src/errors.py): the message names the key, the problem and the fix.
+ConfigError = ConfigValueError
 
 
 def sweep_group() -> str | None:
@@ -32,15 +34,23 @@ def sweep_group() -> str | None:
     return Path(str(hydra_cfg.sweep.dir)).name if hydra_cfg.mode == RunMode.MULTIRUN else None
 
 
+def path_safe(text: str) -> str:
+    """`text` as one file-name component: path separators and anything but letters, digits and
+    `._=,+-` become `_`, and no `..` remains, so a name can never place a folder elsewhere."""
+    safe = re.sub(r"[^A-Za-z0-9._=,+-]", "_", str(text))
+    return re.sub(r"\.{2,}", "_", safe).strip(".") or "_"
+
+
 def register_resolvers() -> None:
-    """The `${run_id:}`, `${wandb_offline:}` and `${sweep_group:}` resolvers of conf/. Every entry
-    point calls this before Hydra composes its config (idempotent)."""
+    """The `${run_id:}`, `${wandb_offline:}`, `${sweep_group:}` and `${path_safe:...}` resolvers
+    of conf/. Every entry point calls this before Hydra composes its config (idempotent)."""
     # The pid and a random suffix keep two jobs started in the same second out of each other's folders.
     OmegaConf.register_new_resolver(
         "run_id", lambda: f"{os.getpid()}{secrets.token_hex(2)}", use_cache=True, replace=True
     )
     OmegaConf.register_new_resolver("wandb_offline", wandb_is_offline, replace=True)
     OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
+    OmegaConf.register_new_resolver("path_safe", path_safe, replace=True)
 
 
 def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
