@@ -100,5 +100,5 @@ def test_a_name_cannot_place_the_run_outside_the_output_root(tmp_path: Path) -> 
     )  # fmt: skip
     assert process.returncode == 0, process.stderr[-2000:]
     (run,) = (root / "runs").iterdir()
-    assert run.name.split("_", 2)[2].startswith("_escaped_") and (run / "metrics.json").is_file()
+    assert "escaped" in run.name and (run / "metrics.json").is_file()
     assert sorted(path.name for path in tmp_path.rglob("*escaped*")) == [run.name]

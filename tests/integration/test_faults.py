@@ -66,7 +66,7 @@ def test_a_figure_that_cannot_be_drawn_does_not_fail_the_run(
     ("name", "safe"),
     [
         ("ca_lines", "ca_lines"),
-        ("../../x", "_x"),
+        ("../../x", "____x"),
         ("/etc/passwd", "_etc_passwd"),
         ("..", "_"),
         ("a b", "a_b"),
