@@ -85,6 +85,7 @@ LINE_DEFECTS: dict[str, Callable[[int, int, torch.Generator], torch.Tensor]] = {
     "circle": circles,
 }
 SHIFTS = ("hflip", "vflip", "invert", "noise")
+KNOWN_SETS = (*TORCHVISION_SETS, *SHIFTS, *LINE_DEFECTS)
 
 
 def shifted(
@@ -109,7 +110,6 @@ def ood_sets(
     dataset's official test set, read from the datamodule's data root), a shift of the in-distribution
     test set (`hflip`, `vflip`, `invert`, `noise`), or a line defect (`blob`, `scratch`, `crossing`,
     `circle`, at the datamodule's image size). `count` caps each set."""
-    known = [*TORCHVISION_SETS, *SHIFTS, *LINE_DEFECTS]
     test_images = datamodule.images("test")[:count]
     size = test_images.shape[-1]
     sets = {}
@@ -137,5 +137,5 @@ def ood_sets(
         elif name in LINE_DEFECTS:
             sets[name] = LINE_DEFECTS[name](len(test_images), size, generator)
         else:
-            raise ConfigValueError(f"ood.sets: unknown set {name!r}; choose from {known}")
+            raise ConfigValueError(f"ood.sets: unknown set {name!r}; choose from {list(KNOWN_SETS)}")
     return sets

@@ -75,6 +75,14 @@ def check_config(cfg: DictConfig) -> None:
             "trainer.callbacks is not used: the run's callbacks come from the `callbacks` group. Add one "
             "with +callbacks.<name>._target_=<class> (e.g. pytorch_lightning.callbacks.LearningRateMonitor)."
         )
+    if cfg.trainer.get("max_epochs") == 0:
+        raise ConfigError(
+            "trainer.max_epochs=0 trains nothing: give at least 1 (or -1 with trainer.max_steps), or "
+            "evaluate a saved model with python -m src.eval ckpt_path=<run>/checkpoints/last.ckpt."
+        )
+    batch_size = cfg.data.get("batch_size")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigError(f"data.batch_size must be a whole number >= 1, got {batch_size!r}")
     if cfg.trainer.get("logger") is not None:
         raise ConfigError(
             "trainer.logger is not used: choose loggers with logger=csv|tensorboard|wandb|none."

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import yaml
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import Logger
 
@@ -72,6 +73,16 @@ class Run:
         if self._loggers is None:
             self._loggers = build_loggers(self.cfg, self.dir)
         return self._loggers
+
+    def check_evaluations(self) -> None:
+        """Before training: each declared evaluation checks its settings (those that can be)."""
+        if not self.cfg.test:
+            return
+        model_class = get_class(self.cfg.model._target_)
+        for spec in (self.cfg.get("evaluations") or {}).values():
+            evaluation = build(spec)
+            if hasattr(evaluation, "check"):
+                evaluation.check(self.cfg, model_class)
 
     def evaluate(self, model: ReconstructionModel, datamodule: InMemoryDataModule) -> EvaluationResult:
         """Every evaluation the config declares (conf/evaluations/), in order, merged."""

@@ -48,6 +48,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback] = ()) ->
     run = Run(cfg, run_dir)
     run.start(show=bool(cfg.get("print_config")))
     check_config(cfg)
+    run.check_evaluations()
     ckpt_path = resume_path(cfg)
     model = seeded_model(cfg)
     datamodule = build(cfg.data)
