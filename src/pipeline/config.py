@@ -68,8 +68,33 @@ def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
     return cfg
 
 
+# The type of each value a researcher types most (null allowed where the key says so) and an
+# example: checked before anything is built, so that `lr=abc` is one line naming the key.
+TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "seed": ((int, type(None)), "0"),
+    "model.latent_dim": ((int,), "16"),
+    "model.optimizer.lr": ((int, float), "1e-3"),
+    "model.beta": ((int, float), "1.0"),
+    "data.batch_size": ((int,), "128"),
+    "trainer.max_epochs": ((int,), "10"),
+    "trainer.max_steps": ((int,), "-1"),
+}
+
+
+def check_types(cfg: DictConfig) -> None:
+    """Each key of TYPES that the config has holds a value of its type."""
+    for key, (types, example) in TYPES.items():
+        if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
+            continue
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            wanted = " or ".join("null" if kind is type(None) else kind.__name__ for kind in types)
+            raise ConfigError(f"{key} must be {wanted}, got {value!r}: e.g. {key}={example}")
+
+
 def check_config(cfg: DictConfig) -> None:
-    """Refuse config values that would be silently ignored."""
+    """Refuse config values of the wrong type, and values that would be silently ignored."""
+    check_types(cfg)
     if cfg.trainer.get("callbacks") is not None:
         raise ConfigError(
             "trainer.callbacks is not used: the run's callbacks come from the `callbacks` group. Add one "
