@@ -12,7 +12,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from src.data.memory import InMemoryDataModule
-from src.data.ood_sets import KNOWN_SETS, ood_sets
+from src.data.ood_sets import KNOWN_SETS, TORCHVISION_SETS, ood_sets
+from src.data.torchvision_sets import data_root, load_torchvision_images
 from src.errors import ConfigValueError
 from src.evaluation.base import EvaluationContext, EvaluationResult
 from src.evaluation.detection import (
@@ -38,8 +39,17 @@ class OODDetection:
     def check(self, config: DictConfig, model_class: type[ReconstructionModel]) -> None:
         """Before training: every `ood.*` value that can be checked without a trained model."""
         settings = self._settings(config)
-        if settings.get("enabled", True):
-            check_settings(settings, model_class.anomaly_scores, str(config.data.get("name")))
+        if not settings.get("enabled", True):
+            return
+        check_settings(settings, model_class.anomaly_scores, str(config.data.get("name")))
+        for name in (name for name in settings["sets"] if name in TORCHVISION_SETS):
+            if config.data.get("dataset") not in TORCHVISION_SETS.values():
+                raise ConfigValueError(
+                    f"OOD set {name!r} needs 28x28 images; remove it from ood.sets for {config.data.name}"
+                )
+            # Present, or downloaded now: a missing OOD set stops the run before training, not after.
+            root = data_root(config.data.get("root"))
+            load_torchvision_images(TORCHVISION_SETS[name], root, train=False, download=config.data.download)
 
     def _settings(self, config: DictConfig) -> DictConfig:
         settings = OmegaConf.select(config, self.settings)

@@ -48,10 +48,11 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback] = ()) ->
     run = Run(cfg, run_dir)
     run.start(show=bool(cfg.get("print_config")))
     check_config(cfg)
-    run.check_evaluations()
     ckpt_path = resume_path(cfg)
     model = seeded_model(cfg)
     datamodule = build(cfg.data)
+    datamodule.setup()  # the data's files, read now: a missing file stops the run before training
+    run.check_evaluations()
     configured = [build(callback_cfg) for callback_cfg in (cfg.get("callbacks") or {}).values()]
     trainer: pl.Trainer = build(
         cfg.trainer,

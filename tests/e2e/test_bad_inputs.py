@@ -131,6 +131,25 @@ def test_src_run_refuses_bad_mnist_settings(
     _fails_cleanly(status, stderr, message)
 
 
+@needs_shared_mnist
+def test_a_missing_ood_set_stops_the_run_before_training(tmp_path: Path, capsys) -> None:
+    """MNIST is there, Fashion-MNIST (the OOD set) is not: refused before the first step."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "MNIST").symlink_to(SHARED_DATASETS / "MNIST")
+    arguments = [
+        "data=mnist",
+        *FAST,
+        f"data.root={root}",
+        "data.download=false",
+        f"paths.output_root={tmp_path}",
+    ]
+    status, stderr = _entry_point("src.run", arguments, capsys)
+    _fails_cleanly(status, stderr, f"FashionMNIST not found in {root / 'FashionMNIST' / 'raw'}")
+    (run,) = (tmp_path / "runs").iterdir()
+    assert not (run / "checkpoints").exists()
+
+
 def _copy_of(trained: Path, folder: Path, name: str, content: bytes | None = None) -> Path:
     target = folder / "checkpoints" / name
     target.parent.mkdir(parents=True, exist_ok=True)
