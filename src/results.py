@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from src.analysis.results import SECTIONS, write_page
+from src.errors import UserError
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -16,5 +17,8 @@ if __name__ == "__main__":
     parser.add_argument("--title", help="the page's title (default: one per kind)")
     parser.add_argument("--notes", type=Path, help="Markdown appended verbatim under 'Notes'")
     args = parser.parse_args()
-    write_page(args.kind, args.sources, args.output, args.title, args.notes)
+    try:
+        write_page(args.kind, args.sources, args.output, args.title, args.notes)
+    except UserError as error:
+        parser.exit(2, f"src.results: {error}\n")
     print(f"wrote {args.output}")

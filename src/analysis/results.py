@@ -17,6 +17,7 @@ import yaml
 from src.analysis.sweep import markdown as sweep_markdown
 from src.analysis.sweep import write_summary
 from src.analysis.table1 import write_table1
+from src.errors import ConfigValueError, MissingFileError
 from src.pipeline.run import read_run
 from src.reporting.tables import markdown_table
 
@@ -136,9 +137,9 @@ def write_page(
     """Write the results page `output` of `kind` from `sources` (sweep or run folders, or bench
     results files); returns its text."""
     if kind not in SECTIONS:
-        raise ValueError(f"unknown kind {kind!r}; choose from {list(SECTIONS)}")
+        raise ConfigValueError(f"unknown kind {kind!r}; choose from {list(SECTIONS)}")
     if missing := [str(source) for source in sources if not source.exists()]:
-        raise FileNotFoundError(f"not found: {missing}")
+        raise MissingFileError(f"not found: {missing}")
     output.parent.mkdir(parents=True, exist_ok=True)
     command = shlex.join(
         ["python", "-m", "src.results", kind, *map(str, sources), "--output", str(output)]

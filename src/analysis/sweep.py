@@ -16,6 +16,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from src.errors import MissingFileError
 from src.evaluation.census import OUTCOMES
 from src.evaluation.intervals import numeric_summary, wilson_interval
 from src.pipeline.run import read_run
@@ -34,11 +35,12 @@ def load_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     jobs = []
     for hydra_dir in sorted(sweep_dir.glob("*/.hydra"), key=lambda p: (len(p.parent.name), p.parent.name)):
         record = read_run(hydra_dir.parent)
+        metrics = record.metrics if record.finished else None
         jobs.append(
             {
                 "dir": record.dir.name,
                 "overrides": record.overrides,
-                "metrics": record.metrics,
+                "metrics": metrics,
                 "error": record.error,
             }
         )
@@ -82,6 +84,11 @@ def group_key(overrides: list[str]) -> str:
 def summarise_sweep(sweep_dir: Path) -> dict[str, Any]:
     """The summary of all jobs, and under "groups" one per set of non-seed overrides."""
     jobs = load_jobs(sweep_dir)
+    if not jobs:
+        raise MissingFileError(
+            f"{sweep_dir} holds no job folders (<job>/.hydra/): give a sweep folder, "
+            "e.g. outputs/multiruns/<date>_<time>_<id>."
+        )
     summary = {"sweep": str(sweep_dir), **summarise(jobs), "groups": {}}
     by_group: dict[str, list[dict[str, Any]]] = {}
     for job in jobs:

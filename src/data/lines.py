@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from src.data.memory import InMemoryDataModule
+from src.errors import ConfigValueError
 
 
 def line_images(angles: torch.Tensor, image_size: int, offsets: torch.Tensor | None = None) -> torch.Tensor:
@@ -44,7 +45,7 @@ class LinesDataModule(InMemoryDataModule):
     ) -> None:
         super().__init__(name, image_shape or [1, image_size, image_size], batch_size, num_workers)
         if image_size < 2:
-            raise ValueError(f"data.image_size must be at least 2, got {image_size}")
+            raise ConfigValueError(f"data.image_size must be at least 2, got {image_size}")
         self.image_size, self.offset_jitter, self.seed = image_size, offset_jitter, seed
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}
 

@@ -11,6 +11,7 @@ import torch
 
 from src.data.lines import line_images
 from src.data.torchvision_sets import TorchvisionDataModule, load_torchvision_images
+from src.errors import ConfigValueError
 
 # The other dataset of each pair, for the `mnist` and `fashion_mnist` OOD sets.
 TORCHVISION_SETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
@@ -84,6 +85,7 @@ LINE_DEFECTS: dict[str, Callable[[int, int, torch.Generator], torch.Tensor]] = {
     "circle": circles,
 }
 SHIFTS = ("hflip", "vflip", "invert", "noise")
+KNOWN_SETS = (*TORCHVISION_SETS, *SHIFTS, *LINE_DEFECTS)
 
 
 def shifted(
@@ -108,7 +110,6 @@ def ood_sets(
     dataset's official test set, read from the datamodule's data root), a shift of the in-distribution
     test set (`hflip`, `vflip`, `invert`, `noise`), or a line defect (`blob`, `scratch`, `crossing`,
     `circle`, at the datamodule's image size). `count` caps each set."""
-    known = [*TORCHVISION_SETS, *SHIFTS, *LINE_DEFECTS]
     test_images = datamodule.images("test")[:count]
     size = test_images.shape[-1]
     sets = {}
@@ -117,16 +118,16 @@ def ood_sets(
         generator = torch.Generator().manual_seed(seed + index)
         if name in TORCHVISION_SETS:
             if name == datamodule.name:
-                raise ValueError(f"ood.sets holds {name!r}, the training dataset itself; remove it")
+                raise ConfigValueError(f"ood.sets holds {name!r}, the training dataset itself; remove it")
             if not isinstance(datamodule, TorchvisionDataModule):
-                raise ValueError(
+                raise ConfigValueError(
                     f"OOD set {name!r} needs 28x28 images; remove it from ood.sets for {datamodule.name}"
                 )
             images = load_torchvision_images(
                 TORCHVISION_SETS[name], datamodule.root, train=False, download=datamodule.download
             ).tensors[0]
             if images.shape[-2:] != test_images.shape[-2:]:
-                raise ValueError(
+                raise ConfigValueError(
                     f"OOD set {name!r} has {tuple(images.shape[-2:])} images but the model takes "
                     f"{tuple(test_images.shape[-2:])}; remove it from ood.sets"
                 )
@@ -136,5 +137,5 @@ def ood_sets(
         elif name in LINE_DEFECTS:
             sets[name] = LINE_DEFECTS[name](len(test_images), size, generator)
         else:
-            raise ValueError(f"ood.sets: unknown set {name!r}; choose from {known}")
+            raise ConfigValueError(f"ood.sets: unknown set {name!r}; choose from {list(KNOWN_SETS)}")
     return sets

@@ -13,6 +13,8 @@ from torchmetrics.functional.classification import (
     binary_roc,
 )
 
+from src.errors import ConfigValueError
+
 THRESHOLD_METHODS = ("percentile", "fixed", "best_f1")
 
 
@@ -33,7 +35,7 @@ def labelled(in_scores: torch.Tensor, ood_scores: torch.Tensor) -> tuple[torch.T
 def percentile_threshold(validation_scores: torch.Tensor, percentile: float) -> float:
     """The `percentile`-th percentile (linear interpolation) of in-distribution validation scores."""
     if not 0 <= percentile <= 100:
-        raise ValueError(f"ood.threshold.percentile must be in [0, 100], got {percentile}")
+        raise ConfigValueError(f"ood.threshold.percentile must be in [0, 100], got {percentile}")
     return float(torch.quantile(validation_scores.double(), percentile / 100))
 
 
@@ -96,11 +98,15 @@ def choose_threshold(
     """The decision threshold from in-distribution validation scores: `percentile` (default) or a
     `fixed` value. `best_f1` is chosen per OOD set later, from labels (None here)."""
     if method not in THRESHOLD_METHODS:
-        raise ValueError(f"ood.threshold.method must be one of {list(THRESHOLD_METHODS)}, got {method!r}")
+        raise ConfigValueError(
+            f"ood.threshold.method must be one of {list(THRESHOLD_METHODS)}, got {method!r}"
+        )
     if method == "percentile":
         return percentile_threshold(validation_scores, percentile)
     if method == "fixed":
         if value is None:
-            raise ValueError("ood.threshold.method=fixed needs a value: set ood.threshold.value=<number>")
+            raise ConfigValueError(
+                "ood.threshold.method=fixed needs a value: set ood.threshold.value=<number>"
+            )
         return float(value)
     return None

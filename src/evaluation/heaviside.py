@@ -7,7 +7,7 @@ import torch
 from src.data.memory import InMemoryDataModule
 from src.evaluation.base import EvaluationContext, EvaluationResult
 from src.models.base import OUTPUT_ACTIVATIONS, ReconstructionModel
-from src.reporting.figures import image_rows
+from src.reporting.figures import drawn, image_rows
 
 
 class HeavisideComparison:
@@ -32,5 +32,9 @@ class HeavisideComparison:
         if not context.figures:
             return EvaluationResult(metrics)
         return EvaluationResult(
-            metrics, [image_rows(rows, ["input", *OUTPUT_ACTIVATIONS], context.run_dir / "heaviside.png")]
+            metrics,
+            drawn(
+                [lambda: image_rows(rows, ["input", *OUTPUT_ACTIVATIONS], context.run_dir / "heaviside.png")],
+                context.run_dir,
+            ),
         )

@@ -8,10 +8,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+import torch
+from omegaconf import DictConfig, OmegaConf
 
 from src.data.memory import InMemoryDataModule
-from src.data.ood_sets import ood_sets
+from src.data.ood_sets import KNOWN_SETS, TORCHVISION_SETS, ood_sets
+from src.data.torchvision_sets import data_root, load_torchvision_images
+from src.errors import ConfigValueError
 from src.evaluation.base import EvaluationContext, EvaluationResult
 from src.evaluation.detection import (
     auroc,
@@ -20,7 +23,7 @@ from src.evaluation.detection import (
     detection_metrics,
     labelled,
 )
-from src.evaluation.scoring import latent_codes, score_images
+from src.evaluation.scoring import LIKELIHOOD_SCORES, latent_codes, score_images
 from src.models.base import ReconstructionModel
 from src.reporting import figures as figures_module
 from src.reporting.tables import ood_report, write_scores_csv
@@ -33,15 +36,63 @@ class OODDetection:
     def __init__(self, settings: str = "ood") -> None:
         self.settings = settings
 
+    def check(self, config: DictConfig, model_class: type[ReconstructionModel]) -> None:
+        """Before training: every `ood.*` value that can be checked without a trained model."""
+        settings = self._settings(config)
+        if not settings.get("enabled", True):
+            return
+        check_settings(settings, model_class.anomaly_scores, str(config.data.get("name")))
+        for name in (name for name in settings["sets"] if name in TORCHVISION_SETS):
+            if config.data.get("dataset") not in TORCHVISION_SETS.values():
+                raise ConfigValueError(
+                    f"OOD set {name!r} needs 28x28 images; remove it from ood.sets for {config.data.name}"
+                )
+            # Present, or downloaded now: a missing OOD set stops the run before training, not after.
+            root = data_root(config.data.get("root"))
+            load_torchvision_images(TORCHVISION_SETS[name], root, train=False, download=config.data.download)
+
+    def _settings(self, config: DictConfig) -> DictConfig:
+        settings = OmegaConf.select(config, self.settings)
+        if settings is None:
+            raise ConfigValueError(f"evaluations.ood.settings={self.settings!r} names no key of the config")
+        return settings
+
     def __call__(
         self, model: ReconstructionModel, datamodule: InMemoryDataModule, context: EvaluationContext
     ) -> EvaluationResult:
-        settings = OmegaConf.select(context.config, self.settings)
-        if settings is None:
-            raise ValueError(f"evaluations.ood.settings={self.settings!r} names no key of the config")
+        settings = self._settings(context.config)
         if not settings.get("enabled", True):
             return EvaluationResult()
         return evaluate(settings, model, datamodule, context.run_dir, context.figures)
+
+
+def score_names(anomaly_scores: tuple[str, ...]) -> list[str]:
+    """Every score the OOD evaluation computes for a model with these anomaly scores."""
+    twins = [f"{name}_ic" for name in LIKELIHOOD_SCORES if name in anomaly_scores]
+    return [*anomaly_scores, *twins, "png_bits"]
+
+
+def check_settings(cfg: Mapping[str, Any], anomaly_scores: tuple[str, ...], data_name: str) -> None:
+    """The OOD settings' values, each refused with its key and the fix (ConfigValueError)."""
+    unknown = [name for name in cfg["sets"] if name not in KNOWN_SETS]
+    if unknown:
+        raise ConfigValueError(f"ood.sets: unknown set(s) {unknown}; choose from {list(KNOWN_SETS)}")
+    if data_name in cfg["sets"]:
+        raise ConfigValueError(f"ood.sets holds {data_name!r}, the training dataset itself; remove it")
+    samples = cfg.get("samples", 0)
+    if not isinstance(samples, int) or samples < 0:
+        raise ConfigValueError(
+            f"ood.samples must be a whole number >= 0 (0 skips neg_elbo_iw), got {samples!r}"
+        )
+    score, names = cfg["score"], score_names(anomaly_scores)
+    if score not in names:
+        raise ConfigValueError(f"ood.score={score!r} is not a score of this model; choose from {names}")
+    if "_iw" in score and not samples:
+        raise ConfigValueError(f"ood.score={score} needs latent samples: set ood.samples=16 (or more)")
+    threshold = cfg["threshold"]
+    choose_threshold(
+        threshold["method"], torch.zeros(1), threshold.get("percentile", 99.0), threshold.get("value")
+    )
 
 
 def evaluate(
@@ -53,6 +104,7 @@ def evaluate(
 ) -> EvaluationResult:
     """Score validation, test and OOD images, threshold, measure, and write scores.csv, ood.md and
     (with `figures` and ood.plots) the figures into run_dir. Returns the `ood/...` metrics."""
+    check_settings(cfg, model.anomaly_scores, datamodule.name)
     count = cfg.get("max_images") or None
     in_sets = {"val": datamodule.images("val")[:count], "test": datamodule.images("test")[:count]}
     out_sets = ood_sets(
@@ -64,11 +116,6 @@ def evaluate(
         for name, images in {**in_sets, **out_sets}.items()
     }
     score = cfg["score"]
-    if score not in scored["test"]:
-        raise ValueError(
-            f"ood.score={score!r} is not a score of this model; choose from {list(scored['test'])}"
-            + (" (neg_elbo_iw needs ood.samples > 0)" if "_iw" in score else "")
-        )
     threshold_cfg = cfg["threshold"]
     method = threshold_cfg["method"]
     threshold = choose_threshold(
@@ -112,25 +159,24 @@ def evaluate(
     (run_dir / "ood.md").write_text(ood_report(datamodule.name, results, sizes, aurocs, header))
     write_scores_csv(run_dir / "scores.csv", scored, labels)
 
-    written: list[Path] = []
-    if figures and cfg.get("plots", True):
-        written.append(
-            figures_module.roc_curves(
-                {name: labelled(in_test[score], scored[name][score]) for name in out_sets},
-                run_dir / "ood_roc.png",
-                score,
-            )
+    if not (figures and cfg.get("plots", True)):
+        return EvaluationResult(metrics)
+    limit = cfg.get("plot_points", 2000)
+
+    def roc() -> Path:
+        labelled_sets = {name: labelled(in_test[score], scored[name][score]) for name in out_sets}
+        return figures_module.roc_curves(labelled_sets, run_dir / "ood_roc.png", score)
+
+    def histograms() -> Path:
+        return figures_module.score_histograms(
+            {"val": scored["val"][score], "test": in_test[score]},
+            {name: scored[name][score] for name in out_sets},
+            thresholds,
+            run_dir / "ood_histograms.png",
+            score,
         )
-        written.append(
-            figures_module.score_histograms(
-                {"val": scored["val"][score], "test": in_test[score]},
-                {name: scored[name][score] for name in out_sets},
-                thresholds,
-                run_dir / "ood_histograms.png",
-                score,
-            )
-        )
-        limit = cfg.get("plot_points", 2000)
+
+    def latent() -> Path:
         codes = {
             name: latent_codes(model, images[:limit]) for name, images in {**in_sets, **out_sets}.items()
         }
@@ -141,5 +187,6 @@ def evaluate(
             )
             for name in out_sets
         }
-        written.append(figures_module.latent_ood(codes, predicted, run_dir / "ood_latent.png"))
-    return EvaluationResult(metrics, written)
+        return figures_module.latent_ood(codes, predicted, run_dir / "ood_latent.png")
+
+    return EvaluationResult(metrics, figures_module.drawn([roc, histograms, latent], run_dir))

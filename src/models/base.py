@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics.functional.regression import cosine_similarity
 
+from src.errors import ConfigValueError
 from src.models.losses import RECONSTRUCTIONS, REDUCTIONS, gray_fraction
 from src.models.training_log import TrainingTermsLog
 
@@ -26,7 +27,7 @@ PROBABILITY_EPS = 1e-6
 def choice(key: str, value: str, allowed: tuple[str, ...]) -> str:
     """`value` if it is one of `allowed`, else a ValueError naming the config key `model.<key>`."""
     if value not in allowed:
-        raise ValueError(f"model.{key} must be one of {list(allowed)}, got {value!r}")
+        raise ConfigValueError(f"model.{key} must be one of {list(allowed)}, got {value!r}")
     return value
 
 
@@ -80,7 +81,7 @@ class ReconstructionModel(TrainingTermsLog):
         choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
         choice("init", init, INITS)
         if latent_dim < 1:
-            raise ValueError(f"model.latent_dim must be at least 1, got {latent_dim}")
+            raise ConfigValueError(f"model.latent_dim must be at least 1, got {latent_dim}")
         self.save_hyperparameters()
         self.image_shape = tuple(image_shape)
         self.net = instantiate(net, image_shape=image_shape, latent_dim=latent_dim)

@@ -9,13 +9,15 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+from src.errors import ConfigValueError
+
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh, "elu": nn.ELU}
 
 
 def named_activation(name: str) -> Callable[[], nn.Module]:
     """A factory of fresh activation modules of the given name (`model.net.activation`)."""
     if name not in ACTIVATIONS:
-        raise ValueError(f"model.net.activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+        raise ConfigValueError(f"model.net.activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
     return ACTIVATIONS[name]
 
 
@@ -68,18 +70,18 @@ class ConvNet(nn.Module):
     ) -> None:
         super().__init__()
         if len(channels) != len(strides) or not channels:
-            raise ValueError(
+            raise ConfigValueError(
                 f"model.net.channels and model.net.strides need the same non-zero length, "
                 f"got {list(channels)} and {list(strides)}"
             )
         if any(stride not in (1, 2) for stride in strides):
-            raise ValueError(f"model.net.strides may hold only 1 and 2, got {list(strides)}")
+            raise ConfigValueError(f"model.net.strides may hold only 1 and 2, got {list(strides)}")
         self.image_shape = tuple(image_shape)
         in_channels, height, width = self.image_shape
         halvings = sum(stride == 2 for stride in strides)
         factor = 2**halvings
         if height % factor or width % factor:
-            raise ValueError(
+            raise ConfigValueError(
                 f"The conv net halves the image {halvings} time(s) "
                 f"(strides {list(strides)}), so height and width must be divisible by {factor}; "
                 f"this dataset's images are {height}x{width}. Use model/net=dense for it, or "

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from src.errors import ConfigValueError
 from src.models.base import EvaluationPass, ReconstructionModel
 from src.models.losses import gaussian_kl, reconstruction_error, reparameterise
 
@@ -23,7 +24,7 @@ class VariationalAutoencoder(ReconstructionModel):
         self, net: Mapping, image_shape: list[int], latent_dim: int = 1, beta: float = 1.0, **kwargs: Any
     ) -> None:
         if beta < 0:
-            raise ValueError(f"model.beta must be non-negative, got {beta}")
+            raise ConfigValueError(f"model.beta must be non-negative, got {beta}")
         super().__init__(net, image_shape, latent_dim, **kwargs)
         self.mu = nn.Linear(self.net.feature_dim, latent_dim)
         self.logvar = nn.Linear(self.net.feature_dim, latent_dim)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import nn
 
+from src.errors import ConfigValueError
 from src.models.base import EvaluationPass, plain
 from src.models.losses import feature_error, gaussian_kl, reconstruction_error, reparameterise
 from src.models.nets import ACTIVATIONS
@@ -70,7 +71,7 @@ class Discriminator(nn.Module):
         layers = list(body.encoder)
         activations = [i for i, layer in enumerate(layers) if isinstance(layer, tuple(ACTIVATIONS.values()))]
         if not -len(activations) <= feature_layer < len(activations):
-            raise ValueError(
+            raise ConfigValueError(
                 f"model.feature_layer must index one of the discriminator's {len(activations)} activation "
                 f"layers (0..{len(activations) - 1}, or negative from the end), got {feature_layer}"
             )
@@ -114,11 +115,11 @@ class VAEGAN(VariationalAutoencoder):
         discriminator_net = plain(discriminator_net) if discriminator_net else None
         optimizers = {part: plain(value or {}) for part, value in (optimizers or {}).items()}
         if unknown := set(optimizers) - set(PARTS):
-            raise ValueError(f"model.optimizers may only name {list(PARTS)}, got {sorted(unknown)}")
+            raise ConfigValueError(f"model.optimizers may only name {list(PARTS)}, got {sorted(unknown)}")
         weights = {"gamma": gamma, "feature_weight": feature_weight, "pixel_weight": pixel_weight}
         for key, value in {**weights, "margin": margin}.items():
             if value < 0:
-                raise ValueError(f"model.{key} must be non-negative, got {value}")
+                raise ConfigValueError(f"model.{key} must be non-negative, got {value}")
         super().__init__(net, image_shape, latent_dim, beta, **kwargs)
         self.automatic_optimization = False
         self.discriminator = Discriminator(discriminator_net or self.hparams.net, image_shape, feature_layer)

@@ -10,11 +10,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from src.errors import MissingFileError
 from src.models.base import ReconstructionModel
 from src.pipeline.config import build
 
 
-class CheckpointError(FileNotFoundError):
+class CheckpointError(MissingFileError):
     """A checkpoint that is missing, outside its run folder, or not loadable safely."""
 
 
@@ -44,12 +45,40 @@ def run_config(ckpt_path: Path) -> DictConfig:
 def load_checkpoint(ckpt_path: Path) -> dict[str, Any]:
     """The checkpoint's contents, loaded without running any code from the file."""
     try:
-        return torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"{ckpt_path} holds more than tensors and plain values, so it is not loaded (it could run "
             f"code): {str(error).splitlines()[0]}. Use a checkpoint written by this project."
         ) from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise CheckpointError(
+            f"{ckpt_path} ({ckpt_path.stat().st_size} bytes) is truncated or not a checkpoint "
+            f"({str(error).splitlines()[0]}); use another of the run's checkpoints, or train again."
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{ckpt_path} is not a checkpoint of this project (no state_dict in it).")
+    return checkpoint
+
+
+# Model settings that fix the shapes of the weights: a config.yaml that differs in any of them is
+# not the checkpoint's own.
+STRUCTURE = ("image_shape", "latent_dim", "net")
+
+
+def check_belongs(ckpt_path: Path, checkpoint: dict[str, Any], model_cfg: DictConfig) -> None:
+    """Refuse a config whose model is not the one the checkpoint was trained as."""
+    saved = checkpoint.get("hyper_parameters", {})
+    configured = OmegaConf.to_container(model_cfg, resolve=True)
+    differing = [
+        key for key in STRUCTURE if key in saved and key in configured and saved[key] != configured[key]
+    ]
+    if differing:
+        details = "; ".join(f"{key}: checkpoint {saved[key]}, config {configured[key]}" for key in differing)
+        raise CheckpointError(
+            f"{ckpt_path} was not trained with the config beside it ({details}): keep each checkpoint in "
+            "its own run folder, with that run's config.yaml."
+        )
 
 
 def load_model(ckpt_path: Path, cfg: DictConfig | None = None) -> tuple[ReconstructionModel, dict[str, Any]]:
@@ -57,8 +86,17 @@ def load_model(ckpt_path: Path, cfg: DictConfig | None = None) -> tuple[Reconstr
     weights, in evaluation mode on the CPU, and the checkpoint itself."""
     cfg = cfg if cfg is not None else run_config(ckpt_path)
     checkpoint = load_checkpoint(ckpt_path)
+    check_belongs(ckpt_path, checkpoint, cfg.model)
     model: ReconstructionModel = build(cfg.model)
-    model.load_state_dict(checkpoint["state_dict"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        missing_or_unexpected = str(error).split("\n\t")[1:3]
+        raise CheckpointError(
+            f"{ckpt_path} holds the weights of another model than {cfg.model._target_} "
+            f"({'; '.join(part.strip()[:200] for part in missing_or_unexpected)}): keep each checkpoint "
+            "in its own run folder, with that run's config.yaml."
+        ) from None
     return model.eval(), checkpoint
 
 

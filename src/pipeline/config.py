@@ -4,6 +4,7 @@ objects from `_target_` entries, checks made before anything is built, and savin
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,14 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from src.errors import ConfigValueError
 from src.reporting.wandb import wandb_is_offline
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
-class ConfigError(ValueError):
-    """A config value that cannot work: the message names the key, the problem and the fix."""
+# The config checks' error (src/errors.py): the message names the key, the problem and the fix.
+ConfigError = ConfigValueError
 
 
 def sweep_group() -> str | None:
@@ -32,15 +34,23 @@ def sweep_group() -> str | None:
     return Path(str(hydra_cfg.sweep.dir)).name if hydra_cfg.mode == RunMode.MULTIRUN else None
 
 
+def path_safe(text: str) -> str:
+    """`text` as one file-name component: path separators and anything but letters, digits and
+    `._=,+-` become `_`, and no `..` remains, so a name can never place a folder elsewhere."""
+    safe = re.sub(r"[^A-Za-z0-9._=,+-]", "_", str(text))
+    return re.sub(r"\.{2,}", "_", safe).strip(".") or "_"
+
+
 def register_resolvers() -> None:
-    """The `${run_id:}`, `${wandb_offline:}` and `${sweep_group:}` resolvers of conf/. Every entry
-    point calls this before Hydra composes its config (idempotent)."""
+    """The `${run_id:}`, `${wandb_offline:}`, `${sweep_group:}` and `${path_safe:...}` resolvers
+    of conf/. Every entry point calls this before Hydra composes its config (idempotent)."""
     # The pid and a random suffix keep two jobs started in the same second out of each other's folders.
     OmegaConf.register_new_resolver(
         "run_id", lambda: f"{os.getpid()}{secrets.token_hex(2)}", use_cache=True, replace=True
     )
     OmegaConf.register_new_resolver("wandb_offline", wandb_is_offline, replace=True)
     OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
+    OmegaConf.register_new_resolver("path_safe", path_safe, replace=True)
 
 
 def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
@@ -58,13 +68,46 @@ def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
     return cfg
 
 
+# The type of each value a researcher types most (null allowed where the key says so) and an
+# example: checked before anything is built, so that `lr=abc` is one line naming the key.
+TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "seed": ((int, type(None)), "0"),
+    "model.latent_dim": ((int,), "16"),
+    "model.optimizer.lr": ((int, float), "1e-3"),
+    "model.beta": ((int, float), "1.0"),
+    "data.batch_size": ((int,), "128"),
+    "trainer.max_epochs": ((int,), "10"),
+    "trainer.max_steps": ((int,), "-1"),
+}
+
+
+def check_types(cfg: DictConfig) -> None:
+    """Each key of TYPES that the config has holds a value of its type."""
+    for key, (types, example) in TYPES.items():
+        if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
+            continue
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            wanted = " or ".join("null" if kind is type(None) else kind.__name__ for kind in types)
+            raise ConfigError(f"{key} must be {wanted}, got {value!r}: e.g. {key}={example}")
+
+
 def check_config(cfg: DictConfig) -> None:
-    """Refuse config values that would be silently ignored."""
+    """Refuse config values of the wrong type, and values that would be silently ignored."""
+    check_types(cfg)
     if cfg.trainer.get("callbacks") is not None:
         raise ConfigError(
             "trainer.callbacks is not used: the run's callbacks come from the `callbacks` group. Add one "
             "with +callbacks.<name>._target_=<class> (e.g. pytorch_lightning.callbacks.LearningRateMonitor)."
         )
+    if cfg.trainer.get("max_epochs") == 0:
+        raise ConfigError(
+            "trainer.max_epochs=0 trains nothing: give at least 1 (or -1 with trainer.max_steps), or "
+            "evaluate a saved model with python -m src.eval ckpt_path=<run>/checkpoints/last.ckpt."
+        )
+    batch_size = cfg.data.get("batch_size")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigError(f"data.batch_size must be a whole number >= 1, got {batch_size!r}")
     if cfg.trainer.get("logger") is not None:
         raise ConfigError(
             "trainer.logger is not used: choose loggers with logger=csv|tensorboard|wandb|none."

@@ -8,6 +8,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,10 +17,12 @@ from typing import Any
 
 import pytorch_lightning as pl
 import yaml
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import Logger
 
 from src.data.memory import InMemoryDataModule
+from src.errors import UserError
 from src.evaluation.base import EvaluationContext, EvaluationResult
 from src.models.base import ReconstructionModel
 from src.pipeline.callbacks import epoch_metrics
@@ -70,6 +73,16 @@ class Run:
         if self._loggers is None:
             self._loggers = build_loggers(self.cfg, self.dir)
         return self._loggers
+
+    def check_evaluations(self) -> None:
+        """Before training: each declared evaluation checks its settings (those that can be)."""
+        if not self.cfg.test:
+            return
+        model_class = get_class(self.cfg.model._target_)
+        for spec in (self.cfg.get("evaluations") or {}).values():
+            evaluation = build(spec)
+            if hasattr(evaluation, "check"):
+                evaluation.check(self.cfg, model_class)
 
     def evaluate(self, model: ReconstructionModel, datamodule: InMemoryDataModule) -> EvaluationResult:
         """Every evaluation the config declares (conf/evaluations/), in order, merged."""
@@ -167,6 +180,12 @@ class RunRecord:
     error: str | None
     overrides: list[str]
 
+    @property
+    def finished(self) -> bool:
+        """Finished and never failed: metrics.json and no error.txt (a run that failed after writing
+        its metrics, e.g. in its W&B upload, did not finish)."""
+        return self.metrics is not None and self.error is None
+
     def config(self) -> DictConfig:
         """The run's resolved config.yaml."""
         return OmegaConf.load(self.dir / "config.yaml")
@@ -176,11 +195,17 @@ def read_run(run_dir: Path) -> RunRecord:
     """The record of a run folder, as the Run wrote it."""
     metrics_file, error_file = run_dir / "metrics.json", run_dir / "error.txt"
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
-    error = None
-    if metrics is None:
-        lines = error_file.read_text().strip().splitlines() if error_file.is_file() else []
-        error = lines[-1] if lines else "no metrics.json and no error.txt (killed?)"
+    metrics, error = None, None
+    if metrics_file.is_file():
+        try:
+            metrics = json.loads(metrics_file.read_text())
+        except json.JSONDecodeError as problem:
+            error = f"{metrics_file} is corrupt ({problem})"
+    if error_file.is_file():
+        lines = error_file.read_text().strip().splitlines()
+        error = lines[-1] if lines else f"{error_file} is empty"
+    elif metrics is None and error is None:
+        error = "no metrics.json and no error.txt (killed?)"
     overrides = yaml.safe_load(overrides_file.read_text()) or [] if overrides_file.is_file() else []
     return RunRecord(run_dir, metrics, error, overrides)
 
@@ -190,7 +215,8 @@ def run_job(
 ) -> float | None:
     """Run `job` into `run_dir`. A failure leaves error.txt beside whatever the run already wrote;
     a single run then raises, while a sweep job returns None so that the other jobs go on and the
-    sweep summary counts it as failed. A SIGTERM or SIGINT stops the job, and a sweep with it, with
+    sweep summary counts it as failed. A user error (src/errors.py) is one line on stderr and exit
+    status 2, its traceback in error.txt. A SIGTERM or SIGINT stops the job, and a sweep with it, with
     error.txt saying where and how to resume, and exit status 143 or 130. Returns the validation
     loss, which sweepers such as Optuna minimise."""
     prepare_training_process()
@@ -198,6 +224,13 @@ def run_job(
     try:
         with interrupt_on_signals():
             metrics = job(cfg, run_dir)
+    except UserError as error:
+        error_file = run.fail()
+        if in_sweep:
+            log.error("Job %s failed: %s (traceback in %s)", run_dir, error, error_file)
+            return None
+        print(f"error: {error} (traceback in {error_file})", file=sys.stderr)
+        raise SystemExit(2) from None
     except Interrupted as interrupt:
         error_file = run.interrupted(interrupt)
         log.error("Job %s %s; see %s", run_dir, interrupt, error_file)

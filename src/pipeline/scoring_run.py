@@ -15,15 +15,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
+from src.errors import ConfigValueError
 from src.evaluation.scoring import score_images
 from src.models.base import ReconstructionModel
 from src.pipeline.checkpoints import CheckpointError, load_model, run_folder
 from src.pipeline.run import read_run
 
-USAGE = "usage: python -m src.score ckpt_path=<file.ckpt> input=<file.npy | folder of PNGs> output=<file.csv>"
+USAGE = (
+    "usage: python -m src.score ckpt_path=<file.ckpt> input=<file.npy | folder of PNGs> output=<file.csv> "
+    "[score=<name>] [threshold=<number>] [batch_size=<n>] [overwrite=true]"
+)
 
 
-class ScoreInputError(ValueError):
+class ScoreInputError(ConfigValueError):
     """Input images that cannot be scored: the message names the problem and the fix."""
 
 
@@ -54,6 +58,19 @@ def _as_images(array: np.ndarray, source: str, image_shape: tuple[int, ...]) -> 
     return torch.from_numpy(array.astype(np.float32))
 
 
+def _grayscale(image: Image.Image, file: Path) -> Image.Image:
+    """8-bit grayscale: colour is converted (with a notice); 16-bit or float images are refused,
+    since squeezing them into 8 bits would clip them silently."""
+    if image.mode in ("L", "1", "P"):
+        return image.convert("L")
+    if image.mode in ("RGB", "RGBA", "LA", "CMYK", "YCbCr"):
+        print(f"src.score: {file} is a {image.mode} image; converted to 8-bit grayscale", file=sys.stderr)
+        return image.convert("L")
+    raise ScoreInputError(
+        f"{file} is a {image.mode} image (more than 8 bits a pixel); save it as 8-bit grayscale."
+    )
+
+
 def load_images(path: Path, image_shape: tuple[int, ...]) -> tuple[list[str], torch.Tensor]:
     """Identifiers and images (N, 1, H, W) in [0, 1] from a .npy array (ids: row numbers), a PNG,
     or a folder of PNGs (ids: file names, sorted)."""
@@ -67,7 +84,7 @@ def load_images(path: Path, image_shape: tuple[int, ...]) -> tuple[list[str], to
         for file in files:
             try:
                 with Image.open(file) as image:
-                    arrays.append(np.asarray(image.convert("L")))
+                    arrays.append(np.asarray(_grayscale(image, file)))
             except (UnidentifiedImageError, OSError) as error:
                 raise ScoreInputError(
                     f"{file} could not be read as a PNG ({error}); replace or remove it."
@@ -157,23 +174,51 @@ def score_file(
     }
 
 
+def _number(key: str, value: Any, kind: type) -> Any:
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ScoreInputError(f"{key}={value!r} is not a {kind.__name__}; give a number.") from None
+
+
+def check_output(input_path: Path, output: Path, overwrite: bool) -> None:
+    """Refuse an output that is the input, a folder, or an existing file (unless `overwrite`)."""
+    if output.resolve() == input_path.resolve():
+        raise ScoreInputError(f"output={output} is the input; give another file for the scores.")
+    if output.is_dir():
+        raise ScoreInputError(f"output={output} is a folder; give a file name, e.g. {output / 'scores.csv'}.")
+    if output.exists() and not overwrite:
+        raise ScoreInputError(
+            f"output={output} exists; give overwrite=true to replace it, or another output."
+        )
+
+
 def command(argv: list[str]) -> int:
     """The command line: `key=value` arguments; 0 on success, 2 on bad input (one line why)."""
     args = OmegaConf.from_cli(argv)
     missing = [key for key in ("ckpt_path", "input", "output") if key not in args]
-    unknown = sorted(set(args) - {"ckpt_path", "input", "output", "score", "threshold", "batch_size"})
+    known = {"ckpt_path", "input", "output", "score", "threshold", "batch_size", "overwrite"}
+    unknown = sorted(set(args) - known)
     if missing or unknown:
         problem = f"missing {missing}" if missing else f"unknown arguments {unknown}"
         print(f"src.score: {problem}\n{USAGE}", file=sys.stderr)
         return 2
     try:
+        threshold = _number("threshold", args.get("threshold"), float)
+        batch_size = _number("batch_size", args.get("batch_size", 500), int)
+        if batch_size < 1:
+            raise ScoreInputError(f"batch_size={batch_size}: give a whole number of at least 1.")
+        output = Path(str(args.output))
+        check_output(Path(str(args.input)), output, bool(args.get("overwrite", False)))
         summary = score_file(
             Path(str(args.ckpt_path)),
             Path(str(args.input)),
-            Path(str(args.output)),
+            output,
             args.get("score"),
-            args.get("threshold"),
-            int(args.get("batch_size", 500)),
+            threshold,
+            batch_size,
         )
     except ScoreInputError as error:
         print(f"src.score: {error}", file=sys.stderr)

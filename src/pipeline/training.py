@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 
+from src.errors import MissingFileError
 from src.models.base import ReconstructionModel
 from src.pipeline.callbacks import History, LastCheckpoint, WhereInterrupted, epoch_metrics
 from src.pipeline.config import build, check_config
@@ -34,7 +35,7 @@ def resume_path(cfg: DictConfig) -> str | None:
         return None
     path = Path(cfg.ckpt_path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"ckpt_path={cfg.ckpt_path} does not exist. Point it at a checkpoint of an earlier run, e.g. "
             "ckpt_path=outputs/runs/<run>/checkpoints/last.ckpt, or drop it (ckpt_path=null) to train afresh."
         )
@@ -50,6 +51,8 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback] = ()) ->
     ckpt_path = resume_path(cfg)
     model = seeded_model(cfg)
     datamodule = build(cfg.data)
+    datamodule.setup()  # the data's files, read now: a missing file stops the run before training
+    run.check_evaluations()
     configured = [build(callback_cfg) for callback_cfg in (cfg.get("callbacks") or {}).values()]
     trainer: pl.Trainer = build(
         cfg.trainer,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -212,25 +213,49 @@ def latent_ood(
     return save(fig, path)
 
 
+FIGURE_ERRORS = "figure_errors.txt"
+
+
+def drawn(draws: Sequence[Callable[[], Path]], folder: Path) -> list[Path]:
+    """Draw each figure; one that cannot be drawn (say, a degenerate histogram) is skipped, its
+    traceback appended to <folder>/figure_errors.txt, so that a figure never fails a run."""
+    figures = []
+    for draw in draws:
+        try:
+            figures.append(draw())
+        except Exception:
+            with (folder / FIGURE_ERRORS).open("a") as handle:
+                handle.write(traceback.format_exc() + "\n")
+            plt.close("all")
+    return figures
+
+
 @torch.no_grad()
 def run_figures(model: Any, test_images: torch.Tensor, history: Sequence[dict], run_dir: Path) -> list[Path]:
     """The figures of every run: inputs over reconstructions, prior samples (generative models),
     the bottleneck distribution (latent <= 2; the VAE's posterior sigma beside it) and the loss
-    curves (when there is a history)."""
+    curves (when there is a history); any that cannot be drawn is recorded instead (`drawn`)."""
     model.eval()
     shown = test_images[:8].to(model.device)
-    figures = [
-        image_rows([shown, model.reconstruct(shown)], ["input", "output"], run_dir / "reconstructions.png")
-    ]
-    if model.generative:
-        samples = model.sample(64, generator=torch.Generator().manual_seed(0))
-        figures.append(image_grid(samples, run_dir / "samples.png", "decoded samples z ~ N(0, I)"))
-    if model.hparams.latent_dim <= 2:
+
+    def reconstructions() -> Path:
+        return image_rows(
+            [shown, model.reconstruct(shown)], ["input", "output"], run_dir / "reconstructions.png"
+        )
+
+    def samples() -> Path:
+        drawn_samples = model.sample(64, generator=torch.Generator().manual_seed(0))
+        return image_grid(drawn_samples, run_dir / "samples.png", "decoded samples z ~ N(0, I)")
+
+    def bottleneck() -> Path:
         evaluated = model.encode_pass(test_images.to(model.device))
-        figures.append(bottleneck_distribution(evaluated.code, run_dir / "bottleneck.png", evaluated.sigma))
-    if history:
-        figures.append(loss_curves(history, run_dir / "loss_curves.png"))
-    return figures
+        return bottleneck_distribution(evaluated.code, run_dir / "bottleneck.png", evaluated.sigma)
+
+    draws = [reconstructions]
+    draws += [samples] if model.generative else []
+    draws += [bottleneck] if model.hparams.latent_dim <= 2 else []
+    draws += [lambda: loss_curves(history, run_dir / "loss_curves.png")] if history else []
+    return drawn(draws, run_dir)
 
 
 def samples_side_by_side(samples: dict[str, torch.Tensor], path: Path) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import FAST, PROJECT_ROOT, SMALL_DATA, TEST_KEYS, VAE_KEYS
+from tests.helpers import FAST, PROJECT_ROOT, SMALL_DATA, TEST_KEYS, VAE_KEYS, src_run
 
 pytestmark = pytest.mark.slow
 
@@ -73,9 +73,32 @@ def test_jobs_started_together_get_their_own_folders(tmp_path: Path) -> None:
 
 
 def test_bad_override_fails_with_the_key_named(tmp_path: Path) -> None:
-    process = _run("model.reconstruction=l1", "logger=none", f"paths.output_root={tmp_path}")
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode != 0
-    assert "model.reconstruction must be one of ['mse', 'bce'], got 'l1'" in output
+    process = src_run("model.reconstruction=l1", "logger=none", f"paths.output_root={tmp_path}")
+    assert process.returncode == 2
     (error_file,) = (tmp_path / "runs").glob("*/error.txt")
-    assert "model.reconstruction" in error_file.read_text()
+    assert process.stderr.strip().splitlines()[-1] == (
+        f"error: model.reconstruction must be one of ['mse', 'bce'], got 'l1' (traceback in {error_file})"
+    )
+    assert "Traceback" not in process.stderr and "Traceback" in error_file.read_text()
+
+
+def test_missing_data_is_one_line_and_status_2(tmp_path: Path) -> None:
+    process = src_run(
+        "data=mnist", f"data.root={tmp_path / 'nowhere'}", "data.download=false", "logger=none",
+        f"paths.output_root={tmp_path}",
+    )  # fmt: skip
+    assert process.returncode == 2 and "Traceback" not in process.stderr
+    last = process.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: MNIST not found in ") and "DATA_ROOT=/path" in last
+
+
+def test_a_name_cannot_place_the_run_outside_the_output_root(tmp_path: Path) -> None:
+    root = tmp_path / "out" / "deeper"
+    process = src_run(
+        "data=lines2x2", "trainer.max_epochs=1", "logger=none", "figures=false", "test=false",
+        "name=../../../escaped", f"paths.output_root={root}",
+    )  # fmt: skip
+    assert process.returncode == 0, process.stderr[-2000:]
+    (run,) = (root / "runs").iterdir()
+    assert "escaped" in run.name and (run / "metrics.json").is_file()
+    assert sorted(path.name for path in tmp_path.rglob("*escaped*")) == [run.name]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from src.pipeline.checkpoints import CheckpointError, load_checkpoint
+from src.pipeline.checkpoints import CheckpointError, load_checkpoint, load_model
 from src.pipeline.evaluation_run import evaluate_checkpoint
 from src.pipeline.training import train
 from tests.helpers import FAST
@@ -60,3 +60,45 @@ def test_a_sparse_last_checkpoint_still_holds_the_final_state(make_config, tmp_p
     assert last["global_step"] == metrics["steps"] == 7 and metrics["checkpoint"] == "checkpoints/last.ckpt"
     assert make_config("data=lines2x2").callbacks.last_checkpoint.every_n_epochs == 500
     assert make_config("data=lines").callbacks.last_checkpoint.every_n_epochs == 1
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A CA and a VAE on the 2x2 images, and a CA on 8x8 line images: three run folders."""
+    from src.pipeline.config import compose_config
+
+    root = tmp_path_factory.mktemp("runs")
+    runs = []
+    for name, overrides in [
+        ("ca", ["data=lines2x2"]),
+        ("vae", ["data=lines2x2", "model=vae"]),
+        ("lines", ["data=lines", "data.image_size=8", "data.n_train=16", "data.n_val=8", "data.n_test=8"]),
+    ]:
+        folder = root / name
+        train(compose_config([*overrides, *FAST, "trainer.max_epochs=2", "figures=false"], folder), folder)
+        runs.append(folder)
+    return tuple(runs)
+
+
+def _planted(run: Path, checkpoint: Path) -> Path:
+    """`checkpoint` copied into another run's checkpoints/ folder."""
+    target = run / "checkpoints" / f"planted-{checkpoint.parent.parent.name}.ckpt"
+    target.write_bytes(checkpoint.read_bytes())
+    return target
+
+
+def test_truncated_and_foreign_checkpoints_get_one_line_each(two_runs: tuple[Path, Path, Path]) -> None:
+    ca, vae, lines = two_runs
+    truncated = ca / "checkpoints" / "truncated.ckpt"
+    truncated.write_bytes((ca / "checkpoints" / "last.ckpt").read_bytes()[:2000])
+    with pytest.raises(
+        CheckpointError, match=r"truncated.ckpt \(2000 bytes\) is truncated or not a checkpoint"
+    ):
+        load_model(truncated)
+    with pytest.raises(CheckpointError, match=r"holds the weights of another model than src.models.vae"):
+        load_model(_planted(vae, ca / "checkpoints" / "last.ckpt"))
+    with pytest.raises(
+        CheckpointError, match=r"not trained with the config beside it \(image_shape: checkpoint"
+    ):
+        load_model(_planted(lines, ca / "checkpoints" / "last.ckpt"))
+    assert load_model(ca / "checkpoints" / "last.ckpt")[1]["global_step"] == 2

@@ -47,3 +47,4 @@ def test_best_f1_is_named_an_upper_bound_and_ood_can_be_switched_off(make_config
     assert not any(key.startswith("ood/") for key in train(cfg, tmp_path / "off"))
     with pytest.raises(ValueError, match="ood.score='kl' is not a score of this model"):
         train(make_config(*FAST, *TINY_LINES, "ood.score=kl"), tmp_path / "bad")
+    assert not (tmp_path / "bad" / "checkpoints").exists()  # refused before training

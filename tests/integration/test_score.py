@@ -156,3 +156,42 @@ def test_the_runs_threshold_applies_only_to_the_checkpoint_it_was_measured_on(
         score_file(best, tmp_path / "lines.npy", tmp_path / "out.csv")
     summary = score_file(best, tmp_path / "lines.npy", tmp_path / "out.csv", threshold=1.0)
     assert summary["threshold"] == 1.0 and summary["images"] == 6
+
+
+def test_outputs_are_never_overwritten_unasked_nor_the_input(run_dir: Path, tmp_path: Path, capsys) -> None:
+    np.save(tmp_path / "lines.npy", _lines())
+    ckpt, output = run_dir / "checkpoints" / "last.ckpt", tmp_path / "scores.csv"
+    output.write_text("kept\n")
+    base = [f"ckpt_path={ckpt}", f"input={tmp_path / 'lines.npy'}"]
+    assert command([*base, f"output={output}"]) == 2
+    assert "exists; give overwrite=true" in capsys.readouterr().err and output.read_text() == "kept\n"
+    assert command([*base, f"output={output}", "overwrite=true"]) == 0
+    assert output.read_text().startswith("id,score,ood,")
+    for argument, message in [
+        (f"output={tmp_path / 'lines.npy'}", "is the input"),
+        (f"output={tmp_path}", "is a folder"),
+    ]:
+        assert command([*base, argument]) == 2
+        assert message in capsys.readouterr().err
+    for argument, message in [
+        ("threshold=abc", "threshold='abc' is not a float"),
+        ("batch_size=0", "at least 1"),
+    ]:
+        assert command([*base, f"output={tmp_path / 'new.csv'}", argument]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "new.csv").exists()
+
+
+def test_colour_pngs_are_converted_with_a_notice_and_16_bit_ones_refused(
+    run_dir: Path, tmp_path: Path, capsys
+) -> None:
+    colour, deep = tmp_path / "colour", tmp_path / "deep"
+    colour.mkdir(), deep.mkdir()
+    line = _lines(1)[0]
+    Image.fromarray(np.stack([line] * 3, -1), mode="RGB").save(colour / "a.png")
+    Image.fromarray(line.astype(np.uint16) * 257).save(deep / "a.png")
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert command([f"ckpt_path={ckpt}", f"input={colour}", f"output={tmp_path / 'c.csv'}"]) == 0
+    assert "is a RGB image; converted to 8-bit grayscale" in capsys.readouterr().err
+    with pytest.raises(ScoreInputError, match=r"a.png is a I;16 image \(more than 8 bits a pixel\)"):
+        load_images(deep, (1, 32, 32))

@@ -8,9 +8,11 @@ import pytest
 import pytorch_lightning as pl
 from hydra.utils import get_class, instantiate
 
+from src.errors import UserError
 from src.models.ca import ClassicalAutoencoder
 from src.models.vae import VariationalAutoencoder
 from src.pipeline.config import CONFIG_DIR, ConfigError, check_config
+from src.pipeline.run import Run
 
 GROUPS = CONFIG_DIR
 
@@ -162,3 +164,34 @@ def test_settings_the_trainer_would_drop_are_refused(make_config) -> None:
 )
 def test_debug_presets_set_the_trainer(make_config, debug: str, key: str, value: object) -> None:
     assert make_config(f"debug={debug}").trainer[key] == value
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["ood.sets=[hflip,rotate]"], r"ood.sets: unknown set\(s\) \['rotate'\]; choose from"),
+        (["data=mnist", "ood.sets=[mnist]"], "ood.sets holds 'mnist', the training dataset itself"),
+        (
+            ["ood.score=neg_elbo"],
+            r"ood.score='neg_elbo' is not a score of this model; choose from \['recon_mse'",
+        ),
+        (["model=vae", "ood.score=neg_elbo_iw"], "needs latent samples: set ood.samples=16"),
+        (["ood.samples=-1"], r"ood.samples must be a whole number >= 0"),
+        (["ood.threshold.method=median"], "ood.threshold.method must be one of"),
+        (["ood.threshold.percentile=101"], r"ood.threshold.percentile must be in \[0, 100\]"),
+        (["ood.threshold.method=fixed"], "needs a value: set ood.threshold.value=<number>"),
+        (["trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing"),
+        (["data.batch_size=0"], "data.batch_size must be a whole number >= 1, got 0"),
+    ],
+)
+def test_config_errors_are_caught_before_training(make_config, tmp_path: Path, overrides, message) -> None:
+    cfg = make_config(*overrides)
+    with pytest.raises(UserError, match=message):
+        check_config(cfg)
+        Run(cfg, tmp_path / "run").check_evaluations()
+
+
+def test_model_scores_of_a_vae_pass_the_check(make_config, tmp_path: Path) -> None:
+    for score in ("neg_elbo", "neg_elbo_ic", "kl", "png_bits"):
+        Run(make_config("model=vae", f"ood.score={score}"), tmp_path).check_evaluations()
+    Run(make_config("model=vae", "ood.score=neg_elbo_iw_ic", "ood.samples=4"), tmp_path).check_evaluations()

@@ -137,8 +137,34 @@ def test_corrupt_file_gives_a_clear_error(tiny_mnist) -> None:
     root, _, _ = tiny_mnist
     images_file = root / "MNIST" / "raw" / "train-images-idx3-ubyte"
     images_file.write_bytes(images_file.read_bytes()[:1000])  # truncated
-    with pytest.raises(DatasetNotFoundError, match="corrupt"):
+    expected = 16 + 12 * 28 * 28
+    with pytest.raises(
+        DatasetNotFoundError,
+        match=rf"corrupt or truncated \({images_file}: expected {expected} bytes, found 1000\)",
+    ):
         TorchvisionDataModule(root=str(root), download=False, n_val=2).setup()
+
+
+def test_labels_that_do_not_match_the_images_are_named(tiny_mnist) -> None:
+    root, train, _ = tiny_mnist
+    labels = root / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    labels.write_bytes(struct.pack(">II", 2049, 11) + bytes(11))  # a whole file, one label short
+    with pytest.raises(DatasetNotFoundError, match="the labels file holds 11 labels for 12 images"):
+        TorchvisionDataModule(root=str(root), download=False, n_val=2).setup()
+
+
+def test_a_failed_download_leaves_no_empty_folders(tmp_path: Path, monkeypatch) -> None:
+    import torchvision.datasets
+
+    def no_network(self, *args, **kwargs):
+        Path(self.raw_folder).mkdir(parents=True, exist_ok=True)  # as torchvision's own download does
+        raise URLError("no route to host")
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", no_network)
+    root = tmp_path / "data"
+    with pytest.raises(DatasetNotFoundError, match="download failed"):
+        TorchvisionDataModule(root=str(root), download=True).setup()
+    assert not root.exists()
 
 
 @needs_shared_mnist
