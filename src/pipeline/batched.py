@@ -133,6 +133,7 @@ def record_member(
             "parameters": sum(p.numel() for p in model.parameters()),
         }
         save_weights(model, run_dir / "checkpoints" / "last.ckpt", global_step=steps, epoch=steps)
+        metrics["checkpoint"] = "checkpoints/last.ckpt"  # the weights every metric was measured on
         for logger in run.loggers:
             logger.log_metrics({key: value for key, value in metrics.items() if isinstance(value, float)})
             logger.save()

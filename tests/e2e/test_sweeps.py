@@ -53,6 +53,9 @@ def test_batched_launcher_agrees_with_one_by_one_runs(tmp_path: Path) -> None:
         "metrics.json",
         "checkpoints",
     }
+    assert (
+        json.loads((batched_dir / "3" / "metrics.json").read_text())["checkpoint"] == "checkpoints/last.ckpt"
+    )
     reloaded = load_model(batched_dir / "3" / "checkpoints" / "last.ckpt")[0]
     assert reloaded.hparams.net["hidden_dims"] == [2]
 
