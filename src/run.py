@@ -3,6 +3,7 @@ with -m, a sweep of them) and leave a self-contained run folder (docs/run-folder
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -10,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from src.pipeline.config import register_resolvers
+from src.pipeline.config import misspelt_keys, register_resolvers
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -25,4 +26,11 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     register_resolvers()
-    main()
+    try:
+        main()
+    except SystemExit as stop:
+        # Hydra refused the command line (exit 1): a misspelt key gets the nearest ones and status 2.
+        if stop.code == 1 and (lines := misspelt_keys(sys.argv[1:])):
+            print(*lines, sep="\n", file=sys.stderr)
+            sys.exit(2)
+        raise

@@ -3,6 +3,7 @@ objects from `_target_` entries, checks made before anything is built, and savin
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import secrets
@@ -90,6 +91,38 @@ def check_types(cfg: DictConfig) -> None:
         if not isinstance(value, types) or isinstance(value, bool):
             wanted = " or ".join("null" if kind is type(None) else kind.__name__ for kind in types)
             raise ConfigError(f"{key} must be {wanted}, got {value!r}: e.g. {key}={example}")
+
+
+def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
+    if not isinstance(node, dict):
+        return []
+    keys = []
+    for key, value in node.items():
+        keys.append(f"{prefix}{key}")
+        keys += _dotted_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def misspelt_keys(arguments: list[str]) -> list[str]:
+    """One line for each `key=value` argument that names no key of the composed config, with the
+    nearest keys there are (Hydra's own message only suggests adding the key with `+`)."""
+    overrides = [arg for arg in arguments if "=" in arg and not arg.startswith(("-", "+", "~", "hydra"))]
+    groups = [arg for arg in overrides if (CONFIG_DIR / arg.split("=", 1)[0]).is_dir()]
+    try:
+        # A group swept over (model=ca,vae) composes with its first option.
+        cfg = compose_config([group.split(",")[0] for group in groups], Path.cwd())
+    except Exception:  # the groups themselves are wrong: Hydra's own message said so
+        return []
+    known = _dotted_keys(OmegaConf.to_container(cfg, resolve=False))
+    lines = []
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        if override in groups or OmegaConf.select(cfg, key, default="<absent>") != "<absent>":
+            continue
+        nearest = difflib.get_close_matches(key, known, n=2, cutoff=0.7)
+        hint = f"did you mean {' or '.join(nearest)}?" if nearest else "see `python -m src.run --cfg job`"
+        lines.append(f"error: {key} is not a config key; {hint} (+{key}=... would add it as a new key)")
+    return lines
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -110,6 +110,23 @@ def test_src_run_refuses_bad_config_in_one_line(
     assert not (error_file.parent / "checkpoints").exists()  # refused before training
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["model.reconstrution=mse"],
+            "model.reconstrution is not a config key; did you mean model.reconstruction",
+        ),
+        (["trainer.max_epoch=3"], "trainer.max_epoch is not a config key; did you mean trainer.max_epochs"),
+        (["-m", "model=ca,vae", "model.latnt_dim=3"], "did you mean model.latent_dim?"),
+    ],
+)
+def test_a_misspelt_key_gets_the_nearest_keys(tmp_path: Path, capsys, overrides: list, message: str) -> None:
+    status, stderr = _entry_point("src.run", [*overrides, f"paths.output_root={tmp_path}"], capsys)
+    assert status == 2 and message in stderr.strip().splitlines()[-1], stderr[-2000:]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "multiruns").exists()
+
+
 @needs_shared_mnist
 @pytest.mark.parametrize(
     ("overrides", "message"),
