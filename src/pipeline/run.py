@@ -142,6 +142,21 @@ class Run:
         ]
         return f"Run folder {self.dir}" + (": " + ", ".join(shown) if shown else "")
 
+    def checkpoint_to_resume(self) -> str | None:
+        """The folder's own last.ckpt when this run is an interrupted job started again in the same
+        folder (`resume_in_place`): no metrics.json yet. Its old error.txt is kept aside."""
+        last = self.dir / "checkpoints" / "last.ckpt"
+        if not self.cfg.get("resume_in_place") or not last.is_file() or (self.dir / "metrics.json").exists():
+            return None
+        error = self.dir / "error.txt"
+        if error.is_file():
+            kept = self.dir / "error.before-resume.txt"
+            with kept.open("a") as handle:
+                handle.write(error.read_text())
+            error.unlink()
+        log.info("Resuming the interrupted run in %s from %s", self.dir, last)
+        return str(last)
+
     def interrupted(self, interrupt: Interrupted) -> Path:
         """error.txt for a job stopped by a signal: when, what is kept, and how to resume."""
         where = f" at epoch {interrupt.epoch}, step {interrupt.step}" if interrupt.step is not None else ""

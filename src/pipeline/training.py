@@ -48,7 +48,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback] = ()) ->
     run = Run(cfg, run_dir)
     run.start(show=bool(cfg.get("print_config")))
     check_config(cfg)
-    ckpt_path = resume_path(cfg)
+    ckpt_path = resume_path(cfg) or run.checkpoint_to_resume()
     model = seeded_model(cfg)
     datamodule = build(cfg.data)
     datamodule.setup()  # the data's files, read now: a missing file stops the run before training

@@ -96,3 +96,24 @@ def test_a_killed_sweep_is_summarised_and_exits_non_zero(tmp_path: Path) -> None
     assert summary["n_jobs"] == 2 and summary["n_failed"] == 1  # job 0 ended; job 1 was interrupted
     assert summary["failed"]["1"].startswith("Interrupted by SIGTERM")
     assert not (sweep_dir / "2").exists()
+
+
+def test_a_job_started_again_in_its_folder_resumes_there(tmp_path: Path) -> None:
+    """What a requeued cluster job does (submitit requeues the same job, into the same folder): the
+    same command again resumes from the folder's own last.ckpt and ends as an uninterrupted run."""
+    folder, whole = tmp_path / "job", tmp_path / "whole"
+    process = _start(*LONG, f"hydra.run.dir={folder}")
+    _wait_for(folder / "checkpoints" / "last.ckpt", process)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143
+    again = src_run(*LONG, f"hydra.run.dir={folder}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Resuming the interrupted run in" in again.stdout + again.stderr
+    assert not (folder / "error.txt").exists()
+    assert (folder / "error.before-resume.txt").read_text().startswith("Interrupted by SIGTERM")
+    assert src_run(*LONG, f"hydra.run.dir={whole}").returncode == 0
+    got, expected = (json.loads((path / "metrics.json").read_text()) for path in (folder, whole))
+    assert got["steps"] == expected["steps"] and got["val/loss"] == expected["val/loss"]
+    for key, value in _weights(whole).items():
+        assert torch.equal(_weights(folder)[key], value), key
