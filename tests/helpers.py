@@ -31,16 +31,23 @@ FAST = [
 ]
 
 
+def _environment() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+
+
 def src_run(*arguments: str, cwd: Path = PROJECT_ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
     """`python -m src.run <arguments>` in a fresh process (W&B offline), its output captured."""
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    command = [sys.executable, "-m", "src.run", *arguments]
     return subprocess.run(
-        [sys.executable, "-m", "src.run", *arguments],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        command, cwd=cwd, env=_environment(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def src_run_started(*arguments: str, cwd: Path = PROJECT_ROOT) -> subprocess.Popen:
+    """`python -m src.run <arguments>` started and left running (stdout and stderr together)."""
+    command = [sys.executable, "-m", "src.run", *arguments]
+    return subprocess.Popen(
+        command, cwd=cwd, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
 

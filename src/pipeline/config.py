@@ -25,10 +25,6 @@ from src.reporting.wandb import wandb_is_offline
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
-# The config checks' error (src/errors.py): the message names the key, the problem and the fix.
-ConfigError = ConfigValueError
-
-
 def sweep_group() -> str | None:
     """The W&B group of a sweep's runs: the sweep folder's name; None for a single run."""
     hydra_cfg = HydraConfig.get()
@@ -90,7 +86,7 @@ def check_types(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, types) or isinstance(value, bool):
             wanted = " or ".join("null" if kind is type(None) else kind.__name__ for kind in types)
-            raise ConfigError(f"{key} must be {wanted}, got {value!r}: e.g. {key}={example}")
+            raise ConfigValueError(f"{key} must be {wanted}, got {value!r}: e.g. {key}={example}")
 
 
 def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
@@ -129,20 +125,20 @@ def check_config(cfg: DictConfig) -> None:
     """Refuse config values of the wrong type, and values that would be silently ignored."""
     check_types(cfg)
     if cfg.trainer.get("callbacks") is not None:
-        raise ConfigError(
+        raise ConfigValueError(
             "trainer.callbacks is not used: the run's callbacks come from the `callbacks` group. Add one "
             "with +callbacks.<name>._target_=<class> (e.g. pytorch_lightning.callbacks.LearningRateMonitor)."
         )
     if cfg.trainer.get("max_epochs") == 0:
-        raise ConfigError(
+        raise ConfigValueError(
             "trainer.max_epochs=0 trains nothing: give at least 1 (or -1 with trainer.max_steps), or "
             "evaluate a saved model with python -m src.eval ckpt_path=<run>/checkpoints/last.ckpt."
         )
-    batch_size = cfg.data.get("batch_size")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ConfigError(f"data.batch_size must be a whole number >= 1, got {batch_size!r}")
+    batch_size = cfg.data.get("batch_size")  # its type is checked above
+    if batch_size is not None and batch_size < 1:
+        raise ConfigValueError(f"data.batch_size must be a whole number >= 1, got {batch_size!r}")
     if cfg.trainer.get("logger") is not None:
-        raise ConfigError(
+        raise ConfigValueError(
             "trainer.logger is not used: choose loggers with logger=csv|tensorboard|wandb|none."
         )
 

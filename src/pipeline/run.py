@@ -221,7 +221,7 @@ def read_run(run_dir: Path) -> RunRecord:
         error = lines[-1] if lines else f"{error_file} is empty"
     elif metrics is None and error is None:
         error = "no metrics.json and no error.txt (killed?)"
-    overrides = yaml.safe_load(overrides_file.read_text()) or [] if overrides_file.is_file() else []
+    overrides = (yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.is_file() else []
     return RunRecord(run_dir, metrics, error, overrides)
 
 

@@ -10,26 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import FAST, PROJECT_ROOT, SMALL_DATA, TEST_KEYS, VAE_KEYS, src_run
+from tests.helpers import FAST, SMALL_DATA, TEST_KEYS, VAE_KEYS, src_run, src_run_started
 
 pytestmark = pytest.mark.slow
 
 
-def _run(*overrides: str, cwd: Path = PROJECT_ROOT) -> subprocess.Popen:
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(PROJECT_ROOT)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "src.run", *overrides],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 def test_src_run_writes_the_run_folder(tmp_path: Path) -> None:
     run_dir = tmp_path / "my-run"
-    process = _run("model=vae", "logger=wandb", *FAST[:-1], *SMALL_DATA["lines"], f"hydra.run.dir={run_dir}")
+    process = src_run_started(
+        "model=vae", "logger=wandb", *FAST[:-1], *SMALL_DATA["lines"], f"hydra.run.dir={run_dir}"
+    )
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -63,7 +53,7 @@ def test_jobs_started_together_get_their_own_folders(tmp_path: Path) -> None:
         "logger=none",
         f"paths.output_root={tmp_path}",
     ]
-    processes = [_run(*overrides) for _ in range(2)]
+    processes = [src_run_started(*overrides) for _ in range(2)]
     for process in processes:
         output, _ = process.communicate(timeout=300)
         assert process.returncode == 0, output

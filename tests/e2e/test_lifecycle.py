@@ -5,17 +5,15 @@ still summarised."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import FAST, PROJECT_ROOT, TINY_LINES, src_run
+from tests.helpers import FAST, TINY_LINES, src_run, src_run_started
 
 pytestmark = pytest.mark.slow
 
@@ -23,18 +21,6 @@ pytestmark = pytest.mark.slow
 # optimiser, loops and random streams.
 BASE = ["model=vae", *TINY_LINES, *FAST[1:], "figures=false", "test=false"]
 LONG = [*BASE, "trainer.max_epochs=300"]
-
-
-def _start(*arguments: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "src.run", *arguments],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
@@ -54,7 +40,7 @@ def test_a_signal_stops_the_run_with_its_status_and_a_way_to_resume(
     tmp_path: Path, signum: int, status: int
 ) -> None:
     killed = tmp_path / "killed"
-    process = _start(*LONG, f"hydra.run.dir={killed}")
+    process = src_run_started(*LONG, f"hydra.run.dir={killed}")
     _wait_for(killed / "checkpoints" / "last.ckpt", process)
     time.sleep(0.5)  # a few more epochs: the signal arrives mid-training
     process.send_signal(signum)
@@ -83,7 +69,9 @@ def test_a_signal_stops_the_run_with_its_status_and_a_way_to_resume(
 
 
 def test_a_killed_sweep_is_summarised_and_exits_non_zero(tmp_path: Path) -> None:
-    process = _start("-m", *BASE, "seed=0,1,2", "trainer.max_epochs=40,300", f"paths.output_root={tmp_path}")
+    process = src_run_started(
+        "-m", *BASE, "seed=0,1,2", "trainer.max_epochs=40,300", f"paths.output_root={tmp_path}"
+    )
     deadline = time.monotonic() + 180
     while not list(tmp_path.glob("multiruns/*/1/checkpoints/last.ckpt")):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0][-3000:]
@@ -102,7 +90,7 @@ def test_a_job_started_again_in_its_folder_resumes_there(tmp_path: Path) -> None
     """What a requeued cluster job does (submitit requeues the same job, into the same folder): the
     same command again resumes from the folder's own last.ckpt and ends as an uninterrupted run."""
     folder, whole = tmp_path / "job", tmp_path / "whole"
-    process = _start(*LONG, f"hydra.run.dir={folder}")
+    process = src_run_started(*LONG, f"hydra.run.dir={folder}")
     _wait_for(folder / "checkpoints" / "last.ckpt", process)
     time.sleep(0.5)
     process.send_signal(signal.SIGTERM)

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from src.analysis.sweep import summarise_sweep
-from src.errors import MissingFileError, UserError
-from src.pipeline.config import ConfigError, path_safe
+from src.errors import ConfigValueError, MissingFileError, UserError
+from src.pipeline.config import path_safe
 from src.pipeline.run import read_run
 from src.pipeline.training import train
 from src.reporting import figures
@@ -77,5 +77,5 @@ def test_names_become_one_path_component(name: str, safe: str) -> None:
 
 
 def test_user_errors_are_one_family() -> None:
-    assert issubclass(ConfigError, UserError) and issubclass(ConfigError, ValueError)
+    assert issubclass(ConfigValueError, UserError) and issubclass(ConfigValueError, ValueError)
     assert issubclass(MissingFileError, FileNotFoundError)

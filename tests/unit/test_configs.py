@@ -8,10 +8,10 @@ import pytest
 import pytorch_lightning as pl
 from hydra.utils import get_class, instantiate
 
-from src.errors import UserError
+from src.errors import ConfigValueError, UserError
 from src.models.ca import ClassicalAutoencoder
 from src.models.vae import VariationalAutoencoder
-from src.pipeline.config import CONFIG_DIR, ConfigError, check_config
+from src.pipeline.config import CONFIG_DIR, check_config
 from src.pipeline.run import Run
 
 GROUPS = CONFIG_DIR
@@ -146,9 +146,11 @@ def test_each_dataset_declares_its_evaluations(make_config, data: str, evaluatio
 
 
 def test_settings_the_trainer_would_drop_are_refused(make_config) -> None:
-    with pytest.raises(ConfigError, match=r"trainer.callbacks is not used.*\+callbacks.<name>._target_="):
+    with pytest.raises(
+        ConfigValueError, match=r"trainer.callbacks is not used.*\+callbacks.<name>._target_="
+    ):
         check_config(make_config("+trainer.callbacks=[]"))
-    with pytest.raises(ConfigError, match="trainer.logger is not used"):
+    with pytest.raises(ConfigValueError, match="trainer.logger is not used"):
         check_config(make_config("+trainer.logger=false"))
     check_config(make_config())
 
