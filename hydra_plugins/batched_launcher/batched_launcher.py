@@ -1,7 +1,10 @@
 """`hydra/launcher=batched` (conf/hydra/launcher/batched.yaml): trains the jobs of a sweep that
-differ only in `seed` together, as one batched model (src/pipeline/batched.py), then writes each job's
-folder as a normal run would (.hydra/config.yaml and overrides.yaml, config.yaml, metrics.json,
-checkpoints/last.ckpt, figures when `figures=true`), so the sweep summary sees ordinary jobs.
+differ only in `seed` together, as one batched model through a Lightning Trainer
+(src/pipeline/batched.py), in chunks of at most `max_members`, then writes each job's folder as a
+normal run would (.hydra/config.yaml and overrides.yaml, config.yaml, history.csv, metrics.json,
+checkpoints/last.ckpt, figures when `figures=true`), so the sweep summary sees ordinary jobs. A
+chunk's own checkpoint is in <sweep>/batched/<first>-<last>/: an interrupted chunk started again
+with the same command resumes from it.
 Jobs it cannot batch run one by one through Hydra's usual job runner, as the basic launcher does.
 
 Hydra's basic sweeper composes every job's config before launching, to fail early; for a thousand
@@ -93,14 +96,13 @@ class BatchedLauncher(Launcher):
         for start in range(0, len(jobs), self.max_members):
             chunk = jobs[start : start + self.max_members]
             configs = [self._task_config(template, seed) for _, _, seed in chunk]
+            chunk_dir = Path(str(self.config.hydra.sweep.dir)) / "batched" / f"{chunk[0][0]}-{chunk[-1][0]}"
             log.info("Batched launcher: training %d seeds of [%s] together", len(chunk), label)
-            models, datamodule, seconds = train_members(configs)
-            log.info("Batched launcher: trained in %.1f s; writing the job folders", seconds)
+            members = train_members(configs, chunk_dir)
+            log.info("Batched launcher: trained in %.1f s; writing the job folders", members.seconds)
             started = time.perf_counter()
-            for (index, overrides, _), cfg, model in zip(chunk, configs, models, strict=True):
-                returns[index] = self._record(
-                    template, cfg, overrides, index, model, datamodule, seconds / len(chunk)
-                )
+            for member, ((index, overrides, _), cfg) in enumerate(zip(chunk, configs, strict=True)):
+                returns[index] = self._record(template, cfg, overrides, index, members, member)
             log.info(
                 "Batched launcher: wrote %d job folders in %.1f s", len(chunk), time.perf_counter() - started
             )
@@ -141,7 +143,7 @@ class BatchedLauncher(Launcher):
             job_subdir_key="hydra.sweep.subdir",
         )
 
-    def _record(self, template, cfg, overrides, index, model, datamodule, seconds) -> JobReturn:
+    def _record(self, template, cfg, overrides, index, members, member) -> JobReturn:
         """A lighter run_job for batched members: the job folder, .hydra/, and the run's files."""
         from src.pipeline.batched import record_member
         from src.pipeline.config import save_config
@@ -154,6 +156,6 @@ class BatchedLauncher(Launcher):
         save_config(cfg, run_dir / ".hydra" / "config.yaml", resolve=False)
         (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
         result = JobReturn(overrides=list(overrides), cfg=cfg, working_dir=str(Path.cwd()))
-        result.return_value = run_job(record_member(model, datamodule, seconds), cfg, run_dir, in_sweep=True)
+        result.return_value = run_job(record_member(members, member), cfg, run_dir, in_sweep=True)
         result.status = JobStatus.COMPLETED
         return result

@@ -42,8 +42,11 @@ class LinesDataModule(InMemoryDataModule):
         seed: int = 0,
         batch_size: int = 32,
         num_workers: int = 0,
+        shuffle_seed: int | None = None,
     ) -> None:
-        super().__init__(name, image_shape or [1, image_size, image_size], batch_size, num_workers)
+        super().__init__(
+            name, image_shape or [1, image_size, image_size], batch_size, num_workers, shuffle_seed
+        )
         if image_size < 2:
             raise ConfigValueError(f"data.image_size must be at least 2, got {image_size}")
         self.image_size, self.offset_jitter, self.seed = image_size, offset_jitter, seed
@@ -69,8 +72,10 @@ class Lines2x2DataModule(InMemoryDataModule):
     """Report 000's four 2x2 images (pixel order upper-left, upper-right, bottom-left,
     bottom-right). Every split holds the same four images, served as one full batch."""
 
-    def __init__(self, name: str = "lines2x2", image_shape: list[int] | None = None) -> None:
-        super().__init__(name, image_shape or [1, 2, 2], batch_size=len(LINES_2X2))
+    def __init__(
+        self, name: str = "lines2x2", image_shape: list[int] | None = None, shuffle_seed: int | None = None
+    ) -> None:
+        super().__init__(name, image_shape or [1, 2, 2], batch_size=len(LINES_2X2), shuffle_seed=shuffle_seed)
 
     def setup(self, stage: str | None = None) -> None:
         images = torch.tensor([[float(c) for c in code] for code in LINES_2X2]).view(-1, 1, 2, 2)

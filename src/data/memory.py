@@ -1,11 +1,70 @@
 """Datasets held in memory as float tensors in [0, 1], shaped (N, 1, H, W), with a label tensor
-beside them, served one gathered batch at a time."""
+beside them, served one gathered batch at a time. The training order of each epoch is a function
+of the shuffle seed and the epoch alone (`epoch_permutation`): a single run and a batched member
+with the same seed see the same minibatches, and a resumed run goes on with the same order."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
+import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
+
+
+def epoch_permutation(shuffle_seed: int, epoch: int, count: int) -> torch.Tensor:
+    """The order of `count` training images in `epoch` for `shuffle_seed` (SeedSequence mixes
+    the two numbers, so neighbouring seeds and epochs give unrelated orders)."""
+    mixed = int(np.random.SeedSequence([shuffle_seed, epoch]).generate_state(2, np.uint32).view(np.uint64)[0])
+    return torch.randperm(count, generator=torch.Generator().manual_seed(mixed % 2**63))
+
+
+class EpochShuffle(Sampler[int]):
+    """A random order per epoch from `epoch_permutation` (Lightning calls `set_epoch`)."""
+
+    def __init__(self, count: int, shuffle_seed: int) -> None:
+        self.count, self.shuffle_seed, self.epoch = count, shuffle_seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(epoch_permutation(self.shuffle_seed, self.epoch, self.count).tolist())
+
+
+class MemberShuffles:
+    """The `EpochShuffle` orders of several members (one shuffle seed each), as rows of one tensor;
+    Lightning calls `set_epoch` on it as on any batch sampler's `sampler`."""
+
+    def __init__(self, count: int, shuffle_seeds: Sequence[int]) -> None:
+        self.count, self.shuffle_seeds, self.epoch = count, list(shuffle_seeds), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> torch.Tensor:
+        """(members, count): row m is member m's order in this epoch."""
+        return torch.stack([epoch_permutation(seed, self.epoch, self.count) for seed in self.shuffle_seeds])
+
+
+class MemberBatches(Sampler[torch.Tensor]):
+    """The minibatches of members trained together: step k yields a (members, batch) index tensor
+    whose row m is batch k of member m's own order (batches of `batch_size`, the last one smaller,
+    as a DataLoader makes them). Each epoch's orders are computed once and moved to `device`, so a
+    step gathers on the device with no copy from the host."""
+
+    def __init__(self, sampler: MemberShuffles, batch_size: int, device: torch.device) -> None:
+        self.sampler, self.batch_size, self.device = sampler, batch_size, device
+
+    def __len__(self) -> int:
+        return -(-self.sampler.count // self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter(self.sampler.order().to(self.device).split(self.batch_size, dim=1))
 
 
 class TensorBatches(TensorDataset):
@@ -28,37 +87,74 @@ def whole_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
 class InMemoryDataModule(pl.LightningDataModule):
     """Serves (images, labels) tensors from memory; subclasses fill the three splits in setup()."""
 
-    def __init__(self, name: str, image_shape: list[int], batch_size: int, num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        name: str,
+        image_shape: list[int],
+        batch_size: int,
+        num_workers: int = 0,
+        shuffle_seed: int | None = None,
+    ) -> None:
         super().__init__()
         self.name = name
         self.image_shape = tuple(image_shape)
         self.batch_size = batch_size
         self.num_workers = num_workers
+        # null (a run without a seed): a fresh order, drawn once from torch's global generator.
+        self.shuffle_seed = shuffle_seed
         self.splits: dict[str, TensorDataset] = {}
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _device(self) -> torch.device:
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+
+    def _dataset(self, split: str) -> TensorBatches:
+        """The split as TensorBatches; on a GPU it lives there, so a batch is one gather on the device."""
         if split not in self.splits:
             self.setup()
         dataset = TensorBatches(*self.splits[split].tensors)
+        device = self._device()
+        return dataset.to(device) if device.type == "cuda" and self.num_workers == 0 else dataset
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self._dataset(split)
         batch_size = min(self.batch_size, len(dataset))
-        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        if device.type == "cuda" and self.num_workers == 0:
-            # Training on a GPU: the split lives there, so a batch is one gather on the device.
-            dataset = dataset.to(device)
+        if shuffle and self.shuffle_seed is None:
+            self.shuffle_seed = int(torch.randint(2**62, ()))
+        cuda = self._device().type == "cuda"
         # Workers (if any) are kept between epochs rather than re-forked, which would cost more
         # than a batch; pinning helps only a copy from workers to a GPU.
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffle(len(dataset), self.shuffle_seed) if shuffle else None,
             num_workers=self.num_workers,
             collate_fn=whole_batch,
-            pin_memory=device.type == "cuda" and self.num_workers > 0,
+            pin_memory=cuda and self.num_workers > 0,
             persistent_workers=self.num_workers > 0,
+            generator=self._loader_generator(),
         )
+
+    def _loader_generator(self) -> torch.Generator:
+        """Each DataLoader iterator draws its workers' base seed: from this generator, not torch's
+        global one, which then serves the model's noise alone (a batched member draws that noise
+        from its own generator, started in the same state)."""
+        return torch.Generator().manual_seed(self.shuffle_seed or 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
+
+    def member_train_dataloader(self, shuffle_seeds: Sequence[int]) -> DataLoader:
+        """The training batches of members trained together (one shuffle seed each): step k gives
+        images (members, batch, C, H, W), row m being batch k of member m's single run."""
+        dataset = self._dataset("train")
+        batches = MemberBatches(
+            MemberShuffles(len(dataset), shuffle_seeds),
+            min(self.batch_size, len(dataset)),
+            dataset.tensors[0].device,
+        )
+        return DataLoader(
+            dataset, batch_sampler=batches, collate_fn=whole_batch, generator=self._loader_generator()
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -116,8 +116,9 @@ class TorchvisionDataModule(InMemoryDataModule):
         split_seed: int = 0,
         batch_size: int = 128,
         num_workers: int = 0,
+        shuffle_seed: int | None = None,
     ) -> None:
-        super().__init__(name, image_shape or [1, 28, 28], batch_size, num_workers)
+        super().__init__(name, image_shape or [1, 28, 28], batch_size, num_workers, shuffle_seed)
         self.dataset, self.root, self.download = dataset, data_root(root), download
         self.n_val, self.split_seed = n_val, split_seed
 

@@ -101,9 +101,17 @@ class ReconstructionModel(TrainingTermsLog):
         """The layer on the encoder features that gives the deterministic bottleneck value."""
         raise NotImplementedError
 
-    def training_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The objective minimised in training, and its named terms (batch means)."""
+    def training_loss(
+        self, images: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The objective minimised in training, and its named terms (batch means). A model that
+        samples takes its standard normal `noise` (shape `noise_shape`) as given, or draws it."""
         raise NotImplementedError
+
+    def noise_shape(self, batch_size: int) -> tuple[int, ...] | None:
+        """The shape of the noise `training_loss` draws for a batch (None: it draws none). Members
+        trained together draw it from their own generators and pass it in."""
+        return None
 
     def encode_pass(self, images: torch.Tensor) -> EvaluationPass:
         """The deterministic pass: bottleneck value and the decoder's logits for it."""

@@ -22,7 +22,9 @@ class ClassicalAutoencoder(ReconstructionModel):
     def code_layer(self) -> nn.Module:
         return self.bottleneck
 
-    def training_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def training_loss(
+        self, images: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self.decode(self.code(images))
         recon = reconstruction_error(
             logits, images, self.hparams.reconstruction, self.hparams.reduction

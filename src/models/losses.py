@@ -28,9 +28,11 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(1)
 
 
-def reparameterise(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """z = mu + sigma * eps with eps ~ N(0, I): a sample of q(z|x) that gradients flow through."""
-    return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """z = mu + sigma * eps with eps ~ N(0, I) (`noise`, drawn here when None): a sample of q(z|x)
+    that gradients flow through."""
+    eps = torch.randn_like(mu) if noise is None else noise
+    return mu + eps * (0.5 * logvar).exp()
 
 
 def feature_error(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -41,9 +41,14 @@ class VariationalAutoencoder(ReconstructionModel):
         mu, logvar = self.encode(images)
         return EvaluationPass(mu, self.decode(mu), logvar)
 
-    def training_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def noise_shape(self, batch_size: int) -> tuple[int, ...]:
+        return (batch_size, self.hparams.latent_dim)
+
+    def training_loss(
+        self, images: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mu, logvar = self.encode(images)
-        logits = self.decode(reparameterise(mu, logvar))
+        logits = self.decode(reparameterise(mu, logvar, noise))
         recon = reconstruction_error(
             logits, images, self.hparams.reconstruction, self.hparams.reduction
         ).mean()

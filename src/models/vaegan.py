@@ -173,8 +173,11 @@ class VAEGAN(VariationalAutoencoder):
             "disc_acc_sampled": discriminator_accuracy(sampled, False),
         }
 
-    def training_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Validation and test: the encoder objective, with every other term beside it."""
+    def training_loss(
+        self, images: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Validation and test: the encoder objective, with every other term beside it. It draws its
+        own noise (it is never trained batched, so `noise_shape` stays None)."""
         terms = self.adversarial_terms(images)
         return terms.pop("loss"), terms
 

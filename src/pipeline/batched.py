@@ -1,29 +1,36 @@
-"""Many seeds of one small model trained in one process as one batched model.
+"""Many seeds of one CA or VAE trained together in one process, through the same Lightning Trainer
+as a single run.
 
-Each member is the model a single run with that seed would build (same initial weights); the
-members' parameters are stacked along a leading dimension and trained with `torch.func.vmap` over
-`functional_call`. The optimisers used here (Adam, SGD, ...) update each element independently,
-so every member follows its own trajectory, as it would alone; only floating-point summation order
-differs. Full-batch training only: then every member sees exactly the data its single run sees."""
+Each member is the model a single run with that seed builds (same initial weights). The members'
+parameters and buffers are stacked along a leading dimension (`MemberEnsemble`) and every step runs
+the model's own `training_loss` for all of them at once with `torch.func.vmap` over
+`functional_call`. Each member sees its single run's minibatches (its own `EpochShuffle` order,
+`member_train_dataloader`), draws its VAE noise from its own generator, which starts in the state
+its single run's global generator has after building the model, and keeps its own batch-norm
+statistics. The optimisers used here (Adam, SGD, ...) update each element independently, so every
+member follows its own trajectory; only floating-point summation order differs."""
 
 from __future__ import annotations
 
+import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import get_class
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from src.data.memory import InMemoryDataModule
 from src.models.base import ReconstructionModel
 from src.models.ca import ClassicalAutoencoder
-from src.models.nets import DenseNet
 from src.models.vae import VariationalAutoencoder
+from src.pipeline.callbacks import History, LastCheckpoint, WhereInterrupted
 from src.pipeline.checkpoints import save_weights
 from src.pipeline.config import build
 from src.pipeline.process import prepare_training_process
@@ -37,14 +44,12 @@ def batching_problem(cfg: DictConfig) -> str | None:
     """Why jobs with this config cannot train in the batched path, or None if they can."""
     if get_class(cfg.model._target_) not in BATCHABLE_MODELS:
         return f"model {cfg.model._target_} is not a CA or VAE"
-    if get_class(cfg.model.net._target_) is not DenseNet:
-        return "only dense nets are batched (batch norm keeps per-member running statistics)"
     if cfg.trainer.get("gradient_clip_val") or cfg.trainer.get("accumulate_grad_batches", 1) != 1:
-        return "gradient clipping or accumulation is set"
-    datamodule = build(cfg.data)
-    datamodule.setup()
-    if datamodule.batch_size < len(datamodule.images("train")):
-        return f"data.batch_size {datamodule.batch_size} is smaller than the training set (full batch only)"
+        return "gradient clipping or accumulation is set (they couple the members' gradients)"
+    if cfg.trainer.get("strategy") not in (None, "auto") or cfg.trainer.get("devices") not in ("auto", 1):
+        return "a multi-device strategy is set (the batched path trains on one device)"
+    if cfg.get("ckpt_path") is not None:
+        return "ckpt_path is set (each job resumes its own checkpoint)"
     return None
 
 
@@ -55,88 +60,281 @@ class _Objective(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.training_loss(images)[0]
+    def forward(
+        self, images: torch.Tensor, noise: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.model.training_loss(images, noise)
 
 
-def training_steps(cfg: DictConfig) -> int:
-    """Optimizer steps of a full-batch single run: one per epoch, unless max_steps stops it first."""
-    epochs, max_steps = cfg.trainer.max_epochs, cfg.trainer.get("max_steps", -1)
-    return min(epochs, max_steps) if max_steps and max_steps > 0 else epochs
+class MemberEnsemble(pl.LightningModule):
+    """Members of one architecture as one LightningModule: stacked parameters (what the optimiser
+    updates), stacked buffers, one generator per member for its noise, and per-member epoch means
+    of the training and validation terms (`rows`, each member's history)."""
 
+    def __init__(
+        self, models: Sequence[ReconstructionModel], cpu_states: Sequence[torch.Tensor], seeds: Sequence[int]
+    ) -> None:
+        super().__init__()
+        params, buffers = stack_module_state(list(models))
+        # Named as the objective's (`model.<name>`), which functional_call fills in.
+        self.parameter_names = [f"model.{name}" for name in params]
+        self.buffer_names = [f"model.{name}" for name in buffers]
+        self.stacked = nn.ParameterList([nn.Parameter(value.detach()) for value in params.values()])
+        for index, value in enumerate(buffers.values()):
+            self.register_buffer(f"stacked_buffer_{index}", value)
+        # The template only gives functional_call its structure: on the meta device it holds no weights.
+        object.__setattr__(self, "objective", _Objective(copy.deepcopy(models[0])).to("meta"))
+        self.optimizer_config = dict(models[0].hparams.optimizer)
+        self.noise_shape = models[0].noise_shape
+        self.members = len(models)
+        # A single run draws its noise next from its global generator of the training device: on the
+        # CPU it is in the state left after building the model; a GPU's is seeded with the seed alone.
+        self.cpu_states, self.seeds = [state.clone() for state in cpu_states], list(seeds)
+        self.restored_states: list[torch.Tensor] | None = None
+        self.generators: list[torch.Generator] = []
+        self.rows: list[list[dict[str, float]]] = [[] for _ in models]
+        self._sums: dict[str, dict[str, torch.Tensor]] = {}
+        self._last_val: dict[str, list[float]] = {}
 
-def train_members(cfgs: list[DictConfig]) -> tuple[list[ReconstructionModel], pl.LightningDataModule, float]:
-    """Train one member per config (configs differ only in `seed`); return the trained models,
-    the datamodule and the training time in seconds."""
-    prepare_training_process()
-    datamodule = build(cfgs[0].data)
-    datamodule.setup()
-    images = datamodule.images("train")
-    models = [seeded_model(cfg) for cfg in cfgs]  # as a single run builds them
-    params, buffers = stack_module_state(models)
-    template = _Objective(models[0])
-    member_params = {f"model.{name}": value for name, value in params.items()}
-    member_buffers = {f"model.{name}": value for name, value in buffers.items()}
-    optimizer = build(cfgs[0].model.optimizer, params=list(params.values()))
+    # --- the members' computation ----------------------------------------------------------------
+    def _member_generators(self) -> list[torch.Generator]:
+        if not self.generators:
+            for index in range(self.members):
+                generator = torch.Generator(self.device)
+                if self.restored_states is not None:
+                    generator.set_state(self.restored_states[index])
+                elif self.device.type == "cpu":
+                    generator.set_state(self.cpu_states[index])
+                else:
+                    generator.manual_seed(self.seeds[index])
+                self.generators.append(generator)
+        return self.generators
 
-    def member_loss(weights: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> torch.Tensor:
-        return functional_call(template, (weights, state), (images,))
+    def _noise(self, batch_size: int) -> torch.Tensor | None:
+        shape = self.noise_shape(batch_size)
+        if shape is None:
+            return None
+        return torch.stack(
+            [torch.randn(shape, generator=g, device=self.device) for g in self._member_generators()]
+        )
 
-    # Each member draws its own noise (the VAE's epsilon), as separate runs would.
-    losses_of = vmap(member_loss, randomness="different")
-    started = time.perf_counter()
-    for _ in range(training_steps(cfgs[0])):
-        optimizer.zero_grad(set_to_none=True)
+    def member_losses(
+        self, images: torch.Tensor, shared: bool
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Every member's loss and terms (shape (members,)) on its own images (members, batch, ...),
+        or on the same images for all (`shared`)."""
+        # Batch norm follows the template's mode; Lightning sets this module's own flag directly.
+        self.objective.train(self.training)
+        noise = self._noise(images.shape[0 if shared else 1])
+        weights = dict(zip(self.parameter_names, self.stacked, strict=True))
+        state = {name: getattr(self, f"stacked_buffer_{i}") for i, name in enumerate(self.buffer_names)}
+
+        def member(w: dict, b: dict, x: torch.Tensor, eps: torch.Tensor | None) -> Any:
+            return functional_call(self.objective, (w, b), (x, eps))
+
+        in_dims = (0, 0, None if shared else 0, None if noise is None else 0)
+        return vmap(member, in_dims=in_dims, randomness="error")(weights, state, images, noise)
+
+    def _accumulate(self, stage: str, loss: torch.Tensor, terms: dict[str, torch.Tensor], count: int) -> None:
+        sums = self._sums.setdefault(stage, {})
+        for name, value in {"loss": loss, **terms}.items():
+            sums[name] = sums.get(name, 0) + value.detach() * count
+        sums["_count"] = sums.get("_count", 0) + count
+
+    def _epoch_means(self, stage: str) -> dict[str, list[float]]:
+        sums = self._sums.pop(stage, {})
+        count = sums.pop("_count", 0)
+        return {f"{stage}/{name}": (total / count).tolist() for name, total in sums.items()}
+
+    # --- Lightning -------------------------------------------------------------------------------
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        images = batch[0]
+        loss, terms = self.member_losses(images, shared=False)
+        self._accumulate("train", loss, terms, images.shape[1])
         # Members are independent, so the gradient of the sum is each member's own gradient.
-        losses_of(member_params, member_buffers).sum().backward()
-        optimizer.step()
-    elapsed = time.perf_counter() - started
-    with torch.no_grad():
+        return loss.sum()
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        loss, terms = self.member_losses(batch[0], shared=True)
+        self._accumulate("val", loss, terms, len(batch[0]))
+
+    def on_validation_epoch_start(self) -> None:
+        if self.trainer.sanity_checking:  # Lightning isolates the sanity check's random draws
+            self._before_sanity_check = [g.get_state() for g in self._member_generators()]
+
+    def on_validation_epoch_end(self) -> None:
+        means = self._epoch_means("val")
+        if self.trainer.sanity_checking:
+            for generator, state in zip(self._member_generators(), self._before_sanity_check, strict=True):
+                generator.set_state(state)
+            return
+        if not means:
+            return
+        self._last_val = means
+        self.log("val/loss", sum(means["val/loss"]) / self.members, prog_bar=True)
+
+    def on_train_epoch_end(self) -> None:
+        means = {**self._epoch_means("train"), **self._last_val}
+        for member, rows in enumerate(self.rows):
+            rows.append(
+                {
+                    "epoch": self.current_epoch,
+                    "step": self.global_step,
+                    **{key: values[member] for key, values in means.items()},
+                }
+            )
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return instantiate(self.optimizer_config, params=self.parameters())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["member_generators"] = [g.get_state() for g in self._member_generators()]
+        checkpoint["member_rows"] = self.rows
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.generators, self.restored_states = [], checkpoint["member_generators"]
+        self.rows = checkpoint["member_rows"]
+
+    # --- the members as models -------------------------------------------------------------------
+    @torch.no_grad()
+    def unstack_into(self, models: Sequence[ReconstructionModel]) -> None:
+        """Copy each member's trained parameters and buffers into its own model."""
+        stacked = {
+            **dict(zip(self.parameter_names, self.stacked, strict=True)),
+            **{name: getattr(self, f"stacked_buffer_{i}") for i, name in enumerate(self.buffer_names)},
+        }
         for index, model in enumerate(models):
-            for name, parameter in model.named_parameters():
-                parameter.copy_(params[name][index])
-    return models, datamodule, elapsed
+            model.load_state_dict(
+                {name.removeprefix("model."): value[index].cpu() for name, value in stacked.items()}
+            )
+
+
+class MemberData(pl.LightningDataModule):
+    """A datamodule's data for members trained together: each member's own training batches
+    (`member_train_dataloader`), the validation batches shared by all."""
+
+    def __init__(self, datamodule: InMemoryDataModule, shuffle_seeds: Sequence[int]) -> None:
+        super().__init__()
+        self.datamodule, self.shuffle_seeds = datamodule, list(shuffle_seeds)
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        self.datamodule.trainer = self.trainer  # it places the data on the training device
+        return self.datamodule.member_train_dataloader(self.shuffle_seeds)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        self.datamodule.trainer = self.trainer
+        return self.datamodule.val_dataloader()
+
+
+@dataclass
+class TrainedMembers:
+    """The outcome of `train_members`: each member's model (on the CPU), history and generator
+    state after training, the datamodule, the steps and epochs run and the training time."""
+
+    models: list[ReconstructionModel]
+    rows: list[list[dict[str, float]]]
+    generator_states: list[torch.Tensor]
+    device: torch.device
+    datamodule: InMemoryDataModule
+    epochs: int
+    steps: int
+    seconds: float
+
+
+def train_members(cfgs: list[DictConfig], chunk_dir: Path) -> TrainedMembers:
+    """Train one member per config (configs differ only in `seed`) through a Lightning Trainer built
+    from the configs' `trainer`; the ensemble's last.ckpt lives in `chunk_dir`, and an interrupted
+    chunk started again resumes from it."""
+    prepare_training_process()
+    models, cpu_states = [], []
+    for cfg in cfgs:
+        models.append(seeded_model(cfg))  # as a single run builds it
+        cpu_states.append(torch.get_rng_state())
+    datamodule: InMemoryDataModule = build(cfgs[0].data)
+    datamodule.setup()
+    ensemble = MemberEnsemble(models, cpu_states, [cfg.seed for cfg in cfgs])
+    last = chunk_dir / "last.ckpt"
+    trainer: pl.Trainer = build(
+        cfgs[0].trainer,
+        logger=False,
+        callbacks=[LastCheckpoint(chunk_dir), WhereInterrupted()],
+        default_root_dir=str(chunk_dir),
+        enable_model_summary=False,
+    )
+    seeds = [int(cfg.data.shuffle_seed) for cfg in cfgs]
+    started = time.perf_counter()
+    resume = str(last) if last.is_file() else None
+    trainer.fit(ensemble, datamodule=MemberData(datamodule, seeds), ckpt_path=resume)
+    elapsed = time.perf_counter() - started
+    ensemble.unstack_into(models)
+    return TrainedMembers(
+        models=models,
+        rows=ensemble.rows,
+        generator_states=[g.get_state() for g in ensemble._member_generators()],
+        device=ensemble.device,
+        datamodule=datamodule,
+        epochs=trainer.current_epoch,
+        steps=trainer.global_step,
+        seconds=elapsed,
+    )
 
 
 @torch.no_grad()
-def member_metrics(model: ReconstructionModel, datamodule: pl.LightningDataModule) -> dict[str, Any]:
-    """The metrics a single run reports, from the same model method as its validation and test
-    steps (`evaluation_metrics`), on the full splits (one batch each: full-batch training)."""
+def score_means(model: ReconstructionModel, images: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """The means of the model's per-image scores over `images`, as Lightning's epoch means of the
+    validation batches give them."""
     model.eval()
-    metrics: dict[str, Any] = {}
-    for stage, split in (("train", "train"), ("val", "val"), ("test", "test")):
-        values = model.evaluation_metrics(datamodule.images(split))
-        keys = values if stage != "train" else [key for key in values if key in ("loss", "recon", "kl")]
-        metrics.update({f"{stage}/{key}": float(values[key]) for key in keys})
-    diverged = [key for key, value in metrics.items() if not torch.isfinite(torch.tensor(value))]
-    if diverged:
-        raise FloatingPointError(f"Training of this seed diverged: {', '.join(diverged)} not finite.")
-    return metrics
+    totals: dict[str, float] = {}
+    for batch in images.split(batch_size):
+        for name, values in model.scores(batch).items():
+            totals[name] = totals.get(name, 0.0) + float(values.sum())
+    return {name: total / len(images) for name, total in totals.items()}
 
 
-def record_member(
-    model: ReconstructionModel, datamodule: pl.LightningDataModule, train_time_s: float
-) -> Callable[[DictConfig, Path], dict[str, Any]]:
-    """A job (as `src.pipeline.run.run_job` runs it) that writes a trained member's run folder
-    through the Run, as a single run would, and returns its metrics."""
+def record_member(members: TrainedMembers, index: int) -> Callable[[DictConfig, Path], dict[str, Any]]:
+    """A job (as `src.pipeline.run.run_job` runs it) that writes member `index`'s run folder as its
+    single run would: history.csv, checkpoints/last.ckpt, then the test stage and the rest through
+    the Run, with the global generator in the state the member's training left its own."""
 
     def write(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+        model, rows, datamodule = members.models[index], members.rows[index], members.datamodule
         run = Run(cfg, run_dir)
         run.start()
-        steps = training_steps(cfg)
-        metrics = {
-            "train/time_s": train_time_s,
-            **member_metrics(model, datamodule),
-            "seed": cfg.seed,
-            "epochs": steps,
-            "steps": steps,
-            "parameters": sum(p.numel() for p in model.parameters()),
+        last_epoch = rows[-1] if rows else {}
+        metrics: dict[str, Any] = {
+            "train/time_s": members.seconds / len(members.models),
+            **{key: value for key, value in last_epoch.items() if key.startswith(("train/", "val/"))},
         }
-        save_weights(model, run_dir / "checkpoints" / "last.ckpt", global_step=steps, epoch=steps)
+        if "val/loss" in metrics:
+            val_scores = score_means(model, datamodule.images("val"), datamodule.batch_size)
+            metrics.update({f"val/{name}": value for name, value in val_scores.items()})
+        diverged = [key for key, value in metrics.items() if not torch.isfinite(torch.tensor(value))]
+        if diverged:
+            raise FloatingPointError(f"Training of this seed diverged: {', '.join(diverged)} not finite.")
+        metrics.update(
+            seed=cfg.seed,
+            epochs=members.epochs,
+            steps=members.steps,
+            parameters=sum(p.numel() for p in model.parameters()),
+        )
+        history = History(run_dir / "history.csv")
+        history.rows = rows
+        history.write()
+        save_weights(model, run_dir / "checkpoints" / "last.ckpt", members.steps, members.epochs)
         metrics["checkpoint"] = "checkpoints/last.ckpt"  # the weights every metric was measured on
-        for logger in run.loggers:
-            logger.log_metrics({key: value for key, value in metrics.items() if isinstance(value, float)})
-            logger.save()
-        return run.record(model, datamodule, metrics)
+        state = members.generator_states[index]
+        if members.device.type == "cpu":
+            torch.set_rng_state(state)
+        else:
+            torch.cuda.set_rng_state(state, members.device)
+        trainer: pl.Trainer = build(
+            cfg.trainer,
+            logger=run.loggers or False,
+            callbacks=[],
+            default_root_dir=str(run_dir),
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        return run.test_and_record(trainer, model, datamodule, metrics, rows)
 
     return write

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from src.data.lines import Lines2x2DataModule, LinesDataModule, line_images
+from src.data.memory import EpochShuffle, epoch_permutation
 from src.data.torchvision_sets import DatasetNotFoundError, TorchvisionDataModule
 from tests.helpers import SHARED_DATASETS, needs_shared_mnist
 
@@ -186,16 +187,54 @@ def test_shared_datasets_load(dataset: str, mean: float) -> None:
 
 
 def test_batch_gather_serves_the_same_batches_as_per_sample_loading() -> None:
-    """The datamodule's one-gather-per-batch loader: with the same seed, exactly the batches of the
-    plain per-sample TensorDataset + default collate (so results did not change with the speed-up)."""
-    module = LinesDataModule(image_size=4, n_train=50, n_val=2, n_test=2, batch_size=8)
+    """The datamodule's one-gather-per-batch loader: exactly the batches of the plain per-sample
+    TensorDataset + default collate with the same order (so results did not change with the speed-up)."""
+    module = LinesDataModule(image_size=4, n_train=50, n_val=2, n_test=2, batch_size=8, shuffle_seed=3)
     module.setup()
-    plain = DataLoader(module.splits["train"], batch_size=8, shuffle=True)
-    torch.manual_seed(3)
+    plain = DataLoader(module.splits["train"], batch_size=8, sampler=EpochShuffle(50, 3))
     expected = [tuple(batch) for batch in plain]
-    torch.manual_seed(3)
     got = [tuple(batch) for batch in module.train_dataloader()]
     assert len(got) == len(expected) == 7 and len(got[-1][0]) == 2
     for (images, angles), (want_images, want_angles) in zip(got, expected, strict=True):
         assert torch.equal(images, want_images) and torch.equal(angles, want_angles)
         assert angles.dtype == want_angles.dtype
+
+
+def test_the_training_order_is_a_function_of_shuffle_seed_and_epoch_alone() -> None:
+    """The same (seed, epoch) gives the same permutation whatever else drew random numbers; other
+    epochs and seeds give other permutations; torch's global generator is not touched."""
+    torch.manual_seed(0)
+    first = epoch_permutation(5, 0, 100)
+    state = torch.get_rng_state()
+    torch.manual_seed(123)
+    assert torch.equal(epoch_permutation(5, 0, 100), first)
+    torch.manual_seed(0)
+    epoch_permutation(5, 0, 100)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert sorted(first.tolist()) == list(range(100))
+    assert not torch.equal(epoch_permutation(5, 1, 100), first)
+    assert not torch.equal(epoch_permutation(6, 0, 100), first)
+
+
+def test_member_batches_are_each_members_single_run_batches() -> None:
+    """Row m of every step of the members' loader is the batch member m's own single-run loader
+    gives, in every epoch (Lightning sets the epoch through the batch sampler's sampler)."""
+    seeds = [0, 7, 3]
+    module = LinesDataModule(image_size=4, n_train=50, n_val=2, n_test=2, batch_size=8)
+    module.setup()
+    members = module.member_train_dataloader(seeds)
+    for epoch in (0, 1, 4):
+        members.batch_sampler.sampler.set_epoch(epoch)
+        together = list(members)
+        for row, seed in enumerate(seeds):
+            single = LinesDataModule(
+                image_size=4, n_train=50, n_val=2, n_test=2, batch_size=8, shuffle_seed=seed
+            )
+            single.setup()
+            loader = single.train_dataloader()
+            loader.sampler.set_epoch(epoch)
+            alone = list(loader)
+            assert len(alone) == len(together) == 7
+            for (images, angles), (own_images, own_angles) in zip(together, alone, strict=True):
+                assert images.shape[0] == len(seeds)
+                assert torch.equal(images[row], own_images) and torch.equal(angles[row], own_angles)
