@@ -147,12 +147,12 @@ class MemberEnsemble(pl.LightningModule):
         return {f"{stage}/{name}": (total / count).tolist() for name, total in sums.items()}
 
     # --- Lightning -------------------------------------------------------------------------------
-    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
         images = batch[0]
         loss, terms = self.member_losses(images, shared=False)
         self._accumulate("train", loss, terms, images.shape[1])
         # Members are independent, so the gradient of the sum is each member's own gradient.
-        return loss.sum()
+        return {"loss": loss.sum(), "member_losses": loss.detach()}
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         loss, terms = self.member_losses(batch[0], shared=True)
@@ -238,13 +238,17 @@ class TrainedMembers:
     datamodule: InMemoryDataModule
     epochs: int
     steps: int
+    val_batches: int
     seconds: float
 
 
-def train_members(cfgs: list[DictConfig], chunk_dir: Path) -> TrainedMembers:
+def train_members(
+    cfgs: list[DictConfig], chunk_dir: Path, callbacks: Sequence[pl.Callback] = ()
+) -> TrainedMembers:
     """Train one member per config (configs differ only in `seed`) through a Lightning Trainer built
     from the configs' `trainer`; the ensemble's last.ckpt lives in `chunk_dir`, and an interrupted
-    chunk started again resumes from it."""
+    chunk started again resumes from it. `callbacks` join the ensemble's own (a training step's
+    output holds every member's loss, `member_losses`)."""
     prepare_training_process()
     models, cpu_states = [], []
     for cfg in cfgs:
@@ -257,7 +261,7 @@ def train_members(cfgs: list[DictConfig], chunk_dir: Path) -> TrainedMembers:
     trainer: pl.Trainer = build(
         cfgs[0].trainer,
         logger=False,
-        callbacks=[LastCheckpoint(chunk_dir), WhereInterrupted()],
+        callbacks=[LastCheckpoint(chunk_dir), WhereInterrupted(), *callbacks],
         default_root_dir=str(chunk_dir),
         enable_model_summary=False,
     )
@@ -275,20 +279,25 @@ def train_members(cfgs: list[DictConfig], chunk_dir: Path) -> TrainedMembers:
         datamodule=datamodule,
         epochs=trainer.current_epoch,
         steps=trainer.global_step,
+        val_batches=int(trainer.num_val_batches[0]) if trainer.num_val_batches else 0,
         seconds=elapsed,
     )
 
 
 @torch.no_grad()
-def score_means(model: ReconstructionModel, images: torch.Tensor, batch_size: int) -> dict[str, float]:
-    """The means of the model's per-image scores over `images`, as Lightning's epoch means of the
-    validation batches give them."""
+def score_means(
+    model: ReconstructionModel, images: torch.Tensor, batch_size: int, batches: int
+) -> dict[str, float]:
+    """The means of the model's per-image scores over the first `batches` batches of `images`, as
+    Lightning's epoch means of the validation batches give them."""
     model.eval()
     totals: dict[str, float] = {}
-    for batch in images.split(batch_size):
+    count = 0
+    for batch in images.split(batch_size)[:batches]:
+        count += len(batch)
         for name, values in model.scores(batch).items():
             totals[name] = totals.get(name, 0.0) + float(values.sum())
-    return {name: total / len(images) for name, total in totals.items()}
+    return {name: total / count for name, total in totals.items()}
 
 
 def record_member(members: TrainedMembers, index: int) -> Callable[[DictConfig, Path], dict[str, Any]]:
@@ -306,7 +315,9 @@ def record_member(members: TrainedMembers, index: int) -> Callable[[DictConfig, 
             **{key: value for key, value in last_epoch.items() if key.startswith(("train/", "val/"))},
         }
         if "val/loss" in metrics:
-            val_scores = score_means(model, datamodule.images("val"), datamodule.batch_size)
+            val_scores = score_means(
+                model, datamodule.images("val"), datamodule.batch_size, members.val_batches
+            )
             metrics.update({f"val/{name}": value for name, value in val_scores.items()})
         diverged = [key for key, value in metrics.items() if not torch.isfinite(torch.tensor(value))]
         if diverged:
