@@ -72,7 +72,11 @@ class MemberEnsemble(pl.LightningModule):
     of the training and validation terms (`rows`, each member's history)."""
 
     def __init__(
-        self, models: Sequence[ReconstructionModel], cpu_states: Sequence[torch.Tensor], seeds: Sequence[int]
+        self,
+        models: Sequence[ReconstructionModel],
+        cpu_states: Sequence[torch.Tensor],
+        seeds: Sequence[int],
+        compile: bool = False,
     ) -> None:
         super().__init__()
         params, buffers = stack_module_state(list(models))
@@ -95,6 +99,11 @@ class MemberEnsemble(pl.LightningModule):
         self.rows: list[list[dict[str, float]]] = [[] for _ in models]
         self._sums: dict[str, dict[str, torch.Tensor]] = {}
         self._last_val: dict[str, list[float]] = {}
+        # The members' step is many small element-wise passes over (members, batch, pixels):
+        # torch.compile fuses them (`compile`), for the training steps, where the time goes.
+        self._losses_of = {shared: self._vmapped(shared) for shared in (False, True)}
+        if compile:
+            self._losses_of[False] = torch.compile(self._losses_of[False])
 
     # --- the members' computation ----------------------------------------------------------------
     def _member_generators(self) -> list[torch.Generator]:
@@ -128,12 +137,19 @@ class MemberEnsemble(pl.LightningModule):
         noise = self._noise(images.shape[0 if shared else 1])
         weights = dict(zip(self.parameter_names, self.stacked, strict=True))
         state = {name: getattr(self, f"stacked_buffer_{i}") for i, name in enumerate(self.buffer_names)}
+        return self._losses_of[shared](weights, state, images, noise)
+
+    def _vmapped(self, shared: bool) -> Callable[..., Any]:
+        """The members' losses at once: vmap over the model's loss with each member's weights."""
 
         def member(w: dict, b: dict, x: torch.Tensor, eps: torch.Tensor | None) -> Any:
             return functional_call(self.objective, (w, b), (x, eps))
 
-        in_dims = (0, 0, None if shared else 0, None if noise is None else 0)
-        return vmap(member, in_dims=in_dims, randomness="error")(weights, state, images, noise)
+        def losses(w: dict, b: dict, x: torch.Tensor, eps: torch.Tensor | None) -> Any:
+            in_dims = (0, 0, None if shared else 0, None if eps is None else 0)
+            return vmap(member, in_dims=in_dims, randomness="error")(w, b, x, eps)
+
+        return losses
 
     def _accumulate(self, stage: str, loss: torch.Tensor, terms: dict[str, torch.Tensor], count: int) -> None:
         sums = self._sums.setdefault(stage, {})
@@ -256,7 +272,7 @@ def train_members(
         cpu_states.append(torch.get_rng_state())
     datamodule: InMemoryDataModule = build(cfgs[0].data)
     datamodule.setup()
-    ensemble = MemberEnsemble(models, cpu_states, [cfg.seed for cfg in cfgs])
+    ensemble = MemberEnsemble(models, cpu_states, [cfg.seed for cfg in cfgs], compile=bool(cfgs[0].compile))
     last = chunk_dir / "last.ckpt"
     trainer: pl.Trainer = build(
         cfgs[0].trainer,
