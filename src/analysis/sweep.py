@@ -99,7 +99,7 @@ def summarise_sweep(sweep_dir: Path) -> dict[str, Any]:
 
 def markdown(summary: dict[str, Any]) -> str:
     """summary.md: per group, the failed jobs, each categorical result's counts, frequencies and
-    95% Wilson intervals, and the numeric results' mean, std, min and max."""
+    95% Wilson intervals, and the numeric results' mean with its 95% t interval, std, min and max."""
     lines = [f"# Sweep summary: {summary['sweep']}", ""]
     for name, group in summary["groups"].items():
         lines += [f"## {name}", "", f"jobs: {group['n_jobs']}, failed: {group['n_failed']}", ""]
@@ -119,20 +119,72 @@ def markdown(summary: dict[str, Any]) -> str:
             lines += markdown_table(["value", "count", "frequency", "95% Wilson interval"], rows, "lrrl")
         if group["metrics"]:
             rows = [
-                [key, f"{s['mean']:.6g}", f"{s['std']:.3g}", f"{s['min']:.6g}", f"{s['max']:.6g}", s["n"]]
+                [
+                    key,
+                    f"{s['mean']:.6g}",
+                    "[{:.6g}, {:.6g}]".format(*s["ci95"]),
+                    f"{s['std']:.3g}",
+                    f"{s['min']:.6g}",
+                    f"{s['max']:.6g}",
+                    s["n"],
+                ]
                 for key, s in group["metrics"].items()
             ]
             lines += ["", "### metrics", ""]
-            lines += markdown_table(["metric", "mean", "std", "min", "max", "n"], rows, "lrrrrr")
+            header = ["metric", "mean", "95% t interval", "std", "min", "max", "n"]
+            lines += markdown_table(header, rows, "lrlrrrr")
         lines.append("")
     return "\n".join(lines)
 
 
+def _mean_and_interval(stats: dict[str, Any] | None) -> str:
+    return "–" if stats is None else "{:.3f} [{:.3f}, {:.3f}]".format(stats["mean"], *stats["ci95"])
+
+
+def table2(summary: dict[str, Any]) -> str | None:
+    """table2.md: report 004's Table 2 over seeds, per group and OOD set: precision, recall and F1
+    of each class (in-distribution, OOD) at the validation threshold, then AUROC, AUPR and the FPR
+    at 95% TPR, each as the mean over seeds with its 95% t interval. None without OOD results."""
+    lines = [f"# Table 2 over seeds: {summary['sweep']}", ""]
+    found = False
+    for name, group in summary["groups"].items():
+        metrics = group["metrics"]
+        sets = sorted(
+            {key.split("/")[1] for key in metrics if key.startswith("ood/") and key.endswith("/f1_in")}
+        )
+        if not sets:
+            continue
+        found = True
+        n = max(metrics[f"ood/{ood_set}/f1_in"]["n"] for ood_set in sets)
+        lines += [f"## {name}", "", f"seeds: {n}; mean [95% t interval] over seeds", ""]
+        rows = []
+        for ood_set in sets:
+            for label, suffix in (("in-distribution", "in"), (f"OOD ({ood_set})", "ood")):
+                rows.append(
+                    [ood_set, label]
+                    + [
+                        _mean_and_interval(metrics.get(f"ood/{ood_set}/{m}_{suffix}"))
+                        for m in ("precision", "recall", "f1")
+                    ]
+                )
+        lines += markdown_table(["OOD set", "class", "precision", "recall", "F1"], rows, "llrrr")
+        rows = [
+            [ood_set]
+            + [_mean_and_interval(metrics.get(f"ood/{ood_set}/{m}")) for m in ("auroc", "aupr", "fpr95")]
+            for ood_set in sets
+        ]
+        lines += ["", *markdown_table(["OOD set", "AUROC", "AUPR", "FPR at 95% TPR"], rows, "lrrr"), ""]
+    return "\n".join(lines) if found else None
+
+
 def write_summary(sweep_dir: Path) -> dict[str, Any]:
-    """Write summary.json, summary.md and summary.png into the sweep folder; return the summary."""
+    """Write summary.json, summary.md and summary.png (and table2.md for OOD results) into the
+    sweep folder; return the summary."""
     summary = summarise_sweep(sweep_dir)
     (sweep_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (sweep_dir / "summary.md").write_text(markdown(summary))
+    if (table := table2(summary)) is not None:
+        (sweep_dir / "table2.md").write_text(table)
     sweep_summary(summary["groups"], sweep_dir / "summary.png")
     return summary
 

@@ -20,10 +20,24 @@ def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def numeric_summary(values: Sequence[float]) -> dict[str, float]:
-    """Mean, sample standard deviation (0 for one value), min, max and count."""
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Student's t interval for the mean of `values` (runs over seeds are independent draws);
+    the mean itself for one value, where no spread can be estimated."""
+    from scipy.stats import t
+
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, mean
+    half = t.ppf(0.5 + confidence / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean - half, mean + half
+
+
+def numeric_summary(values: Sequence[float]) -> dict[str, float | list[float]]:
+    """Mean, its 95% t interval (`ci95`), sample standard deviation (0 for one value), min, max
+    and count."""
     return {
         "mean": statistics.fmean(values),
+        "ci95": list(t_interval(values)),
         "std": statistics.stdev(values) if len(values) > 1 else 0.0,
         "min": min(values),
         "max": max(values),

@@ -92,7 +92,10 @@ def test_summary_of_known_jobs() -> None:
     }
     assert summary["frequencies"]["test/outcome"]["optimal"] == pytest.approx(2 / 3)
     assert summary["ci95"]["test/outcome"]["optimal"] == pytest.approx(list(wilson_interval(2, 3)))
-    assert summary["metrics"]["test/recon_mse"] == pytest.approx(
-        {"mean": 0.1, "std": 0.1322876, "min": 0.0, "max": 0.25, "n": 3}
+    stats = dict(summary["metrics"]["test/recon_mse"])
+    # 0.1 +- t(0.975, 2) * s / sqrt(3), t(0.975, 2) = 4.302653
+    assert stats.pop("ci95") == pytest.approx(
+        [0.1 - 4.302653 * 0.1322876 / 3**0.5, 0.1 + 4.302653 * 0.1322876 / 3**0.5]
     )
+    assert stats == pytest.approx({"mean": 0.1, "std": 0.1322876, "min": 0.0, "max": 0.25, "n": 3})
     assert "seed" not in summary["metrics"]
