@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from src.errors import MissingFileError
 from src.evaluation.census import OUTCOMES
 from src.evaluation.intervals import numeric_summary, wilson_interval
+from src.evaluation.line_outcomes import LINE_OUTCOMES
 from src.pipeline.run import read_run
 from src.reporting import wandb as wandb_reporting
 from src.reporting.figures import sweep_summary
@@ -26,7 +27,7 @@ from src.reporting.tables import markdown_table
 
 log = logging.getLogger(__name__)
 # Categories every summary lists, even when no job fell into them.
-KNOWN_CATEGORIES = {"test/outcome": OUTCOMES}
+KNOWN_CATEGORIES = {"test/outcome": OUTCOMES, "test/lines/outcome": LINE_OUTCOMES}
 
 
 def load_jobs(sweep_dir: Path) -> list[dict[str, Any]]:

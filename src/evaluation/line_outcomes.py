@@ -1,0 +1,99 @@
+"""Report 000's outcome of a run on the line images, read off a dense grid of angles.
+
+The model reconstructs the clean line image at each of `angles` evenly spaced angles; each
+reconstruction, after the Heaviside swap (the sigmoid output thresholded at 0.5), is matched to
+the nearest clean line image of a finer reference grid. An angle is reconstructed correctly when
+that nearest line is within `angle_tolerance_deg` of the input's angle and the reconstruction is a
+line image (at least `min_line_fit` of its pixels agree with the nearest one). Contiguous runs of
+wrong angles are the report's wrong ("kaleidoscopic") sectors; a model whose outputs barely change
+with the angle has collapsed to a constant image.
+
+Metrics (`test/lines/*`): `correct_fraction`, `wrong_sectors`, `wrong_degrees` (total width of the
+wrong sectors), `line_fit` (mean), `output_spread` (mean over pixels of the spread of the sigmoid
+output over angles), `sigmoid_blur` (grey pixels of the sigmoid output); and `outcome`:
+`optimal` (every angle correct), `one_sector`, `sectors` (several wrong sectors), `collapsed`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from src.data.lines import line_images
+from src.data.memory import InMemoryDataModule
+from src.evaluation.base import EvaluationContext, EvaluationResult
+from src.models.base import ReconstructionModel
+from src.models.losses import gray_fraction
+
+LINE_OUTCOMES = ("optimal", "one_sector", "sectors", "collapsed")
+
+
+def wrong_sectors(correct: torch.Tensor) -> int:
+    """The number of maximal runs of False in a circular sequence (angles wrap around)."""
+    wrong = ~correct
+    if wrong.all():
+        return 1
+    starts = wrong & ~torch.roll(wrong, 1)  # a wrong angle after a correct one
+    return int(starts.sum())
+
+
+def angular_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Smallest absolute difference of angles in radians, on the circle."""
+    difference = torch.remainder(a - b, 2 * math.pi)
+    return torch.minimum(difference, 2 * math.pi - difference)
+
+
+def classify_lines(correct: torch.Tensor, output_spread: float, collapse_spread: float) -> str:
+    if output_spread < collapse_spread:
+        return "collapsed"
+    if correct.all():
+        return "optimal"
+    return "one_sector" if wrong_sectors(correct) == 1 else "sectors"
+
+
+class LineOutcomes:
+    """The `line_outcomes` evaluation (conf/evaluations/lines.yaml): see the module docstring."""
+
+    def __init__(
+        self,
+        angles: int = 360,
+        reference_angles: int = 1440,
+        angle_tolerance_deg: float = 10.0,
+        min_line_fit: float = 0.95,
+        collapse_spread: float = 0.05,
+    ) -> None:
+        self.angles, self.reference_angles = angles, reference_angles
+        self.angle_tolerance = math.radians(angle_tolerance_deg)
+        self.min_line_fit, self.collapse_spread = min_line_fit, collapse_spread
+
+    @torch.no_grad()
+    def __call__(
+        self, model: ReconstructionModel, datamodule: InMemoryDataModule, context: EvaluationContext
+    ) -> EvaluationResult:
+        size = datamodule.image_shape[-1]
+        grid = torch.arange(self.angles, dtype=torch.float64) * (2 * math.pi / self.angles)
+        reference_grid = torch.arange(self.reference_angles, dtype=torch.float64) * (
+            2 * math.pi / self.reference_angles
+        )
+        inputs = line_images(grid, size).to(model.device)
+        references = line_images(reference_grid, size).flatten(1).to(model.device)
+        logits = model.encode_pass(inputs).logits
+        sigmoid = torch.sigmoid(logits)
+        heaviside = (logits > 0).to(logits.dtype).flatten(1)
+        # Pixel agreement of each output with each reference line image: 1 - mean |h - r| for 0/1 pixels.
+        agreement = 1 - (heaviside @ (1 - references).T + (1 - heaviside) @ references.T) / heaviside.shape[1]
+        fit, nearest = agreement.max(dim=1)
+        error = angular_distance(reference_grid.to(model.device)[nearest], grid.to(model.device))
+        correct = (error <= self.angle_tolerance) & (fit >= self.min_line_fit)
+        spread = float(sigmoid.flatten(1).std(dim=0).mean())
+        sectors = 0 if correct.all() else wrong_sectors(correct.cpu())
+        metrics = {
+            "test/lines/outcome": classify_lines(correct.cpu(), spread, self.collapse_spread),
+            "test/lines/correct_fraction": float(correct.float().mean()),
+            "test/lines/wrong_sectors": sectors,
+            "test/lines/wrong_degrees": float((~correct).sum()) * 360.0 / self.angles,
+            "test/lines/line_fit": float(fit.mean()),
+            "test/lines/output_spread": spread,
+            "test/lines/sigmoid_blur": float(gray_fraction(sigmoid).mean()),
+        }
+        return EvaluationResult(metrics)
