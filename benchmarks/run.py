@@ -18,10 +18,14 @@ timed, so that the ratio of their median step times is free of the machine's dri
 
 vae_conv_mnist: the conv VAE (conf/model/net/conv.yaml) through the framework.
 
-census: seeds per second of report 000's 2x2 CA census (5000 full-batch steps per seed), end to end
-as a user runs it (`python -m src.run -m experiment=census_ca_2x2 seed=...`, process start, job
-folders and the sweep summary included), through the batched launcher (`--census-seeds` seeds) and
-one job at a time (`--per-run-seeds` seeds).
+Sweeps, in seeds per second end to end as a user runs them (`python -m src.run -m experiment=...
+seed=...`: process start, training, every job folder and the sweep summary included), through the
+batched launcher and one job at a time (Hydra's basic launcher, `--per-run-seeds` seeds, which pays
+the process start once, not per seed):
+- census: report 000's 2x2 CA census (5000 full-batch steps per seed), `--census-seeds` batched;
+- lines_census: the line-image CA census (census_lines_ca, 200 epochs of minibatches), `--lines-seeds`;
+- ood_dense: the MNIST VAE OOD sweep with the dense net (ood_mnist_vae model/net=dense), 16 seeds;
+- ood_conv: the same with report 004's conv net, `--conv-batches` batches per epoch, 4 seeds.
 
 With a GPU present, the VAE benchmarks run on it (the table's title names the device)."""
 
@@ -50,15 +54,15 @@ from torch import nn
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _timed_sweep(seeds: int, *overrides: str) -> float:
-    """Wall-clock seconds of one census sweep over `seeds` seeds, started as a user would."""
+def _timed_sweep(seeds: int, experiment: str, *overrides: str) -> float:
+    """Wall-clock seconds of one sweep of `experiment` over `seeds` seeds, started as a user would."""
     with tempfile.TemporaryDirectory() as output_root:
         command = [
             sys.executable,
             "-m",
             "src.run",
             "-m",
-            "experiment=census_ca_2x2",
+            f"experiment={experiment}",
             f"seed=range(0,{seeds})",
             f"paths.output_root={output_root}",
             *overrides,
@@ -74,20 +78,45 @@ def _timed_sweep(seeds: int, *overrides: str) -> float:
         return time.perf_counter() - started
 
 
-def bench_census(args: argparse.Namespace) -> dict[str, Any]:
-    batched = [_timed_sweep(args.census_seeds, "hydra/launcher=batched") for _ in range(args.repeats)]
-    per_run = [_timed_sweep(args.per_run_seeds) for _ in range(args.repeats)]
-    batched_rate = args.census_seeds / statistics.median(batched)
-    per_run_rate = args.per_run_seeds / statistics.median(per_run)
+def _sweep_rates(
+    repeats: int, batched_seeds: int, per_run_seeds: int, experiment: str, *overrides: str
+) -> dict[str, Any]:
+    """Seeds per second of a sweep batched and one job at a time, the runs of a repeat side by side."""
+    batched, per_run = [], []
+    for _ in range(repeats):
+        batched.append(_timed_sweep(batched_seeds, experiment, *overrides, "hydra/launcher=batched"))
+        per_run.append(_timed_sweep(per_run_seeds, experiment, *overrides))
+    batched_rate = batched_seeds / statistics.median(batched)
+    per_run_rate = per_run_seeds / statistics.median(per_run)
     return {
         "batched_seeds_per_s": batched_rate,
         "per_run_seeds_per_s": per_run_rate,
         "batched_over_per_run": batched_rate / per_run_rate,
         "batched_seconds": batched,
         "per_run_seconds": per_run,
-        "batched_seeds": args.census_seeds,
-        "per_run_seeds": args.per_run_seeds,
+        "batched_seeds": batched_seeds,
+        "per_run_seeds": per_run_seeds,
     }
+
+
+def bench_census(args: argparse.Namespace) -> dict[str, Any]:
+    return _sweep_rates(args.repeats, args.census_seeds, args.per_run_seeds, "census_ca_2x2")
+
+
+def bench_lines_census(args: argparse.Namespace) -> dict[str, Any]:
+    return _sweep_rates(args.sweep_repeats, args.lines_seeds, 1, "census_lines_ca")
+
+
+OOD_SWEEP = ["figures=false", "logger=none", "print_config=false", "trainer.enable_progress_bar=false"]
+
+
+def bench_ood_dense(args: argparse.Namespace) -> dict[str, Any]:
+    return _sweep_rates(args.sweep_repeats, 16, 1, "ood_mnist_vae", "model/net=dense", *OOD_SWEEP)
+
+
+def bench_ood_conv(args: argparse.Namespace) -> dict[str, Any]:
+    limit = f"trainer.limit_train_batches={args.conv_batches}"
+    return _sweep_rates(args.sweep_repeats, 4, 1, "ood_mnist_vae", limit, *OOD_SWEEP)
 
 
 # --- VAE training throughput ---------------------------------------------------------------------
@@ -381,6 +410,9 @@ BENCHMARKS = {
     "vae_dense_mnist": bench_vae_dense_mnist,
     "vae_conv_mnist": bench_vae_conv_mnist,
     "census": bench_census,
+    "lines_census": bench_lines_census,
+    "ood_dense": bench_ood_dense,
+    "ood_conv": bench_ood_conv,
 }
 
 
@@ -396,6 +428,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--census-seeds", type=int, default=1000)
     parser.add_argument("--per-run-seeds", type=int, default=5)
+    parser.add_argument("--lines-seeds", type=int, default=200)
+    parser.add_argument("--sweep-repeats", type=int, default=1, help="repeats of the minibatch sweeps")
     parser.add_argument("--output", type=Path, default=PROJECT_ROOT / "bench" / "results.json")
     args = parser.parse_args()
     if unknown := sorted(set(args.names) - set(BENCHMARKS)):

@@ -19,11 +19,13 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
@@ -60,8 +62,16 @@ class GroupedSweeper(BasicSweeper):
 
 
 class BatchedLauncher(Launcher):
-    def __init__(self, max_members: int = 1000) -> None:
+    def __init__(
+        self, max_members: int = 1000, executor: str | None = None, submitit: dict | None = None
+    ) -> None:
         self.max_members = max_members
+        # None: chunks train one after another in this process; "local" or "slurm": each chunk is
+        # a submitit job with the `submitit` parameters (timeout_min, slurm_partition, gpus_per_node, ...).
+        if executor not in (None, "local", "slurm"):
+            raise ValueError(f"hydra.launcher.executor must be null, local or slurm, got {executor!r}")
+        self.executor = executor
+        self.submitit = dict(submitit or {})
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -85,27 +95,63 @@ class BatchedLauncher(Launcher):
     def _launch_group(
         self, label: str, jobs: list[tuple[int, Sequence[str], int | None]]
     ) -> dict[int, JobReturn]:
-        from src.pipeline.batched import batching_problem, train_members
+        from src.pipeline.batched import batching_problem
 
         template = self.hydra_context.config_loader.load_sweep_config(self.config, list(jobs[0][1]))
         problem = "a single job" if len(jobs) == 1 else batching_problem(template)
         if problem:
             log.warning("Batched launcher: running %d job(s) [%s] one by one: %s", len(jobs), label, problem)
             return {index: self._run_one(template, overrides, seed, index) for index, overrides, seed in jobs}
+        chunks = [jobs[start : start + self.max_members] for start in range(0, len(jobs), self.max_members)]
+        returns: dict[int, JobReturn] = {}
+        if self.executor is None:
+            for chunk in chunks:
+                returns.update(self.train_chunk(template, label, chunk))
+            return returns
+        import submitit
+
+        executor = submitit.AutoExecutor(
+            folder=Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "%j", cluster=self.executor
+        )
+        executor.update_parameters(**self.submitit)
+        log.info(
+            "Batched launcher: %d chunk(s) of [%s] submitted to submitit (%s)",
+            len(chunks),
+            label,
+            self.executor,
+        )
+        state = Singleton.get_state()
+        submitted = [executor.submit(self.chunk_job, template, label, chunk, state) for chunk in chunks]
+        for job in submitted:
+            returns.update(job.result())
+        return returns
+
+    def chunk_job(
+        self, template: DictConfig, label: str, chunk: list[tuple[int, Sequence[str], int | None]], state: Any
+    ) -> dict[int, JobReturn]:
+        """One chunk in a submitit job (another process or machine): Hydra's state, then the chunk."""
+        Singleton.set_state(state)
+        setup_globals()
+        return self.train_chunk(template, label, chunk)
+
+    def train_chunk(
+        self, template: DictConfig, label: str, chunk: list[tuple[int, Sequence[str], int | None]]
+    ) -> dict[int, JobReturn]:
+        """Train the seeds of `chunk` together and write their job folders."""
+        from src.pipeline.batched import train_members
+
+        configs = [self._task_config(template, seed) for _, _, seed in chunk]
+        chunk_dir = Path(str(self.config.hydra.sweep.dir)) / "batched" / f"{chunk[0][0]}-{chunk[-1][0]}"
+        log.info("Batched launcher: training %d seeds of [%s] together", len(chunk), label)
+        members = train_members(configs, chunk_dir)
+        log.info("Batched launcher: trained in %.1f s; writing the job folders", members.seconds)
+        started = time.perf_counter()
         returns = {}
-        for start in range(0, len(jobs), self.max_members):
-            chunk = jobs[start : start + self.max_members]
-            configs = [self._task_config(template, seed) for _, _, seed in chunk]
-            chunk_dir = Path(str(self.config.hydra.sweep.dir)) / "batched" / f"{chunk[0][0]}-{chunk[-1][0]}"
-            log.info("Batched launcher: training %d seeds of [%s] together", len(chunk), label)
-            members = train_members(configs, chunk_dir)
-            log.info("Batched launcher: trained in %.1f s; writing the job folders", members.seconds)
-            started = time.perf_counter()
-            for member, ((index, overrides, _), cfg) in enumerate(zip(chunk, configs, strict=True)):
-                returns[index] = self._record(template, cfg, overrides, index, members, member)
-            log.info(
-                "Batched launcher: wrote %d job folders in %.1f s", len(chunk), time.perf_counter() - started
-            )
+        for member, ((index, overrides, _), cfg) in enumerate(zip(chunk, configs, strict=True)):
+            returns[index] = self._record(template, cfg, overrides, index, members, member)
+        log.info(
+            "Batched launcher: wrote %d job folders in %.1f s", len(chunk), time.perf_counter() - started
+        )
         return returns
 
     @staticmethod
@@ -147,15 +193,18 @@ class BatchedLauncher(Launcher):
         """A lighter run_job for batched members: the job folder, .hydra/, and the run's files."""
         from src.pipeline.batched import record_member
         from src.pipeline.config import save_config
-        from src.pipeline.run import run_job
+        from src.pipeline.run import read_run, run_job
 
         self._set_job(template, overrides, index)
         HydraConfig.instance().set_config(template)
         run_dir = Path(str(template.hydra.sweep.dir)) / str(template.hydra.sweep.subdir)
+        result = JobReturn(overrides=list(overrides), cfg=cfg, working_dir=str(Path.cwd()))
+        result.status = JobStatus.COMPLETED
+        if (record := read_run(run_dir)).finished:  # a resumed sweep keeps what it had written
+            result.return_value = record.metrics.get("val/loss")
+            return result
         (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / ".hydra" / "config.yaml", resolve=False)
         (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
-        result = JobReturn(overrides=list(overrides), cfg=cfg, working_dir=str(Path.cwd()))
         result.return_value = run_job(record_member(members, member), cfg, run_dir, in_sweep=True)
-        result.status = JobStatus.COMPLETED
         return result

@@ -80,6 +80,8 @@ def census_sections(folders: Sequence[Path], page: Path) -> list[str]:
     for index, folder in enumerate(folders):
         summary = write_summary(folder)
         body = _demoted(sweep_markdown(summary))
+        if (table2 := folder / "table2.md").is_file():  # written beside the summary for OOD sweeps
+            body += "\n" + _demoted(table2.read_text())
         figure = _figure(folder / "summary.png", page, f"{index}_summary.png")
         sections.append(f"## {folder.name}\n\n`{run_command(folder)}`\n\n{body}\n{figure}\n")
     return sections

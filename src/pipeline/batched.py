@@ -22,7 +22,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -274,10 +274,12 @@ def train_members(
     datamodule.setup()
     ensemble = MemberEnsemble(models, cpu_states, [cfg.seed for cfg in cfgs], compile=bool(cfgs[0].compile))
     last = chunk_dir / "last.ckpt"
+    # As often as a single run writes its own last.ckpt (conf/callbacks/default.yaml).
+    every = OmegaConf.select(cfgs[0], "callbacks.last_checkpoint.every_n_epochs", default=1)
     trainer: pl.Trainer = build(
         cfgs[0].trainer,
         logger=False,
-        callbacks=[LastCheckpoint(chunk_dir), WhereInterrupted(), *callbacks],
+        callbacks=[LastCheckpoint(chunk_dir, every_n_epochs=every), WhereInterrupted(), *callbacks],
         default_root_dir=str(chunk_dir),
         enable_model_summary=False,
     )

@@ -65,9 +65,18 @@ def log_summary(config: DictConfig, sweep_dir: Path, summary: dict[str, Any]) ->
                 columns=["group", "result", "value", "count", "frequency", "ci95_low", "ci95_high"], data=rows
             ),
             "summary/metrics": wandb.Table(
-                columns=["group", "metric", "mean", "std", "min", "max", "n"],
+                columns=["group", "metric", "mean", "ci95_low", "ci95_high", "std", "min", "max", "n"],
                 data=[
-                    [group, key, *stats.values()]
+                    [
+                        group,
+                        key,
+                        stats["mean"],
+                        *stats["ci95"],
+                        stats["std"],
+                        stats["min"],
+                        stats["max"],
+                        stats["n"],
+                    ]
                     for group, results in summary["groups"].items()
                     for key, stats in results["metrics"].items()
                 ],

@@ -113,3 +113,49 @@ def test_wandb_sweep_runs_share_the_sweep_group(tmp_path: Path) -> None:
         assert sweep_dir.name.encode() in records.read_bytes()  # the group
     assert b"summary/frequencies" in next(summary_run.glob("run-*.wandb")).read_bytes()
     assert job_runs[0].name != job_runs[1].name  # one W&B run per job
+
+
+def test_chunks_of_a_batched_sweep_run_as_submitit_jobs(tmp_path: Path) -> None:
+    """max_members splits the sweep; each chunk is a local submitit job (a process of its own), and
+    the sweep has every job folder and its summary as if it had trained in one process."""
+    process, sweep_dir = _multirun(
+        tmp_path,
+        "experiment=census_ca_2x2",
+        "seed=range(0,4)",
+        "trainer.max_epochs=50",
+        "hydra/launcher=batched",
+        "hydra.launcher.max_members=2",
+        "hydra.launcher.executor=local",
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "2 chunk(s)" in process.stdout + process.stderr
+    assert sorted(p.name for p in (sweep_dir / "batched").iterdir()) == ["0-1", "2-3"]
+    assert len(list((sweep_dir / ".submitit").glob("*/*_result.pkl"))) == 2
+    assert sorted(_outcomes(sweep_dir)) == [0, 1, 2, 3]
+    assert json.loads((sweep_dir / "summary.json").read_text())["n_jobs"] == 4
+
+
+@needs_shared_mnist
+def test_batched_ood_sweep_gives_table2_with_intervals(tmp_path: Path) -> None:
+    process, sweep_dir = _multirun(
+        tmp_path,
+        "experiment=ood_mnist_vae",
+        "model/net=dense",
+        f"data.root={SHARED_DATASETS}",
+        "seed=range(0,3)",
+        "hydra/launcher=batched",
+        "logger=none",
+        "figures=false",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=20",
+        "trainer.limit_val_batches=4",
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "training 3 seeds" in process.stdout + process.stderr
+    table = (sweep_dir / "table2.md").read_text()
+    assert "| fashion_mnist | OOD (fashion_mnist) |" in table and "FPR at 95% TPR" in table
+    auroc = json.loads((sweep_dir / "summary.json").read_text())["metrics"]["ood/fashion_mnist/auroc"]
+    assert auroc["n"] == 3 and auroc["ci95"][0] <= auroc["mean"] <= auroc["ci95"][1]
+    # A member is an ordinary run: its checkpoint loads through the one loader.
+    model = load_model(sweep_dir / "1" / "checkpoints" / "last.ckpt")[0]
+    assert model.hparams.latent_dim == 16

@@ -132,7 +132,7 @@ def test_report_000s_dense_widths_do_not_leak_into_the_conv_net(make_config) -> 
 @pytest.mark.parametrize(
     ("data", "evaluations"),
     [
-        ("lines", ["heaviside", "latent_statistics", "ood"]),
+        ("lines", ["heaviside", "line_outcomes", "latent_statistics", "ood"]),
         ("lines2x2", ["census", "latent_statistics", "ood"]),
         ("mnist", ["latent_statistics", "ood"]),
         ("fashion_mnist", ["latent_statistics", "ood"]),
