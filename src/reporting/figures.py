@@ -89,12 +89,13 @@ def loss_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
 
 
 def sweep_summary(groups: dict[str, dict], path: Path) -> Path:
-    """Bar charts of a sweep: the frequency of each categorical result with its 95% Wilson interval
-    (one bar per group), or, when there is none, the mean ± std of the numeric test metrics."""
+    """Bar charts of a sweep: the frequency of each categorical test result with its 95% Wilson
+    interval (one bar per group), or, when there is none, the mean ± std of the numeric test
+    metrics. Only test results are drawn, not the settings a run reports (such as ood/score)."""
     categorical = [
         key
         for key in dict.fromkeys(k for g in groups.values() for k in g["counts"])
-        if max(len(g["counts"].get(key, {})) for g in groups.values()) <= 12
+        if key.startswith("test/") and max(len(g["counts"].get(key, {})) for g in groups.values()) <= 12
     ][:2]
     numeric = [
         key
