@@ -68,13 +68,15 @@ def _timed_sweep(seeds: int, experiment: str, *overrides: str) -> float:
             *overrides,
         ]
         started = time.perf_counter()
-        subprocess.run(
+        process = subprocess.run(
             command,
             cwd=PROJECT_ROOT,
-            check=True,
             capture_output=True,
+            text=True,
             env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
         )
+        if process.returncode:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{process.stderr[-3000:]}")
         return time.perf_counter() - started
 
 

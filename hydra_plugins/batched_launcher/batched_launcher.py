@@ -16,6 +16,7 @@ seeds that costs more than training a thousand tiny models, so the project's swe
 import copy
 import functools
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,8 +106,14 @@ class BatchedLauncher(Launcher):
         chunks = [jobs[start : start + self.max_members] for start in range(0, len(jobs), self.max_members)]
         returns: dict[int, JobReturn] = {}
         if self.executor is None:
+            from src.errors import UserError
+
             for chunk in chunks:
-                returns.update(self.train_chunk(template, label, chunk))
+                try:
+                    returns.update(self.train_chunk(template, label, chunk))
+                except UserError as error:  # a bad config value: one line, exit status 2, as a single run
+                    print(f"error: {error}", file=sys.stderr)
+                    raise SystemExit(2) from None
             return returns
         import submitit
 

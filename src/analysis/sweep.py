@@ -203,8 +203,8 @@ class SweepSummary(Callback):
         atexit.register(self._summarise_if_stopped, Path(str(config.hydra.sweep.dir)))
 
     def _summarise_if_stopped(self, sweep_dir: Path) -> None:
-        if self._ended or not sweep_dir.is_dir():
-            return
+        if self._ended or not sweep_dir.is_dir() or not any(sweep_dir.glob("*/.hydra")):
+            return  # nothing to summarise: it stopped before any job started (e.g. a bad config value)
         summary = write_summary(sweep_dir)
         log.error(
             "Sweep stopped before its end: %s summarises the %d job(s) started (%d failed or interrupted)",

@@ -7,17 +7,40 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 
+def _signed(constant: int) -> int:
+    return constant - 2**64 if constant >= 2**63 else constant
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser on int64 tensors (multiplication wraps; shifts made logical)."""
+
+    def shifted(value: torch.Tensor, bits: int) -> torch.Tensor:
+        return (value >> bits) & ((1 << (64 - bits)) - 1)
+
+    x = x ^ shifted(x, 30)
+    x = x * _signed(0xBF58476D1CE4E5B9)
+    x = x ^ shifted(x, 27)
+    x = x * _signed(0x94D049BB133111EB)
+    return x ^ shifted(x, 31)
+
+
+def epoch_permutations(shuffle_seeds: Sequence[int], epoch: int, count: int) -> torch.Tensor:
+    """The order of `count` training images in `epoch` for each shuffle seed, shape (seeds, count):
+    the argsort of a counter-based hash of (seed, epoch, index), so that a row depends on its own
+    seed and the epoch alone and all rows come out of one vectorised computation."""
+    seeds = torch.as_tensor(list(shuffle_seeds), dtype=torch.int64)[:, None]
+    stream = _mix(_mix(seeds * _signed(0x9E3779B97F4A7C15) + epoch))
+    return torch.argsort(_mix(stream + torch.arange(count, dtype=torch.int64)), dim=1)
+
+
 def epoch_permutation(shuffle_seed: int, epoch: int, count: int) -> torch.Tensor:
-    """The order of `count` training images in `epoch` for `shuffle_seed` (SeedSequence mixes
-    the two numbers, so neighbouring seeds and epochs give unrelated orders)."""
-    mixed = int(np.random.SeedSequence([shuffle_seed, epoch]).generate_state(2, np.uint32).view(np.uint64)[0])
-    return torch.randperm(count, generator=torch.Generator().manual_seed(mixed % 2**63))
+    """The order of `count` training images in `epoch` for `shuffle_seed` (`epoch_permutations`)."""
+    return epoch_permutations([shuffle_seed], epoch, count)[0]
 
 
 class EpochShuffle(Sampler[int]):
@@ -33,7 +56,9 @@ class EpochShuffle(Sampler[int]):
         return self.count
 
     def __iter__(self) -> Iterator[int]:
-        return iter(epoch_permutation(self.shuffle_seed, self.epoch, self.count).tolist())
+        # A generator: the order is drawn at the first batch, after Lightning has set the epoch
+        # (on resume it creates the iterator before that).
+        yield from epoch_permutation(self.shuffle_seed, self.epoch, self.count).tolist()
 
 
 class MemberShuffles:
@@ -48,7 +73,7 @@ class MemberShuffles:
 
     def order(self) -> torch.Tensor:
         """(members, count): row m is member m's order in this epoch."""
-        return torch.stack([epoch_permutation(seed, self.epoch, self.count) for seed in self.shuffle_seeds])
+        return epoch_permutations(self.shuffle_seeds, self.epoch, self.count)
 
 
 class MemberBatches(Sampler[torch.Tensor]):
@@ -64,7 +89,7 @@ class MemberBatches(Sampler[torch.Tensor]):
         return -(-self.sampler.count // self.batch_size)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        return iter(self.sampler.order().to(self.device).split(self.batch_size, dim=1))
+        yield from self.sampler.order().to(self.device).split(self.batch_size, dim=1)  # lazy, as EpochShuffle
 
 
 class TensorBatches(TensorDataset):

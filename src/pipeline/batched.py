@@ -32,7 +32,7 @@ from src.models.ca import ClassicalAutoencoder
 from src.models.vae import VariationalAutoencoder
 from src.pipeline.callbacks import History, LastCheckpoint, WhereInterrupted
 from src.pipeline.checkpoints import save_weights
-from src.pipeline.config import build
+from src.pipeline.config import build, check_config
 from src.pipeline.process import prepare_training_process
 from src.pipeline.run import Run
 from src.pipeline.training import seeded_model
@@ -69,7 +69,7 @@ class _Objective(nn.Module):
 class MemberEnsemble(pl.LightningModule):
     """Members of one architecture as one LightningModule: stacked parameters (what the optimiser
     updates), stacked buffers, one generator per member for its noise, and per-member epoch means
-    of the training and validation terms (`rows`, each member's history)."""
+    of the training and validation terms (`member_rows`, each member's history)."""
 
     def __init__(
         self,
@@ -96,9 +96,11 @@ class MemberEnsemble(pl.LightningModule):
         self.cpu_states, self.seeds = [state.clone() for state in cpu_states], list(seeds)
         self.restored_states: list[torch.Tensor] | None = None
         self.generators: list[torch.Generator] = []
-        self.rows: list[list[dict[str, float]]] = [[] for _ in models]
+        # Per finished epoch: (epoch, step, {metric: every member's epoch mean}), kept on the device
+        # (no host synchronisation per epoch) until `member_rows` reads them once at the end.
+        self.epochs: list[tuple[int, int, dict[str, torch.Tensor]]] = []
         self._sums: dict[str, dict[str, torch.Tensor]] = {}
-        self._last_val: dict[str, list[float]] = {}
+        self._last_val: dict[str, torch.Tensor] = {}
         # The members' step is many small element-wise passes over (members, batch, pixels):
         # torch.compile fuses them (`compile`), for the training steps, where the time goes.
         self._losses_of = {shared: self._vmapped(shared) for shared in (False, True)}
@@ -157,10 +159,10 @@ class MemberEnsemble(pl.LightningModule):
             sums[name] = sums.get(name, 0) + value.detach() * count
         sums["_count"] = sums.get("_count", 0) + count
 
-    def _epoch_means(self, stage: str) -> dict[str, list[float]]:
+    def _epoch_means(self, stage: str) -> dict[str, torch.Tensor]:
         sums = self._sums.pop(stage, {})
         count = sums.pop("_count", 0)
-        return {f"{stage}/{name}": (total / count).tolist() for name, total in sums.items()}
+        return {f"{stage}/{name}": total / count for name, total in sums.items()}
 
     # --- Lightning -------------------------------------------------------------------------------
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
@@ -187,29 +189,55 @@ class MemberEnsemble(pl.LightningModule):
         if not means:
             return
         self._last_val = means
-        self.log("val/loss", sum(means["val/loss"]) / self.members, prog_bar=True)
+        self.log("val/loss", means["val/loss"].mean(), prog_bar=True)
 
     def on_train_epoch_end(self) -> None:
-        means = {**self._epoch_means("train"), **self._last_val}
-        for member, rows in enumerate(self.rows):
-            rows.append(
-                {
-                    "epoch": self.current_epoch,
-                    "step": self.global_step,
-                    **{key: values[member] for key, values in means.items()},
-                }
+        self.epochs.append(
+            (self.current_epoch, self.global_step, {**self._epoch_means("train"), **self._last_val})
+        )
+
+    def member_rows(self) -> Callable[[int], list[dict[str, float]]]:
+        """Member m's history (one row per epoch: epoch, step, train/* and val/* means), read off
+        the device once for all members; rows are built only when a member's folder is written."""
+        keys = list(dict.fromkeys(key for _, _, means in self.epochs for key in means))
+        columns = (
+            {
+                key: torch.stack(
+                    [
+                        means.get(key, torch.full((self.members,), float("nan"), device=self.device))
+                        for *_, means in self.epochs
+                    ]
+                ).T.tolist()
+                for key in keys
+            }
+            if self.epochs
+            else {}
+        )
+        positions = [(epoch, step) for epoch, step, _ in self.epochs]
+
+        def rows(member: int) -> list[dict[str, float]]:
+            values = [columns[key][member] for key in keys]
+            return (
+                [
+                    {"epoch": epoch, "step": step, **dict(zip(keys, row, strict=True))}
+                    for (epoch, step), row in zip(positions, zip(*values, strict=True), strict=True)
+                ]
+                if keys
+                else [{"epoch": epoch, "step": step} for epoch, step in positions]
             )
+
+        return rows
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return instantiate(self.optimizer_config, params=self.parameters())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["member_generators"] = [g.get_state() for g in self._member_generators()]
-        checkpoint["member_rows"] = self.rows
+        checkpoint["member_epochs"] = self.epochs
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.generators, self.restored_states = [], checkpoint["member_generators"]
-        self.rows = checkpoint["member_rows"]
+        self.epochs = checkpoint["member_epochs"]
 
     # --- the members as models -------------------------------------------------------------------
     @torch.no_grad()
@@ -244,11 +272,12 @@ class MemberData(pl.LightningDataModule):
 
 @dataclass
 class TrainedMembers:
-    """The outcome of `train_members`: each member's model (on the CPU), history and generator
-    state after training, the datamodule, the steps and epochs run and the training time."""
+    """The outcome of `train_members`: each member's model (on the CPU), history (`rows(member)`)
+    and generator state after training, the datamodule, the steps and epochs run and the training
+    time."""
 
     models: list[ReconstructionModel]
-    rows: list[list[dict[str, float]]]
+    rows: Callable[[int], list[dict[str, float]]]
     generator_states: list[torch.Tensor]
     device: torch.device
     datamodule: InMemoryDataModule
@@ -266,6 +295,8 @@ def train_members(
     chunk started again resumes from it. `callbacks` join the ensemble's own (a training step's
     output holds every member's loss, `member_losses`)."""
     prepare_training_process()
+    check_config(cfgs[0])  # as a single run checks, before anything trains
+    Run(cfgs[0], chunk_dir).check_evaluations()
     models, cpu_states = [], []
     for cfg in cfgs:
         models.append(seeded_model(cfg))  # as a single run builds it
@@ -291,7 +322,7 @@ def train_members(
     ensemble.unstack_into(models)
     return TrainedMembers(
         models=models,
-        rows=ensemble.rows,
+        rows=ensemble.member_rows(),
         generator_states=[g.get_state() for g in ensemble._member_generators()],
         device=ensemble.device,
         datamodule=datamodule,
@@ -324,7 +355,7 @@ def record_member(members: TrainedMembers, index: int) -> Callable[[DictConfig, 
     the Run, with the global generator in the state the member's training left its own."""
 
     def write(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-        model, rows, datamodule = members.models[index], members.rows[index], members.datamodule
+        model, rows, datamodule = members.models[index], members.rows(index), members.datamodule
         run = Run(cfg, run_dir)
         run.start()
         last_epoch = rows[-1] if rows else {}

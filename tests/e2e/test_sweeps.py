@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from src.pipeline.checkpoints import load_model
-from tests.helpers import SHARED_DATASETS, needs_shared_mnist, src_run
+from tests.helpers import SHARED_DATASETS, SMALL_DATA, needs_shared_mnist, src_run, src_run_started
 
 pytestmark = pytest.mark.slow
 
@@ -159,3 +161,44 @@ def test_batched_ood_sweep_gives_table2_with_intervals(tmp_path: Path) -> None:
     # A member is an ordinary run: its checkpoint loads through the one loader.
     model = load_model(sweep_dir / "1" / "checkpoints" / "last.ckpt")[0]
     assert model.hparams.latent_dim == 16
+
+
+def test_a_killed_batched_sweep_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    """A batched sweep killed mid-training, started again with the same command and sweep folder,
+    resumes its chunk from <sweep>/batched/<chunk>/last.ckpt and ends with the metrics an
+    uninterrupted sweep gives."""
+    sweep = ["experiment=census_lines_ca", "seed=range(0,3)", "trainer.max_epochs=300", "compile=false"]
+    sweep += ["hydra/launcher=batched", *SMALL_DATA["lines"], "~evaluations.ood"]
+    whole = src_run("-m", *sweep, f"hydra.sweep.dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    resumed_dir = tmp_path / "resumed"
+    started = src_run_started("-m", *sweep, f"hydra.sweep.dir={resumed_dir}")
+    checkpoint = resumed_dir / "batched" / "0-2" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.is_file() and started.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # a few more epochs, so that the kill lands mid-training
+    started.send_signal(signal.SIGKILL)
+    started.wait()
+    assert checkpoint.is_file() and not list(resumed_dir.glob("*/metrics.json"))
+    again = src_run("-m", *sweep, f"hydra.sweep.dir={resumed_dir}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    for job in ("0", "1", "2"):
+        expected = json.loads((tmp_path / "whole" / job / "metrics.json").read_text())
+        got = json.loads((resumed_dir / job / "metrics.json").read_text())
+        for key in ("test/loss", "val/loss", "train/loss", "test/lines/correct_fraction", "steps"):
+            assert got[key] == pytest.approx(expected[key], rel=1e-6), (job, key)
+
+
+def test_a_bad_value_in_a_batched_sweep_is_one_line_and_exit_status_2(tmp_path: Path) -> None:
+    process, _ = _multirun(
+        tmp_path,
+        "data=lines2x2",
+        "model.reconstruction=l1",
+        "seed=0,1",
+        "hydra/launcher=batched",
+        "logger=none",
+    )
+    assert process.returncode == 2, process.stderr[-3000:]
+    assert "error: model.reconstruction must be one of" in process.stderr
+    assert "Traceback" not in process.stderr

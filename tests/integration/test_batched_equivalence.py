@@ -5,10 +5,11 @@ Tolerances: the dense runs on the line images are bit-identical for dozens of st
 sum in the same order), so they are held to 1e-5 relative at the end. Elsewhere only the
 floating-point summation order differs (batched matrix products, batch-norm reductions), a 1e-7
 relative difference per step that Adam amplifies (it normalises every gradient element, so a tiny
-element can change sign): first steps to 1e-5, the end of a short run to 2e-2 (relative, or absolute
-for quantities near zero). Metrics that rank or
-threshold scores (ood/*: AUROC, AUPR, F1 at a threshold) move in steps of one image when two
-near-equal scores swap, so they are held to 0.01 absolute (two images in 200)."""
+element can change sign): the first steps to 1e-5 on the lines, 1e-4 on MNIST (its conv net's
+batch norm sums over more elements), the end of a short run to 2e-2 (relative, or absolute for
+quantities near zero). Metrics that rank or threshold scores (ood/*: AUROC, AUPR, F1 at a
+threshold) move in steps of one image when two near-equal scores swap, so they are held to 0.01
+absolute (two images in 200)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,9 @@ class StepLosses(Callback):
         self.losses.append(outputs.get("member_losses", outputs["loss"]).detach().clone())
 
 
-def _compare(overrides: list[str], tmp_path: Path, first_steps: int, end_tolerance: float) -> None:
+def _compare(
+    overrides: list[str], tmp_path: Path, first_steps: int, end_tolerance: float, step_tolerance: float = 1e-5
+) -> None:
     base = [*overrides, *QUIET]
     singles, single_steps = {}, {}
     for seed in SEEDS:
@@ -56,7 +59,7 @@ def _compare(overrides: list[str], tmp_path: Path, first_steps: int, end_toleran
     compared = 0
     for index, (seed, cfg) in enumerate(zip(SEEDS, cfgs, strict=True)):
         torch.testing.assert_close(
-            member_steps[:first_steps, index], single_steps[seed][:first_steps], rtol=1e-5, atol=0
+            member_steps[:first_steps, index], single_steps[seed][:first_steps], rtol=step_tolerance, atol=0
         )
         metrics = record_member(members, index)(cfg, tmp_path / f"member{seed}")
         single = singles[seed]
@@ -110,4 +113,5 @@ def test_vae_members_on_mnist_equal_their_single_runs(net: str, tmp_path: Path) 
         tmp_path,
         first_steps=3,
         end_tolerance=2e-2,
+        step_tolerance=1e-4,
     )
