@@ -3,6 +3,7 @@ correction of likelihoods (Serra et al. 2020) and the input's PNG length as a mo
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 
@@ -15,16 +16,28 @@ from src.models.base import ReconstructionModel
 LIKELIHOOD_SCORES = ("neg_elbo", "neg_elbo_iw")
 
 
+# PNG lengths of the image sets seen in this process, by content: they depend on the images alone,
+# and the members of a batched sweep (or the jobs of a sweep in one process) score the same sets.
+_PNG_BITS: dict[bytes, torch.Tensor] = {}
+_PNG_BITS_KEPT = 32
+
+
 def png_bits(images: torch.Tensor) -> torch.Tensor:
     """Length in bits of each image (N, 1, H, W) in [0, 1] as an 8-bit grayscale PNG at the highest
-    compression level: L(x), the input-complexity estimate of Serra et al. (ICLR 2020)."""
+    compression level: L(x), the input-complexity estimate of Serra et al. (ICLR 2020). Computed
+    once per distinct set of images in a process."""
     pixels = (images[:, 0] * 255).round().to(torch.uint8).cpu().numpy()
-    lengths = []
-    for image in pixels:
-        buffer = io.BytesIO()
-        Image.fromarray(image, mode="L").save(buffer, format="PNG", optimize=True, compress_level=9)
-        lengths.append(8 * buffer.tell())
-    return torch.tensor(lengths, dtype=torch.float64)
+    key = hashlib.sha1(pixels.tobytes() + str(pixels.shape).encode()).digest()
+    if key not in _PNG_BITS:
+        lengths = []
+        for image in pixels:
+            buffer = io.BytesIO()
+            Image.fromarray(image, mode="L").save(buffer, format="PNG", optimize=True, compress_level=9)
+            lengths.append(8 * buffer.tell())
+        if len(_PNG_BITS) >= _PNG_BITS_KEPT:
+            _PNG_BITS.pop(next(iter(_PNG_BITS)))
+        _PNG_BITS[key] = torch.tensor(lengths, dtype=torch.float64)
+    return _PNG_BITS[key].clone()
 
 
 @torch.no_grad()

@@ -123,6 +123,20 @@ def test_ood_sets_refuse_unknown_names_and_the_training_set() -> None:
         ood_sets.ood_sets(["mnist"], _lines(), count=None)
 
 
+def test_png_bits_are_computed_once_per_set_of_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    images = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0)).round()
+    first = scoring.png_bits(images)
+    encoded = []
+    monkeypatch.setattr(scoring.Image, "fromarray", lambda *a, **k: encoded.append(1) or None)
+    again = scoring.png_bits(images.clone())  # the same content, another tensor: from the cache
+    assert torch.equal(first, again) and not encoded
+    again[0] = -1  # a caller's copy: the cached values stay
+    assert torch.equal(scoring.png_bits(images), first)
+    with pytest.raises(AttributeError):  # other content is encoded (here by the stub, which fails)
+        scoring.png_bits(1 - images)
+    assert encoded
+
+
 def test_png_bits_grow_with_image_complexity() -> None:
     flat = torch.zeros(1, 1, 28, 28)
     noise = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
