@@ -74,7 +74,7 @@ class ReconstructionModel(TrainingTermsLog):
     ) -> None:
         super().__init__()
         net = plain(net)
-        optimizer = plain(optimizer or {"_target_": "torch.optim.Adam", "lr": 1e-3})
+        optimizer = plain(optimizer or {"_target_": "torch.optim.Adam", "lr": 1e-3, "fused": True})
         image_shape = [int(size) for size in image_shape]
         choice("reconstruction", reconstruction, RECONSTRUCTIONS)
         choice("reduction", reduction, REDUCTIONS)

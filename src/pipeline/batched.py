@@ -53,6 +53,11 @@ def batching_problem(cfg: DictConfig) -> str | None:
     return None
 
 
+def _is_matrix(stacked: torch.Tensor) -> bool:
+    """A stacked weight matrix (members, out, in): a linear layer's."""
+    return stacked.dim() == 3
+
+
 class _Objective(nn.Module):
     """Calls the model's own training loss, so that functional_call can run it with member weights."""
 
@@ -83,7 +88,16 @@ class MemberEnsemble(pl.LightningModule):
         # Named as the objective's (`model.<name>`), which functional_call fills in.
         self.parameter_names = [f"model.{name}" for name in params]
         self.buffer_names = [f"model.{name}" for name in buffers]
-        self.stacked = nn.ParameterList([nn.Parameter(value.detach()) for value in params.values()])
+        # Under vmap a linear layer's weight gradient comes out of the batched product as
+        # (members, in, out); a contiguous (members, out, in) weight would copy it on every step, so
+        # weight matrices are kept (and optimised) transposed, contiguous (`member_weights`).
+        self.transposed = [_is_matrix(value) for value in params.values()]
+        self.stacked = nn.ParameterList(
+            [
+                nn.Parameter(value.detach().transpose(1, 2).contiguous() if flip else value.detach())
+                for value, flip in zip(params.values(), self.transposed, strict=True)
+            ]
+        )
         for index, value in enumerate(buffers.values()):
             self.register_buffer(f"stacked_buffer_{index}", value)
         # The template only gives functional_call its structure: on the meta device it holds no weights.
@@ -137,9 +151,15 @@ class MemberEnsemble(pl.LightningModule):
         # Batch norm follows the template's mode; Lightning sets this module's own flag directly.
         self.objective.train(self.training)
         noise = self._noise(images.shape[0 if shared else 1])
-        weights = dict(zip(self.parameter_names, self.stacked, strict=True))
         state = {name: getattr(self, f"stacked_buffer_{i}") for i, name in enumerate(self.buffer_names)}
-        return self._losses_of[shared](weights, state, images, noise)
+        return self._losses_of[shared](self.member_weights(), state, images, noise)
+
+    def member_weights(self) -> dict[str, torch.Tensor]:
+        """The stacked parameters by the objective's names, each in its model's own shape."""
+        return {
+            name: value.transpose(1, 2) if flip else value
+            for name, value, flip in zip(self.parameter_names, self.stacked, self.transposed, strict=True)
+        }
 
     def _vmapped(self, shared: bool) -> Callable[..., Any]:
         """The members' losses at once: vmap over the model's loss with each member's weights."""
@@ -244,7 +264,7 @@ class MemberEnsemble(pl.LightningModule):
     def unstack_into(self, models: Sequence[ReconstructionModel]) -> None:
         """Copy each member's trained parameters and buffers into its own model."""
         stacked = {
-            **dict(zip(self.parameter_names, self.stacked, strict=True)),
+            **self.member_weights(),
             **{name: getattr(self, f"stacked_buffer_{i}") for i, name in enumerate(self.buffer_names)},
         }
         for index, model in enumerate(models):
