@@ -20,6 +20,7 @@ from src.errors import MissingFileError
 from src.evaluation.census import OUTCOMES
 from src.evaluation.intervals import numeric_summary, wilson_interval
 from src.evaluation.line_outcomes import LINE_OUTCOMES
+from src.pipeline.config import configuration_key
 from src.pipeline.run import read_run
 from src.reporting import wandb as wandb_reporting
 from src.reporting.figures import sweep_summary
@@ -78,10 +79,6 @@ def summarise(jobs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def group_key(overrides: list[str]) -> str:
-    return " ".join(override for override in overrides if not override.startswith("seed=")) or "(base config)"
-
-
 def summarise_sweep(sweep_dir: Path) -> dict[str, Any]:
     """The summary of all jobs, and under "groups" one per set of non-seed overrides."""
     jobs = load_jobs(sweep_dir)
@@ -93,7 +90,7 @@ def summarise_sweep(sweep_dir: Path) -> dict[str, Any]:
     summary = {"sweep": str(sweep_dir), **summarise(jobs), "groups": {}}
     by_group: dict[str, list[dict[str, Any]]] = {}
     for job in jobs:
-        by_group.setdefault(group_key(job["overrides"]), []).append(job)
+        by_group.setdefault(configuration_key(job["overrides"]), []).append(job)
     summary["groups"] = {name: summarise(group_jobs) for name, group_jobs in by_group.items()}
     return summary
 
@@ -224,7 +221,11 @@ class SweepSummary(Callback):
             summary["n_failed"],
         )
         if "wandb" in config.get("logger", {}):
-            wandb_reporting.log_summary(config, sweep_dir, summary)
+            try:
+                wandb_reporting.log_summary(config, sweep_dir, summary)
+            except Exception as error:  # noqa: BLE001 - Hydra would only warn, and the sweep exit 0
+                log.error("The sweep's W&B summary run failed (%s: %s)", type(error).__name__, error)
+                sys.exit(1)
         if summary["n_failed"]:
             log.error("%d of %d jobs failed: %s", summary["n_failed"], summary["n_jobs"], summary["failed"])
             sys.exit(1)

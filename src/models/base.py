@@ -82,7 +82,8 @@ class ReconstructionModel(TrainingTermsLog):
         choice("init", init, INITS)
         if latent_dim < 1:
             raise ConfigValueError(f"model.latent_dim must be at least 1, got {latent_dim}")
-        self.save_hyperparameters()
+        # The run's config, which holds these, is what the loggers are given (src/pipeline/loggers.py).
+        self.save_hyperparameters(logger=False)
         self.image_shape = tuple(image_shape)
         self.net = instantiate(net, image_shape=image_shape, latent_dim=latent_dim)
 

@@ -407,6 +407,9 @@ def record_member(members: TrainedMembers, index: int) -> Callable[[DictConfig, 
             torch.set_rng_state(state)
         else:
             torch.cuda.set_rng_state(state, members.device)
+        for row in rows:  # the member's training curves, as its single run would have logged them
+            for logger in run.loggers:
+                logger.log_metrics({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
         trainer: pl.Trainer = build(
             cfg.trainer,
             logger=run.loggers or False,

@@ -4,6 +4,7 @@ objects from `_target_` entries, checks made before anything is built, and savin
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import re
 import secrets
@@ -20,15 +21,52 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.errors import ConfigValueError
-from src.reporting.wandb import wandb_is_offline
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
-def sweep_group() -> str | None:
-    """The W&B group of a sweep's runs: the sweep folder's name; None for a single run."""
-    hydra_cfg = HydraConfig.get()
-    return Path(str(hydra_cfg.sweep.dir)).name if hydra_cfg.mode == RunMode.MULTIRUN else None
+# Overrides that do not change what a job computes: its seed, and where and how it is launched.
+NOT_SETTINGS = ("seed=", "paths.", "hydra.", "hydra/")
+# W&B keeps names and groups of at most 128 characters.
+WANDB_NAME_LENGTH = 128
+
+
+def configuration_key(overrides: list[str]) -> str:
+    """What a job's configuration is apart from its seed: its command-line overrides without the
+    seed and the launch settings. Jobs with the same key are one setting over seeds (a sweep
+    summary's group)."""
+    return " ".join(o for o in overrides if not o.startswith(NOT_SETTINGS)) or "(base config)"
+
+
+def _bounded(text: str) -> str:
+    """`text` cut to W&B's length, a hash of the whole keeping cut texts apart."""
+    if len(text) <= WANDB_NAME_LENGTH:
+        return text
+    return f"{text[: WANDB_NAME_LENGTH - 10]}~{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+def _job_overrides() -> list[str] | None:
+    """The current job's command-line overrides; None outside a Hydra job."""
+    if not HydraConfig.initialized():
+        return None
+    return list(HydraConfig.get().overrides.task)
+
+
+def job_name(name: str) -> str:
+    """A job's W&B run name: the config's `name` and what the command line changed, seed included,
+    so that the jobs of a sweep are told apart by what differs."""
+    overrides = [o for o in _job_overrides() or [] if not o.startswith(NOT_SETTINGS[1:])]
+    return _bounded(" ".join([name, *overrides]))
+
+
+def job_group() -> str | None:
+    """A sweep job's W&B group: the sweep folder and its configuration apart from the seed, so
+    that each setting of a sweep is one group over its seeds; None for a single run."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return _bounded(
+        f"{Path(str(HydraConfig.get().sweep.dir)).name} {configuration_key(_job_overrides() or [])}"
+    )
 
 
 def path_safe(text: str) -> str:
@@ -39,14 +77,16 @@ def path_safe(text: str) -> str:
 
 
 def register_resolvers() -> None:
-    """The `${run_id:}`, `${wandb_offline:}`, `${sweep_group:}` and `${path_safe:...}` resolvers
-    of conf/. Every entry point calls this before Hydra composes its config (idempotent)."""
+    """The `${run_id:}`, `${job_name:...}`, `${job_group:}`, `${class_name:...}` and
+    `${path_safe:...}` resolvers of conf/. Every entry point calls this before Hydra composes its
+    config (idempotent)."""
     # The pid and a random suffix keep two jobs started in the same second out of each other's folders.
     OmegaConf.register_new_resolver(
         "run_id", lambda: f"{os.getpid()}{secrets.token_hex(2)}", use_cache=True, replace=True
     )
-    OmegaConf.register_new_resolver("wandb_offline", wandb_is_offline, replace=True)
-    OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
+    OmegaConf.register_new_resolver("job_name", job_name, replace=True)
+    OmegaConf.register_new_resolver("job_group", job_group, replace=True)
+    OmegaConf.register_new_resolver("class_name", lambda target: str(target).rsplit(".", 1)[-1], replace=True)
     OmegaConf.register_new_resolver("path_safe", path_safe, replace=True)
 
 

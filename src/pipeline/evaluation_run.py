@@ -30,8 +30,16 @@ def evaluate_checkpoint(eval_cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # The new folder records which checkpoint was evaluated; the test stage is the point of it.
     cfg.merge_with(
         eval_cfg.get("overrides") or {},
-        {"ckpt_path": str(ckpt_path.resolve()), "test": True, "figures": eval_cfg.figures},
+        {
+            "ckpt_path": str(ckpt_path.resolve()),
+            "test": True,
+            "figures": eval_cfg.figures,
+            "job_type": "eval",
+        },
     )
+    for logger_cfg in (cfg.get("logger") or {}).values():  # the saved config has it resolved
+        if "job_type" in logger_cfg:
+            logger_cfg.job_type = "eval"
     run = Run(cfg, run_dir)
     run.start()
     model, checkpoint = load_model(ckpt_path, cfg)

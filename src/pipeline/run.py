@@ -129,7 +129,7 @@ class Run:
         (self.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         if self.cfg.figures:
             figures = run_figures(model, datamodule.images("test"), history or [], self.dir) + figures
-        wandb_reporting.finish_runs(self.loggers, metrics, figures)
+        wandb_reporting.finish_runs(self.loggers, metrics, figures, self.dir)
         return metrics
 
     def headline(self, metrics: dict[str, Any]) -> str:
@@ -241,6 +241,7 @@ def run_job(
             metrics = job(cfg, run_dir)
     except UserError as error:
         error_file = run.fail()
+        wandb_reporting.finish_open_run(exit_code=2)
         if in_sweep:
             log.error("Job %s failed: %s (traceback in %s)", run_dir, error, error_file)
             return None
@@ -248,10 +249,12 @@ def run_job(
         raise SystemExit(2) from None
     except Interrupted as interrupt:
         error_file = run.interrupted(interrupt)
+        wandb_reporting.finish_open_run(exit_code=interrupt.status)
         log.error("Job %s %s; see %s", run_dir, interrupt, error_file)
         raise SystemExit(interrupt.status) from None
     except Exception as error:
         error_file = run.fail()
+        wandb_reporting.finish_open_run(exit_code=1)
         if not in_sweep:
             raise
         log.error("Job %s failed (%s: %s); see %s", run_dir, type(error).__name__, error, error_file)

@@ -34,6 +34,19 @@ def write_scores_csv(
     return path
 
 
+def read_scores_csv(path: Path) -> dict[str, dict[str, list]]:
+    """scores.csv by set: {set: {"label": [...], "index": [...], score: [...]}}, in file order."""
+    scored: dict[str, dict[str, list]] = {}
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            columns = scored.setdefault(row.pop("set"), {})
+            for name, value in row.items():
+                columns.setdefault(name, []).append(
+                    int(value) if name in ("label", "index") else float(value)
+                )
+    return scored
+
+
 def ood_report(
     data_name: str,
     results: Mapping[str, Mapping[str, float]],

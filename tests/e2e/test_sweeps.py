@@ -103,20 +103,6 @@ def test_mnist_sweep_is_summarised(tmp_path: Path) -> None:
     assert (sweep_dir / "summary.png").stat().st_size > 1000
 
 
-def test_wandb_sweep_runs_share_the_sweep_group(tmp_path: Path) -> None:
-    process, sweep_dir = _multirun(
-        tmp_path, "data=lines2x2", "trainer.max_epochs=2", "logger=wandb", "seed=0,1", "figures=false"
-    )
-    assert process.returncode == 0, process.stderr[-3000:]
-    job_runs = [next((sweep_dir / job / "wandb").glob("offline-run-*")) for job in ("0", "1")]
-    (summary_run,) = (sweep_dir / "wandb").glob("offline-run-*")
-    for run in [*job_runs, summary_run]:
-        (records,) = run.glob("run-*.wandb")
-        assert sweep_dir.name.encode() in records.read_bytes()  # the group
-    assert b"summary/frequencies" in next(summary_run.glob("run-*.wandb")).read_bytes()
-    assert job_runs[0].name != job_runs[1].name  # one W&B run per job
-
-
 def test_chunks_of_a_batched_sweep_run_as_submitit_jobs(tmp_path: Path) -> None:
     """max_members splits the sweep; each chunk is a local submitit job (a process of its own), and
     the sweep has every job folder and its summary as if it had trained in one process."""

@@ -80,18 +80,38 @@ def test_logger_configs_instantiate(make_config, tmp_path: Path, logger: str, mo
         "none": [],
         "csv": ["CSVLogger"],
         "tensorboard": ["CSVLogger", "TensorBoardLogger"],
-        "wandb": ["CSVLogger", "WandbLogger"],
+        "wandb": ["CSVLogger", "WandbRunLogger"],
     }[logger]
     assert [type(b).__name__ for b in built] == expected
 
 
-def test_wandb_is_offline_without_a_key(make_config, monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    assert make_config("logger=wandb").logger.wandb.offline is True
-    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    assert make_config("logger=wandb").logger.wandb.offline is False
+def test_wandb_mode_follows_wandb_and_the_credentials_of_its_server(monkeypatch, tmp_path: Path) -> None:
+    """WANDB_MODE wins; otherwise online (None: wandb's default) wherever wandb finds credentials
+    for the server it is configured for, a self-hosted one included, and offline where it finds none."""
+    import wandb
+
+    from src.reporting.wandb import wandb_mode
+
+    netrc = tmp_path / "netrc"
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
+    wandb.teardown()
+    assert wandb_mode() == "offline"
+    netrc.write_text(f"machine wandb.example.org\n  login user\n  password {'x' * 40}\n")
+    netrc.chmod(0o600)
+    assert wandb_mode() is None
+    monkeypatch.setenv("WANDB_BASE_URL", "https://api.wandb.ai")  # credentials for another host only
+    wandb.teardown()
+    assert wandb_mode() == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "y" * 40)
+    assert wandb_mode() is None
+    monkeypatch.delenv("WANDB_API_KEY")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode() is None  # wandb's own mode
+    wandb.teardown()
 
 
 @pytest.mark.parametrize("data", ["lines", "lines2x2", "mnist", "fashion_mnist"])
