@@ -71,7 +71,7 @@ def test_a_run_holds_every_result_each_figure_the_scores_the_roc_and_its_checkpo
     assert summary["val/loss"] == {"min": pytest.approx(min(val_losses))}
     # test/* once in the history (Lightning's test stage), not again at the end.
     logged = [r["history"]["item"] for r in leet_records(run, "history")]
-    assert sum("test/recon_mse" in json.dumps(items) for items in logged) == 1
+    assert sum("test/recon_mse" in items for items in logged) == 1
     # One key per figure; the ROC plot's table and the per-image score table, capped.
     figures = {path.stem for path in run_dir.glob("*.png")}
     assert {key.removeprefix("figures/") for key in summary if key.startswith("figures/")} == figures
@@ -89,6 +89,35 @@ def test_a_run_holds_every_result_each_figure_the_scores_the_roc_and_its_checkpo
     assert header["run"]["job_type"] == "train" and "lines" in header["run"]["tags"]
     artifacts = leet_records(run, "artifact")
     assert any(a["artifact"]["type"] == "model" for a in artifacts)
+    # src.eval of its checkpoint is a run of its own, of job type eval.
+    evaluation = subprocess.run(
+        [sys.executable, "-m", "src.eval", f"ckpt_path={run_dir}/checkpoints/last.ckpt",
+         f"paths.output_root={tmp_path}", "figures=false"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "WANDB_MODE": "offline"},
+    )  # fmt: skip
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    (eval_dir,) = (tmp_path / "runs").iterdir()
+    (eval_header,) = leet_records(offline_run(eval_dir), "run")
+    assert eval_header["run"]["job_type"] == "eval"
+
+
+def test_batched_members_are_runs_with_their_training_curves(tmp_path: Path) -> None:
+    process = src_run(
+        "-m", "experiment=census_ca_2x2", "seed=0,1", "trainer.max_epochs=30", "logger=wandb",
+        "hydra/launcher=batched", f"paths.output_root={tmp_path}",
+    )  # fmt: skip
+    assert process.returncode == 0, process.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "multiruns").iterdir()
+    for job in ("0", "1"):
+        run = offline_run(sweep_dir / job)
+        history = [r["history"]["item"] for r in leet_records(run, "history")]
+        losses = [items["train/loss"] for items in history if "train/loss" in items]
+        with (sweep_dir / job / "history.csv").open() as handle:
+            assert len(losses) == len(list(csv.DictReader(handle))) == 30
+        assert leet_summary(run)["summary"]["test/outcome"] == json.loads(
+            (sweep_dir / job / "metrics.json").read_text()
+        )["test/outcome"]
 
 
 def test_each_job_of_a_sweep_is_its_own_run_grouped_by_setting_even_when_a_job_fails(tmp_path: Path) -> None:
