@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from tests.helpers import src_run
+from tests.helpers import src_run, src_run_started
 
 pytestmark = pytest.mark.slow
 
@@ -115,3 +117,34 @@ def test_optuna_search_minimises_the_validation_loss(tmp_path: Path) -> None:
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     # The objective Optuna saw is each job's val/loss: its best value is the lowest of them.
     assert results["best_value"] == pytest.approx(min(val_losses), rel=1e-6)
+
+
+def test_an_interrupted_optuna_search_resumes_into_the_same_study(tmp_path: Path) -> None:
+    """The study lives in its SQLite file: a search stopped by SIGTERM after two trials and started
+    again with the same command runs the trials it lacks, and the study holds both parts' trials."""
+    import optuna
+
+    search = ["-m", "hparams_search=vae_optuna", "hydra.sweeper.n_trials=4", "data=lines2x2",
+              "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=1", *QUIET,
+              f"paths.output_root={tmp_path}"]  # fmt: skip
+    first = src_run_started(*search)
+    deadline = time.monotonic() + 300
+    while len(list(tmp_path.glob("multiruns/*/*/metrics.json"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    first.send_signal(signal.SIGTERM)
+    output, _ = first.communicate(timeout=120)
+    assert first.returncode in (143, -signal.SIGTERM), output[-3000:]  # in a trial, or between two
+    first_jobs = len(list(tmp_path.glob("multiruns/*/*/metrics.json")))
+    assert 2 <= first_jobs < 4
+    second = src_run(*search)
+    assert second.returncode == 0, second.stderr[-3000:]
+    storage = f"sqlite:///{tmp_path}/optuna/vae_optuna_lines2x2.db"
+    trials = optuna.load_study(study_name="vae_optuna_lines2x2", storage=storage).trials
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4
+    sweeps = sorted((tmp_path / "multiruns").iterdir())
+    assert len(sweeps) == 2
+    second_jobs = sorted(p.parent for p in sweeps[1].glob("*/metrics.json"))
+    assert len(second_jobs) == 4 - first_jobs  # only what the study lacked
+    results = yaml.safe_load((sweeps[1] / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(min(t.value for t in complete), rel=1e-6)
