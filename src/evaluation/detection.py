@@ -10,7 +10,7 @@ from torchmetrics.functional.classification import (
     binary_f1_score,
     binary_precision,
     binary_recall,
-    binary_roc,
+    binary_specificity_at_sensitivity,
 )
 
 from src.errors import ConfigValueError
@@ -58,8 +58,8 @@ def fpr_at_tpr(in_scores: torch.Tensor, ood_scores: torch.Tensor, tpr: float = 0
     """False positive rate (in-distribution flagged as OOD) at the first ROC point whose true
     positive rate (OOD flagged) reaches `tpr`."""
     scores, labels = labelled(in_scores, ood_scores)
-    fprs, tprs, _ = binary_roc(unit_interval(scores), labels)
-    return float(fprs[tprs >= tpr - 1e-12].min())
+    specificity, _ = binary_specificity_at_sensitivity(unit_interval(scores), labels, min_sensitivity=tpr)
+    return float(1 - specificity)
 
 
 def auroc(in_scores: torch.Tensor, ood_scores: torch.Tensor) -> float:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.loggers import Logger
 
 from src.pipeline.config import build
-
-# Keys that only say how to build an object (Hydra's), not what a run is.
-BUILD_KEYS = ("_target_", "_recursive_", "_convert_")
+from src.reporting.run_config import logged_config
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
@@ -20,17 +17,3 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
     for logger in loggers:
         logger.log_hyperparams(logged_config(cfg))
     return loggers
-
-
-def logged_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as a logger shows it: without Hydra's node and the build keys."""
-    task = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
-    return _without_build_keys(OmegaConf.to_container(task, resolve=True))
-
-
-def _without_build_keys(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _without_build_keys(item) for key, item in value.items() if key not in BUILD_KEYS}
-    if isinstance(value, list):
-        return [_without_build_keys(item) for item in value]
-    return value

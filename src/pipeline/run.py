@@ -30,6 +30,7 @@ from src.pipeline.checkpoints import load_checkpoint
 from src.pipeline.config import build, save_config
 from src.pipeline.loggers import build_loggers
 from src.pipeline.process import Interrupted, interrupt_on_signals, prepare_training_process
+from src.reporting import tensorboard as tensorboard_reporting
 from src.reporting import wandb as wandb_reporting
 from src.reporting.figures import run_figures
 
@@ -120,8 +121,10 @@ class Run:
         history: list[dict[str, float]] | None = None,
     ) -> dict[str, Any]:
         """The end of every run: the declared evaluations (when `test`), metrics.json, the figures,
-        the final metrics and figures to W&B (whose run is then finished)."""
+        the results and figures to TensorBoard and W&B (whose run is then finished)."""
         figures = []
+        # What Lightning logged as the run went (the rest reaches the loggers here).
+        logged = {key for key in metrics if key.startswith(("val/", "test/"))}
         if self.cfg.test:
             evaluated = self.evaluate(model, datamodule)
             metrics.update(evaluated.metrics)
@@ -129,6 +132,7 @@ class Run:
         (self.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         if self.cfg.figures:
             figures = run_figures(model, datamodule.images("test"), history or [], self.dir) + figures
+        tensorboard_reporting.finish_runs(self.loggers, metrics, figures, logged)
         wandb_reporting.finish_runs(self.loggers, metrics, figures, self.dir)
         return metrics
 

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
 
 
 def save(fig: plt.Figure, path: Path) -> Path:
@@ -22,30 +23,31 @@ def save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+def _tiled(images: torch.Tensor, columns: int) -> np.ndarray:
+    """Images (N, 1, H, W) in [0, 1] tiled `columns` to a row (torchvision's make_grid), white
+    between them, as one (rows*H, columns*W) array."""
+    grid = make_grid(images.detach().cpu().float(), nrow=columns, padding=2, pad_value=1.0)
+    return grid[0].numpy()
+
+
 def image_rows(rows: Sequence[torch.Tensor], row_titles: Sequence[str], path: Path) -> Path:
     """One row of images per tensor (N, 1, H, W), values in [0, 1], e.g. inputs over reconstructions."""
     columns = max(len(row) for row in rows)
-    fig, axes = plt.subplots(len(rows), columns, figsize=(1.2 * columns + 1, 1.3 * len(rows)), squeeze=False)
-    for axes_row, images, title in zip(axes, rows, row_titles, strict=True):
-        for index, ax in enumerate(axes_row):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if index < len(images):
-                ax.imshow(images[index, 0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
-            else:
-                ax.axis("off")
-        axes_row[0].set_ylabel(title, rotation=0, ha="right", va="center")
+    fig, axes = plt.subplots(len(rows), 1, figsize=(1.2 * columns + 1, 1.3 * len(rows)), squeeze=False)
+    for (ax,), images, title in zip(axes, rows, row_titles, strict=True):
+        ax.imshow(_tiled(images, columns), cmap="gray", vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(title, rotation=0, ha="right", va="center")
     return save(fig, path)
 
 
 def image_grid(images: torch.Tensor, path: Path, title: str, columns: int = 8) -> Path:
     """A grid of images (N, 1, H, W) in [0, 1], e.g. samples from the prior."""
     rows = -(-len(images) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(columns, rows + 0.4), squeeze=False)
-    for index, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if index < len(images):
-            ax.imshow(images[index, 0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+    fig, ax = plt.subplots(figsize=(columns, rows + 0.4))
+    ax.imshow(_tiled(images, columns), cmap="gray", vmin=0, vmax=1)
+    ax.axis("off")
     fig.suptitle(title)
     return save(fig, path)
 

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.loggers import WandbLogger
 from torchmetrics.functional.classification import binary_roc
 
-from src.pipeline.loggers import logged_config
+from src.reporting.run_config import logged_config
 from src.reporting.tables import read_scores_csv
 
 log = logging.getLogger(__name__)
