@@ -1,7 +1,8 @@
 """Hydra's Optuna sweeper with a study that outlives its process: in storage (an SQLite file by
 default, any Optuna RDB URL), `n_trials` is the study's total, so a search stopped part way and
 started again with the same command runs only the trials it still lacks, and several searches
-started on one storage (processes, SLURM jobs) add their trials to one study."""
+started on one storage (processes, SLURM jobs) add their trials to one study. A study is its
+`study_name` in its storage: a search with other fixed settings needs a name of its own."""
 
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ class ResumableOptunaSweeper(OptunaSweeper):
                 "Study %s in %s: %d trial(s) finished before, %d to run",
                 search.study_name, search.storage, done, search.n_trials,
             )  # fmt: skip
+            if done and hasattr(search.sampler, "reseed_rng"):
+                # The sampler starts from its configured seed on every start: its first, random
+                # suggestions would repeat the trials the study already has.
+                search.sampler.reseed_rng()
+            # With nothing left to run no job makes the sweep folder, where the best is written.
+            Path(str(search.sweep_dir)).mkdir(parents=True, exist_ok=True)
         return super().sweep(arguments)
 
 

@@ -80,7 +80,8 @@ def summarise(jobs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def summarise_sweep(sweep_dir: Path) -> dict[str, Any]:
-    """The summary of all jobs, and under "groups" one per set of non-seed overrides."""
+    """The summary of all jobs, and under "groups" one per setting (`configuration_key`: the
+    overrides apart from the seed and paths.*)."""
     jobs = load_jobs(sweep_dir)
     if not jobs:
         raise MissingFileError(
@@ -213,6 +214,9 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._ended = True
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        if not any(sweep_dir.glob("*/.hydra")):  # e.g. a resumed Optuna study with nothing left to run
+            log.info("Sweep ran no jobs: no summary")
+            return
         summary = write_summary(sweep_dir)
         log.info(
             "Sweep summary: %s (%d jobs, %d failed)",

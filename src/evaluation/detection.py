@@ -59,7 +59,7 @@ def fpr_at_tpr(in_scores: torch.Tensor, ood_scores: torch.Tensor, tpr: float = 0
     positive rate (OOD flagged) reaches `tpr`."""
     scores, labels = labelled(in_scores, ood_scores)
     specificity, _ = binary_specificity_at_sensitivity(unit_interval(scores), labels, min_sensitivity=tpr)
-    return float(1 - specificity)
+    return 1.0 - float(specificity)
 
 
 def auroc(in_scores: torch.Tensor, ood_scores: torch.Tensor) -> float:

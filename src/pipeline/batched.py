@@ -13,6 +13,7 @@ member follows its own trajectory; only floating-point summation order differs."
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -407,9 +408,16 @@ def record_member(members: TrainedMembers, index: int) -> Callable[[DictConfig, 
             torch.set_rng_state(state)
         else:
             torch.cuda.set_rng_state(state, members.device)
-        for row in rows:  # the member's training curves, as its single run would have logged them
+        every = cfg.trainer.get("check_val_every_n_epoch") or 1
+        for row in rows:  # the member's epoch curves; val/* only where it validated (rows carry it on)
+            validated = (int(row["epoch"]) + 1) % every == 0
+            logged = {
+                key: value
+                for key, value in row.items()
+                if key != "step" and math.isfinite(value) and (validated or not key.startswith("val/"))
+            }
             for logger in run.loggers:
-                logger.log_metrics({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
+                logger.log_metrics(logged, step=int(row["step"]))
         trainer: pl.Trainer = build(
             cfg.trainer,
             logger=run.loggers or False,

@@ -25,16 +25,18 @@ from src.errors import ConfigValueError
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
-# Overrides that do not change what a job computes: its seed, and where and how it is launched.
-NOT_SETTINGS = ("seed=", "paths.", "hydra.", "hydra/")
+# Overrides that say where a job writes, not what it computes.
+LOCATION_SETTINGS = ("paths.",)
+# Overrides that leave a job's setting unchanged: its seed and its location.
+NOT_SETTINGS = ("seed=", *LOCATION_SETTINGS)
 # W&B keeps names and groups of at most 128 characters.
 WANDB_NAME_LENGTH = 128
 
 
 def configuration_key(overrides: list[str]) -> str:
     """What a job's configuration is apart from its seed: its command-line overrides without the
-    seed and the launch settings. Jobs with the same key are one setting over seeds (a sweep
-    summary's group)."""
+    seed and `paths.*`. Jobs with the same key are one setting over seeds (a sweep summary's
+    group, a W&B group)."""
     return " ".join(o for o in overrides if not o.startswith(NOT_SETTINGS)) or "(base config)"
 
 
@@ -55,7 +57,7 @@ def _job_overrides() -> list[str] | None:
 def job_name(name: str) -> str:
     """A job's W&B run name: the config's `name` and what the command line changed, seed included,
     so that the jobs of a sweep are told apart by what differs."""
-    overrides = [o for o in _job_overrides() or [] if not o.startswith(NOT_SETTINGS[1:])]
+    overrides = [o for o in _job_overrides() or [] if not o.startswith(LOCATION_SETTINGS)]
     return _bounded(" ".join([name, *overrides]))
 
 

@@ -37,9 +37,13 @@ def evaluate_checkpoint(eval_cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "job_type": "eval",
         },
     )
-    for logger_cfg in (cfg.get("logger") or {}).values():  # the saved config has it resolved
+    # The saved config has its loggers' settings resolved for training: a logger that tells jobs
+    # apart (W&B) gets this one as an evaluation, out of the training sweep's groups.
+    for logger_cfg in (cfg.get("logger") or {}).values():
         if "job_type" in logger_cfg:
             logger_cfg.job_type = "eval"
+            logger_cfg.name = f"eval {logger_cfg.get('name') or ''}".strip()
+            logger_cfg.group = None
     run = Run(cfg, run_dir)
     run.start()
     model, checkpoint = load_model(ckpt_path, cfg)

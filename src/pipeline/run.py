@@ -132,7 +132,7 @@ class Run:
         (self.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         if self.cfg.figures:
             figures = run_figures(model, datamodule.images("test"), history or [], self.dir) + figures
-        tensorboard_reporting.finish_runs(self.loggers, metrics, figures, logged)
+        tensorboard_reporting.log_results(self.loggers, metrics, figures, logged)
         wandb_reporting.finish_runs(self.loggers, metrics, figures, self.dir)
         return metrics
 
@@ -263,5 +263,6 @@ def run_job(
             raise
         log.error("Job %s failed (%s: %s); see %s", run_dir, type(error).__name__, error, error_file)
         return None
+    wandb_reporting.finish_open_run(exit_code=0)  # a logger the run did not finish (none should be left)
     log.info(run.headline(metrics))
     return metrics.get("val/loss")

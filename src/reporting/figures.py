@@ -24,10 +24,13 @@ def save(fig: plt.Figure, path: Path) -> Path:
 
 
 def _tiled(images: torch.Tensor, columns: int) -> np.ndarray:
-    """Images (N, 1, H, W) in [0, 1] tiled `columns` to a row (torchvision's make_grid), white
-    between them, as one (rows*H, columns*W) array."""
-    grid = make_grid(images.detach().cpu().float(), nrow=columns, padding=2, pad_value=1.0)
-    return grid[0].numpy()
+    """Images (N, 1, H, W) in [0, 1] tiled `columns` to a row (torchvision's make_grid), a white
+    gap of about a fourteenth of an image between them, the last row filled up with white."""
+    images = images.detach().cpu().float()
+    missing = -len(images) % columns or (columns if len(images) == 0 else 0)
+    images = torch.cat([images, torch.ones(missing, *images.shape[1:])])
+    padding = max(1, round(images.shape[-1] / 14))
+    return make_grid(images, nrow=columns, padding=padding, pad_value=1.0)[0].numpy()
 
 
 def image_rows(rows: Sequence[torch.Tensor], row_titles: Sequence[str], path: Path) -> Path:
@@ -133,15 +136,23 @@ def sweep_summary(groups: dict[str, dict], path: Path) -> Path:
     return save(fig, path)
 
 
-def roc_curves(labelled: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path, score: str) -> Path:
-    """ROC curve (OOD positive) of `score` for each OOD set; `labelled` maps a set to (scores, labels)."""
+def roc(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """False and true positive rates (OOD positive) and the AUROC of `scores`, scaled into [0, 1]
+    in float64 first: torchmetrics applies a sigmoid outside [0, 1], which ties large scores."""
     from torchmetrics.functional.classification import binary_auroc, binary_roc
 
+    scores = scores.double()
+    unit = (scores - scores.min()) / (scores.max() - scores.min()).clamp_min(1e-300)
+    fpr, tpr, _ = binary_roc(unit, labels)
+    return fpr, tpr, float(binary_auroc(unit, labels))
+
+
+def roc_curves(labelled: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path, score: str) -> Path:
+    """ROC curve (OOD positive) of `score` for each OOD set; `labelled` maps a set to (scores, labels)."""
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for name, (scores, labels) in labelled.items():
-        unit = (scores - scores.min()) / (scores.max() - scores.min()).clamp_min(1e-300)
-        fpr, tpr, _ = binary_roc(unit, labels)
-        ax.plot(fpr.numpy(), tpr.numpy(), label=f"{name} (AUROC {float(binary_auroc(unit, labels)):.4f})")
+        fpr, tpr, area = roc(scores, labels)
+        ax.plot(fpr.numpy(), tpr.numpy(), label=f"{name} (AUROC {area:.4f})")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("false positive rate (in-distribution called OOD)")
     ax.set_ylabel("true positive rate (OOD called OOD)")

@@ -12,7 +12,7 @@ from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger
 
 
-def finish_runs(
+def log_results(
     loggers: Sequence[Any], metrics: Mapping[str, Any], figures: Sequence[Path], logged: Collection[str]
 ) -> None:
     """Every metrics.json value not `logged` by Lightning already (numbers as scalars, the rest as
@@ -34,4 +34,4 @@ def finish_runs(
             with Image.open(path) as image:
                 pixels = np.asarray(image.convert("RGB"))
             writer.add_image(f"figures/{path.stem}", pixels, step, dataformats="HWC")
-        writer.flush()
+        writer.close()  # Lightning closed it after the test stage; this reopened it

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import WandbLogger
-from torchmetrics.functional.classification import binary_roc
+from pytorch_lightning.utilities import rank_zero_only
 
+from src.reporting.figures import roc
 from src.reporting.run_config import logged_config
 from src.reporting.tables import read_scores_csv
 
@@ -50,8 +51,12 @@ def finish_open_run(exit_code: int) -> None:
     """Finish the W&B run a job left open (it failed or was stopped), with its exit code, so that
     the next job of the sweep starts a run of its own."""
     wandb = sys.modules.get("wandb")
-    if wandb is not None and wandb.run is not None:
+    if wandb is None or wandb.run is None:
+        return
+    try:
         wandb.run.finish(exit_code=exit_code)
+    except Exception as error:  # noqa: BLE001 - the job's own error is the one to report
+        log.error("Could not finish the W&B run (%s: %s)", type(error).__name__, error)
 
 
 class WandbRunLogger(WandbLogger):
@@ -70,11 +75,15 @@ class WandbRunLogger(WandbLogger):
     ) -> None:
         # Checkpoints are uploaded here, from the run folder (`log_model`): the project's checkpoint
         # callbacks are its own, not the ModelCheckpoint that Lightning's upload follows.
-        super().__init__(*args, log_model=False, mode=mode or wandb_mode(), **kwargs)
+        if kwargs.get("tags"):  # W&B refuses tags longer than 64 characters
+            kwargs["tags"] = [str(tag)[:64] for tag in kwargs["tags"]]
+        super().__init__(*args, log_model=False, mode=mode, **kwargs)
         self.upload_checkpoints, self.score_rows, self.roc_points = log_model, score_rows, roc_points
 
     @property
     def experiment(self) -> Any:
+        if self._experiment is None and rank_zero_only.rank == 0 and self._wandb_init.get("mode") is None:
+            self._wandb_init["mode"] = wandb_mode()  # only where a run is started
         run = super().experiment
         if not getattr(self, "_metrics_defined", False):
             run.define_metric("val/loss", step_metric="trainer/global_step", summary="min")
@@ -92,7 +101,8 @@ class WandbRunLogger(WandbLogger):
         scores_file = run_dir / "scores.csv"
         if scores_file.is_file() and "ood/score" in metrics:
             scores = read_scores_csv(scores_file)
-            media["ood/roc"] = self._roc_plot(scores, str(metrics["ood/score"]))
+            if IN_DISTRIBUTION_SET in scores:
+                media["ood/roc"] = self._roc_plot(scores, str(metrics["ood/score"]))
             media["ood/scores"] = self._score_table(scores)
         if media:  # at the run's last step, on the step axis of its curves
             run.log({**media, "trainer/global_step": metrics.get("steps", 0)})
@@ -106,13 +116,13 @@ class WandbRunLogger(WandbLogger):
         """Each OOD set's ROC curve against the in-distribution test set, at most `roc_points` each."""
         import wandb
 
-        inside = torch.tensor(scores[IN_DISTRIBUTION_SET][score])
+        inside = torch.tensor(scores[IN_DISTRIBUTION_SET][score], dtype=torch.float64)
         rows = []
         for name, columns in scores.items():
             if columns["label"][0] != 1:
                 continue
-            outside = torch.tensor(columns[score])
-            fpr, tpr, _ = binary_roc(
+            outside = torch.tensor(columns[score], dtype=torch.float64)
+            fpr, tpr, _ = roc(
                 torch.cat([inside, outside]),
                 torch.cat([torch.zeros(len(inside)), torch.ones(len(outside))]).long(),
             )
@@ -122,11 +132,13 @@ class WandbRunLogger(WandbLogger):
         return wandb.plot.line(table, "fpr", "tpr", stroke="set", title=f"ROC ({score})")
 
     def _score_table(self, scores: Mapping[str, Mapping[str, list]]) -> Any:
-        """Per-image scores, at most `score_rows` images, spread evenly over the sets."""
+        """Per-image scores, at most `score_rows` images, spread evenly over the sets (the first
+        sets only when there are more sets than rows)."""
         import wandb
 
         names = [name for name in next(iter(scores.values())) if name not in ("label", "index")]
         per_set = max(1, self.score_rows // len(scores))
+        scores = dict(list(scores.items())[: self.score_rows])
         rows = []
         for set_name, columns in scores.items():
             count = len(columns["index"])
@@ -145,31 +157,39 @@ def finish_runs(
     for logger in loggers:
         if isinstance(logger, WandbRunLogger):
             logger.finish(metrics, figures, run_dir)
+        elif isinstance(logger, WandbLogger):  # a run folder's config from before WandbRunLogger
+            logger.experiment.summary.update(metrics)
+            logger.experiment.finish()
 
 
 def link_job_runs(sweep_dir: Path) -> list[Path]:
     """Link every job's W&B run into the sweep's own wandb/ folder, beside the summary run, so that
     one folder holds the whole sweep: `wandb leet <sweep>/wandb` browses it and
     `wandb sync <sweep>/wandb/offline-run-*` uploads it. Each run stays in its job's folder."""
+    runs = [run for run in sorted(sweep_dir.glob("*/wandb/*run-*")) if run.is_dir()]
+    if not runs:
+        return []
     folder = sweep_dir / "wandb"
     folder.mkdir(exist_ok=True)
     linked = []
-    for run in sorted(sweep_dir.glob("*/wandb/*run-*")):
-        if run.is_dir() and not (link := folder / run.name).exists():
+    for run in runs:
+        link = folder / run.name
+        if not (link.is_symlink() or link.exists()):
             link.symlink_to(Path("..") / run.relative_to(sweep_dir), target_is_directory=True)
             linked.append(link)
     return linked
 
 
 def log_summary(config: DictConfig, sweep_dir: Path, summary: dict[str, Any]) -> None:
-    """A "summary" run in the sweep's W&B group: the sweep's config, the frequency and metric
-    tables with their 95 % intervals, and the chart."""
+    """The sweep's "summary" run (group: the sweep folder's name): the sweep's config, the
+    frequency and metric tables with their 95 % intervals, and the chart; then the job runs are
+    linked beside it (`link_job_runs`)."""
     import wandb
     from hydra.core.hydra_config import HydraConfig
 
     HydraConfig.instance().set_config(config)  # the sweep's config resolves as its jobs' did
     settings = config.logger.wandb
-    run = wandb.init(
+    with wandb.init(
         project=settings.project,
         group=sweep_dir.name,
         name=f"{sweep_dir.name}-summary",
@@ -179,45 +199,45 @@ def log_summary(config: DictConfig, sweep_dir: Path, summary: dict[str, Any]) ->
         mode=settings.get("mode") or wandb_mode(),
         config=logged_config(config),
         reinit="create_new",
-    )
-    rows = [
-        [
-            group,
-            key,
-            value,
-            count,
-            summary["groups"][group]["frequencies"][key][value],
-            *summary["groups"][group]["ci95"][key][value],
+    ) as run:
+        rows = [
+            [
+                group,
+                key,
+                value,
+                count,
+                summary["groups"][group]["frequencies"][key][value],
+                *summary["groups"][group]["ci95"][key][value],
+            ]
+            for group, results in summary["groups"].items()
+            for key, counts in results["counts"].items()
+            for value, count in counts.items()
         ]
-        for group, results in summary["groups"].items()
-        for key, counts in results["counts"].items()
-        for value, count in counts.items()
-    ]
-    run.log(
-        {
-            "summary/frequencies": wandb.Table(
-                columns=["group", "result", "value", "count", "frequency", "ci95_low", "ci95_high"], data=rows
-            ),
-            "summary/metrics": wandb.Table(
-                columns=["group", "metric", "mean", "ci95_low", "ci95_high", "std", "min", "max", "n"],
-                data=[
-                    [
-                        group,
-                        key,
-                        stats["mean"],
-                        *stats["ci95"],
-                        stats["std"],
-                        stats["min"],
-                        stats["max"],
-                        stats["n"],
-                    ]
-                    for group, results in summary["groups"].items()
-                    for key, stats in results["metrics"].items()
-                ],
-            ),
-            "summary/chart": wandb.Image(str(sweep_dir / "summary.png")),
-        }
-    )
-    run.summary.update({"n_jobs": summary["n_jobs"], "n_failed": summary["n_failed"]})
-    run.finish()
+        run.log(
+            {
+                "summary/frequencies": wandb.Table(
+                    columns=["group", "result", "value", "count", "frequency", "ci95_low", "ci95_high"],
+                    data=rows,
+                ),
+                "summary/metrics": wandb.Table(
+                    columns=["group", "metric", "mean", "ci95_low", "ci95_high", "std", "min", "max", "n"],
+                    data=[
+                        [
+                            group,
+                            key,
+                            stats["mean"],
+                            *stats["ci95"],
+                            stats["std"],
+                            stats["min"],
+                            stats["max"],
+                            stats["n"],
+                        ]
+                        for group, results in summary["groups"].items()
+                        for key, stats in results["metrics"].items()
+                    ],
+                ),
+                "summary/chart": wandb.Image(str(sweep_dir / "summary.png")),
+            }
+        )
+        run.summary.update({"n_jobs": summary["n_jobs"], "n_failed": summary["n_failed"]})
     link_job_runs(sweep_dir)
