@@ -79,13 +79,14 @@ class WandbRunLogger(WandbLogger):
             kwargs["tags"] = [str(tag)[:64] for tag in kwargs["tags"]]
         super().__init__(*args, log_model=False, mode=mode, **kwargs)
         self.upload_checkpoints, self.score_rows, self.roc_points = log_model, score_rows, roc_points
+        self._metrics_defined = False
 
     @property
     def experiment(self) -> Any:
         if self._experiment is None and rank_zero_only.rank == 0 and self._wandb_init.get("mode") is None:
             self._wandb_init["mode"] = wandb_mode()  # only where a run is started
         run = super().experiment
-        if not getattr(self, "_metrics_defined", False):
+        if not self._metrics_defined:
             run.define_metric("val/loss", step_metric="trainer/global_step", summary="min")
             self._metrics_defined = True
         return run
