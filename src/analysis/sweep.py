@@ -29,6 +29,8 @@ from src.reporting.tables import markdown_table
 log = logging.getLogger(__name__)
 # Categories every summary lists, even when no job fell into them.
 KNOWN_CATEGORIES = {"test/outcome": OUTCOMES, "test/lines/outcome": LINE_OUTCOMES}
+# The prefix of results that describe a run's state at initialisation (cross-tabulated with outcomes).
+INITIAL_STATE = "init/"
 
 
 def load_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -61,6 +63,7 @@ def summarise(jobs: list[dict[str, Any]]) -> dict[str, Any]:
         "frequencies": {},
         "ci95": {},
         "metrics": {},
+        "crosstabs": {},
     }
     # Not results: the seed, and the checkpoint file the metrics were measured on.
     keys = sorted({key for metrics in finished for key in metrics if key not in ("seed", "checkpoint")})
@@ -76,7 +79,22 @@ def summarise(jobs: list[dict[str, Any]]) -> dict[str, Any]:
             summary["ci95"][key] = {c: list(wilson_interval(counts[c], len(values))) for c in categories}
         elif all(isinstance(value, int | float) and not isinstance(value, bool) for value in values):
             summary["metrics"][key] = numeric_summary(values)
+    summary["crosstabs"] = crosstabs(finished, summary["counts"])
     return summary
+
+
+def crosstabs(finished: list[dict[str, Any]], counts: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """Each categorical state at initialisation (`init/*`) against each outcome the sweep counted
+    (`KNOWN_CATEGORIES`): under "<init key> x <outcome key>", the count of every outcome per state."""
+    tables = {}
+    for state in (key for key in counts if key.startswith(INITIAL_STATE)):
+        for outcome in (key for key in KNOWN_CATEGORIES if key in counts):
+            table = {value: dict.fromkeys(counts[outcome], 0) for value in counts[state]}
+            for metrics in finished:
+                if state in metrics and outcome in metrics:
+                    table[metrics[state]][metrics[outcome]] += 1
+            tables[f"{state} x {outcome}"] = table
+    return tables
 
 
 def summarise_sweep(sweep_dir: Path) -> dict[str, Any]:
@@ -132,6 +150,17 @@ def markdown(summary: dict[str, Any]) -> str:
             lines += ["", "### metrics", ""]
             header = ["metric", "mean", "95% t interval", "std", "min", "max", "n"]
             lines += markdown_table(header, rows, "lrlrrrr")
+        for name_of_table, table in group.get("crosstabs", {}).items():
+            outcomes = list(next(iter(table.values()), {}))
+            rows = []
+            for state, row in table.items():
+                total = sum(row.values())
+                rows.append(
+                    [state, total]
+                    + [f"{count} ({count / total:.2f})" if total else "0" for count in row.values()]
+                )
+            lines += ["", f"### {name_of_table} (count, frequency within the row)", ""]
+            lines += markdown_table(["state", "runs", *outcomes], rows, "lr" + "r" * len(outcomes))
         lines.append("")
     return "\n".join(lines)
 

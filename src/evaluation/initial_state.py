@@ -1,0 +1,209 @@
+"""Report 000's explanation of failed runs by the state right after initialisation, measured.
+
+The report blames a merged pair on two inputs that are negative in every L1 neuron at
+initialisation ("no weight update could improve the situation", footnote 6), and all-gray outputs
+on all-negative L1 weights or on L2 weights of one sign with L3 weights of the other (footnote 7).
+For a dense ReLU net (L1 = the encoder's first ReLU layer, L2 = the bottleneck, L3 = the
+decoder's first ReLU layer) the `initial_state` evaluation rebuilds the model exactly as training
+built it (same seed, same construction) and records, over the training images:
+
+- `init/dead_inputs`: how many images are zero in every L1 unit (a category, for cross-tabs);
+- `init/inputs_with_a_negative_unit`: how many are zero in at least one L1 unit;
+- `init/l2_l3_signs`: with a 1-unit bottleneck, `L2 all -, L3 all +`, `L2 all +, L3 all -`
+  (either silences L3 for every input when the biases are zero) or `mixed`;
+- `init/decoder_dead`: `yes` when L3 is zero for every image;
+- `init/identical_layer`: the first layer after which two images have identical activations;
+- and, after training, `test/dead_inputs` and `test/revived_inputs` (dead at initialisation, alive
+  now): whether a dead input stays dead.
+
+`dead_input_distribution` gives the exact probabilities of the same events for zero biases and
+i.i.d. symmetric uniform weights (Glorot's), from the volumes of the polytopes that the sign
+patterns cut out of the weight cube.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from scipy.optimize import linprog
+from scipy.spatial import ConvexHull, HalfspaceIntersection
+from torch import nn
+
+from src.data.memory import InMemoryDataModule
+from src.errors import ConfigValueError
+from src.evaluation.base import EvaluationContext, EvaluationResult
+from src.evaluation.census import IDENTICAL_TOLERANCE
+from src.models.base import ReconstructionModel
+from src.models.nets import DenseNet
+
+SIGN_CONFIGS = ("L2 all -, L3 all +", "L2 all +, L3 all -", "mixed")
+
+
+def initial_model(cfg: DictConfig) -> ReconstructionModel:
+    """The model with the initial weights its training started from: training seeds the global
+    generator with `seed` and then builds the model, so this does the same inside a forked random
+    state (the caller's generator is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return instantiate(cfg.model)
+
+
+def _first_relu(layers: nn.Sequential) -> int:
+    return next(index for index, layer in enumerate(layers) if isinstance(layer, nn.ReLU))
+
+
+def _through(layers: nn.Sequential, inputs: torch.Tensor, stop: int) -> torch.Tensor:
+    """The activations after layer `stop` of `layers`."""
+    for layer in layers[: stop + 1]:
+        inputs = layer(inputs)
+    return inputs.flatten(1)
+
+
+def dead_inputs(model: ReconstructionModel, images: torch.Tensor) -> torch.Tensor:
+    """Which images (bool, one per image) are zero in every unit of L1, the first ReLU layer."""
+    return _through(model.net.encoder, images, _first_relu(model.net.encoder)).abs().amax(1).eq(0)
+
+
+def sign_config(model: ReconstructionModel) -> str:
+    """Footnote 7's configuration of a 1-unit bottleneck: the signs of the weights into it (L2)
+    against those out of it into the decoder's first layer (L3)."""
+    into = model.code_layer().weight.flatten()
+    out = model.net.decoder[0].weight.flatten()
+    if (into < 0).all() and (out > 0).all():
+        return SIGN_CONFIGS[0]
+    if (into > 0).all() and (out < 0).all():
+        return SIGN_CONFIGS[1]
+    return SIGN_CONFIGS[2]
+
+
+def first_identical_layer(model: ReconstructionModel, images: torch.Tensor) -> str:
+    """The first layer after which some two of the images have the same activations, or `none`."""
+    for name, values in model.layer_activations(images):
+        if len(values) > 1 and torch.pdist(values.double(), p=math.inf).min() <= IDENTICAL_TOLERANCE:
+            return name
+    return "none"
+
+
+@torch.no_grad()
+def initial_state_metrics(
+    initial: ReconstructionModel, trained: ReconstructionModel, images: torch.Tensor
+) -> dict[str, str | int]:
+    """The metrics of the module docstring for the initial and the trained model on `images`."""
+    initial = initial.to(images.device).eval()
+    l1 = _through(initial.net.encoder, images, _first_relu(initial.net.encoder))
+    dead_at_start = l1.abs().amax(1).eq(0)
+    l3 = _through(initial.net.decoder, initial.code(images), _first_relu(initial.net.decoder))
+    dead_at_end = dead_inputs(trained, images)
+    metrics: dict[str, str | int] = {
+        "init/dead_inputs": str(int(dead_at_start.sum())),
+        "init/inputs_with_a_negative_unit": int(l1.eq(0).any(1).sum()),
+        "init/decoder_dead": "yes" if l3.abs().max() == 0 else "no",
+        "init/identical_layer": first_identical_layer(initial, images),
+        "test/dead_inputs": int(dead_at_end.sum()),
+        "test/revived_inputs": int((dead_at_start & ~dead_at_end).sum()),
+    }
+    if initial.hparams.latent_dim == 1:
+        metrics["init/l2_l3_signs"] = sign_config(initial)
+    return metrics
+
+
+class InitialState:
+    """The `initial_state` evaluation on the first `max_images` training images (see the module
+    docstring); needs a seeded run of a dense ReLU net."""
+
+    def __init__(self, max_images: int = 1000) -> None:
+        self.max_images = max_images
+
+    def check(self, cfg: DictConfig, model_class: type) -> None:
+        if cfg.seed is None:
+            raise ConfigValueError(
+                "evaluations.initial_state needs seed=<int> (it rebuilds the initial model from it)"
+            )
+        net = cfg.model.net
+        if net._target_.rsplit(".", 1)[-1] != DenseNet.__name__ or net.get("activation", "relu") != "relu":
+            raise ConfigValueError(
+                "evaluations.initial_state reads ReLU layers of the dense net: use model/net=dense with "
+                "model.net.activation=relu, or drop it with ~evaluations.initial_state"
+            )
+
+    def __call__(
+        self, model: ReconstructionModel, datamodule: InMemoryDataModule, context: EvaluationContext
+    ) -> EvaluationResult:
+        self.check(context.config, type(model))
+        images = datamodule.images("train")[: self.max_images].to(model.device)
+        return EvaluationResult(initial_state_metrics(initial_model(context.config), model, images))
+
+
+# --- exact probabilities -----------------------------------------------------------------------
+
+
+def _polytope_volume(halfspaces: np.ndarray) -> float:
+    """The volume of {w : A w + b <= 0} for rows [A, b] (bounded), 0 if it has no interior."""
+    dim = halfspaces.shape[1] - 1
+    norms = np.linalg.norm(halfspaces[:, :-1], axis=1, keepdims=True)
+    # The Chebyshev centre: the interior point farthest from every face (and whether one exists).
+    found = linprog(
+        np.r_[np.zeros(dim), -1.0],
+        A_ub=np.hstack([halfspaces[:, :-1], norms]),
+        b_ub=-halfspaces[:, -1],
+        bounds=[(None, None)] * dim + [(0, None)],
+    )
+    if not found.success or found.x[-1] < 1e-9:
+        return 0.0
+    vertices = HalfspaceIntersection(halfspaces, found.x[:-1]).intersections
+    return float(ConvexHull(vertices).volume)
+
+
+def negative_pattern_probabilities(inputs: np.ndarray) -> dict[tuple[bool, ...], float]:
+    """For one neuron with zero bias and i.i.d. Uniform(-1, 1) weights: the probability of each
+    pattern of negative pre-activations over the inputs (rows of `inputs`), exactly (any symmetric
+    uniform scale gives the same). Patterns of probability zero are left out."""
+    count, dim = inputs.shape
+    # The cube [-1, 1]^dim as faces [A, b] with A w + b <= 0.
+    cube = np.hstack([np.vstack([np.eye(dim), -np.eye(dim)]), -np.ones((2 * dim, 1))])
+    probabilities = {}
+    for pattern in itertools.product((False, True), repeat=count):
+        # negative: x.w <= 0; otherwise -x.w <= 0.
+        signs = np.where(pattern, 1.0, -1.0)[:, None]
+        faces = np.hstack([signs * inputs, np.zeros((count, 1))])
+        volume = _polytope_volume(np.vstack([cube, faces]))
+        if volume > 0:
+            probabilities[pattern] = volume / 2**dim
+    return probabilities
+
+
+def dead_input_distribution(inputs: np.ndarray, width: int) -> dict[int, float]:
+    """P(exactly k of the inputs are negative in all `width` L1 neurons), k = 0..len(inputs), for
+    zero biases and i.i.d. symmetric uniform weights: the neurons are independent, so
+    P(every input in S dead) = q(S)^width with q(S) one neuron's P(negative on all of S), and
+    inclusion-exclusion gives the exact sets."""
+    patterns = negative_pattern_probabilities(np.asarray(inputs, dtype=float))
+    count = len(inputs)
+    subsets = list(itertools.product((False, True), repeat=count))
+
+    def all_negative(subset: tuple[bool, ...]) -> float:
+        return sum(
+            p for pattern, p in patterns.items() if all(a for a, s in zip(pattern, subset, strict=True) if s)
+        )
+
+    at_least = {subset: all_negative(subset) ** width for subset in subsets}
+    distribution = dict.fromkeys(range(count + 1), 0.0)
+    for subset in subsets:
+        exact = sum(
+            (-1) ** (sum(superset) - sum(subset)) * at_least[superset]
+            for superset in subsets
+            if all(sup or not s for sup, s in zip(superset, subset, strict=True))
+        )
+        distribution[sum(subset)] += exact
+    return distribution
+
+
+def opposed_signs_probability(l1_width: int, l3_width: int) -> float:
+    """Footnote 7's event, exactly, for a 1-unit bottleneck with i.i.d. symmetric weights: all
+    `l1_width` weights into it of one sign and all `l3_width` weights out of it of the other."""
+    return 2 * 0.5**l1_width * 0.5**l3_width
