@@ -11,7 +11,14 @@ with the angle has collapsed to a constant image.
 Metrics (`test/lines/*`): `correct_fraction`, `wrong_sectors`, `wrong_degrees` (total width of the
 wrong sectors), `line_fit` (mean), `output_spread` (mean over pixels of the spread of the sigmoid
 output over angles), `sigmoid_blur` (grey pixels of the sigmoid output); and `outcome`:
-`optimal` (every angle correct), `one_sector`, `sectors` (several wrong sectors), `collapsed`."""
+`optimal` (every angle correct), `one_sector`, `sectors` (several wrong sectors), `collapsed`.
+
+The report closes with "if one gives an input to the VA that contains a defect or does not
+represent a line, it will still output a line". For the test images and each anomaly set named in
+`sets` (defects and non-lines, src/data/ood_sets.py), `test/lines/<set>/line_distance` is the mean
+fraction of pixels in which the Heaviside reconstruction differs from its nearest clean line image,
+and `test/lines/<set>/outputs_a_line` the fraction of images whose reconstruction is a line image
+(within `min_line_fit`)."""
 
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import torch
 
 from src.data.lines import line_images
 from src.data.memory import InMemoryDataModule
+from src.data.ood_sets import ood_sets
 from src.evaluation.base import EvaluationContext, EvaluationResult
 from src.models.base import ReconstructionModel
 from src.models.losses import gray_fraction
@@ -51,6 +59,13 @@ def classify_lines(correct: torch.Tensor, output_spread: float, collapse_spread:
     return "one_sector" if wrong_sectors(correct) == 1 else "sectors"
 
 
+def nearest_line(outputs: torch.Tensor, references: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For 0/1 outputs (N, pixels): the pixel agreement with the nearest of the reference line
+    images (R, pixels), 1 - mean |output - reference|, and that reference's index."""
+    agreement = 1 - (outputs @ (1 - references).T + (1 - outputs) @ references.T) / outputs.shape[1]
+    return agreement.max(dim=1)
+
+
 class LineOutcomes:
     """The `line_outcomes` evaluation (conf/evaluations/lines.yaml): see the module docstring."""
 
@@ -61,8 +76,12 @@ class LineOutcomes:
         angle_tolerance_deg: float = 10.0,
         min_line_fit: float = 0.95,
         collapse_spread: float = 0.05,
+        sets: list[str] | tuple[str, ...] = (),
+        seed: int = 0,
+        noise_amplitude: float = 0.5,
     ) -> None:
         self.angles, self.reference_angles = angles, reference_angles
+        self.sets, self.seed, self.noise_amplitude = list(sets), seed, noise_amplitude
         self.angle_tolerance = math.radians(angle_tolerance_deg)
         self.min_line_fit, self.collapse_spread = min_line_fit, collapse_spread
 
@@ -80,9 +99,7 @@ class LineOutcomes:
         logits = model.encode_pass(inputs).logits
         sigmoid = torch.sigmoid(logits)
         heaviside = (logits > 0).to(logits.dtype).flatten(1)
-        # Pixel agreement of each output with each reference line image: 1 - mean |h - r| for 0/1 pixels.
-        agreement = 1 - (heaviside @ (1 - references).T + (1 - heaviside) @ references.T) / heaviside.shape[1]
-        fit, nearest = agreement.max(dim=1)
+        fit, nearest = nearest_line(heaviside, references)
         error = angular_distance(reference_grid.to(model.device)[nearest], grid.to(model.device))
         correct = (error <= self.angle_tolerance) & (fit >= self.min_line_fit)
         spread = float(sigmoid.flatten(1).std(dim=0).mean())
@@ -96,4 +113,13 @@ class LineOutcomes:
             "test/lines/output_spread": spread,
             "test/lines/sigmoid_blur": float(gray_fraction(sigmoid).mean()),
         }
+        inputs_by_set = {
+            "test": datamodule.images("test"),
+            **ood_sets(self.sets, datamodule, None, self.seed, self.noise_amplitude),
+        }
+        for name, images in inputs_by_set.items():
+            outputs = (model.encode_pass(images.to(model.device)).logits > 0).to(logits.dtype).flatten(1)
+            fit = nearest_line(outputs, references)[0]
+            metrics[f"test/lines/{name}/line_distance"] = float((1 - fit).mean())
+            metrics[f"test/lines/{name}/outputs_a_line"] = float((fit >= self.min_line_fit).float().mean())
         return EvaluationResult(metrics)

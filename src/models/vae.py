@@ -1,6 +1,8 @@
 """The variational autoencoder (VAE): (mu, log-variance) heads on the encoder features,
 z = mu + sigma * eps in training; loss = reconstruction + beta * KL(q(z|x) || N(0, I)), both
-averaged over the batch. Evaluation uses z = mu."""
+averaged over the batch. With `kl_warmup_steps` the KL weight of the training steps rises linearly
+from 0 to beta over that many steps (Bowman et al. 2016); validation and test use beta. Evaluation
+uses z = mu."""
 
 from __future__ import annotations
 
@@ -21,10 +23,18 @@ class VariationalAutoencoder(ReconstructionModel):
     generative: ClassVar[bool] = True
 
     def __init__(
-        self, net: Mapping, image_shape: list[int], latent_dim: int = 1, beta: float = 1.0, **kwargs: Any
+        self,
+        net: Mapping,
+        image_shape: list[int],
+        latent_dim: int = 1,
+        beta: float = 1.0,
+        kl_warmup_steps: int = 0,
+        **kwargs: Any,
     ) -> None:
         if beta < 0:
             raise ConfigValueError(f"model.beta must be non-negative, got {beta}")
+        if kl_warmup_steps < 0:
+            raise ConfigValueError(f"model.kl_warmup_steps must be non-negative, got {kl_warmup_steps}")
         super().__init__(net, image_shape, latent_dim, **kwargs)
         self.mu = nn.Linear(self.net.feature_dim, latent_dim)
         self.logvar = nn.Linear(self.net.feature_dim, latent_dim)
@@ -53,7 +63,14 @@ class VariationalAutoencoder(ReconstructionModel):
             logits, images, self.hparams.reconstruction, self.hparams.reduction
         ).mean()
         kl = gaussian_kl(mu, logvar).mean()
-        return recon + self.hparams.beta * kl, {"recon": recon, "kl": kl}
+        return recon + self.kl_weight() * kl, {"recon": recon, "kl": kl}
+
+    def kl_weight(self) -> float:
+        """beta, or during the warm-up's training steps beta * step / kl_warmup_steps."""
+        warmup = self.hparams.get("kl_warmup_steps", 0)
+        if not (warmup and self.training and self._trainer is not None):
+            return self.hparams.beta
+        return self.hparams.beta * min(1.0, self.global_step / warmup)
 
     def extra_scores(
         self, images: torch.Tensor, evaluated: EvaluationPass, samples: int

@@ -120,6 +120,10 @@ class VAEGAN(VariationalAutoencoder):
         for key, value in {**weights, "margin": margin}.items():
             if value < 0:
                 raise ConfigValueError(f"model.{key} must be non-negative, got {value}")
+        if kwargs.get("kl_warmup_steps"):
+            raise ConfigValueError(
+                "model.kl_warmup_steps is a VAE option; the VAE-GAN trains with beta throughout"
+            )
         super().__init__(net, image_shape, latent_dim, beta, **kwargs)
         self.automatic_optimization = False
         self.discriminator = Discriminator(discriminator_net or self.hparams.net, image_shape, feature_layer)

@@ -49,6 +49,8 @@ def batching_problem(cfg: DictConfig) -> str | None:
         return "gradient clipping or accumulation is set (they couple the members' gradients)"
     if cfg.trainer.get("strategy") not in (None, "auto") or cfg.trainer.get("devices") not in ("auto", 1):
         return "a multi-device strategy is set (the batched path trains on one device)"
+    if cfg.model.get("kl_warmup_steps"):
+        return "model.kl_warmup_steps is set (the warm-up follows one trainer's step)"
     if cfg.get("ckpt_path") is not None:
         return "ckpt_path is set (each job resumes its own checkpoint)"
     return None

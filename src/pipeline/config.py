@@ -79,9 +79,9 @@ def path_safe(text: str) -> str:
 
 
 def register_resolvers() -> None:
-    """The `${run_id:}`, `${job_name:...}`, `${job_group:}`, `${class_name:...}` and
-    `${path_safe:...}` resolvers of conf/. Every entry point calls this before Hydra composes its
-    config (idempotent)."""
+    """The `${run_id:}`, `${job_name:...}`, `${job_group:}`, `${class_name:...}`, `${path_safe:...}`
+    and `${reciprocal:...}` resolvers of conf/. Every entry point calls this before Hydra composes
+    its config (idempotent)."""
     # The pid and a random suffix keep two jobs started in the same second out of each other's folders.
     OmegaConf.register_new_resolver(
         "run_id", lambda: f"{os.getpid()}{secrets.token_hex(2)}", use_cache=True, replace=True
@@ -90,6 +90,7 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("job_group", job_group, replace=True)
     OmegaConf.register_new_resolver("class_name", lambda target: str(target).rsplit(".", 1)[-1], replace=True)
     OmegaConf.register_new_resolver("path_safe", path_safe, replace=True)
+    OmegaConf.register_new_resolver("reciprocal", lambda value: 1.0 / float(value), replace=True)
 
 
 def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from src.data.lines import LinesDataModule, line_images
-from src.evaluation.line_outcomes import LineOutcomes, wrong_sectors
+from src.evaluation.line_outcomes import LineOutcomes, nearest_line, wrong_sectors
 from src.models.base import EvaluationPass
 
 
@@ -59,3 +60,15 @@ def test_outputs_rotated_in_one_half_make_one_wrong_sector() -> None:
     assert metrics["test/lines/wrong_sectors"] == 1
     assert metrics["test/lines/wrong_degrees"] == 180.0
     assert metrics["test/lines/correct_fraction"] == 0.5 and metrics["test/lines/line_fit"] == 1.0
+
+
+def test_nearest_line_of_a_line_and_of_a_defect() -> None:
+    """A clean line image of the grid fits itself exactly; the same image with 10 pixels flipped
+    is 10/1024 of its pixels away from it (no other line image is nearer)."""
+    grid = torch.arange(360, dtype=torch.float64) * (2 * math.pi / 360)
+    references = line_images(grid, 32).flatten(1).float()
+    defect = references[90].clone()
+    defect[:10] = 1 - defect[:10]
+    fit, nearest = nearest_line(torch.stack([references[37], defect]), references)
+    assert nearest[0] == 37 and fit[0] == 1.0
+    assert fit[1] == pytest.approx(1 - 10 / 1024)

@@ -148,3 +148,36 @@ def test_posterior_statistics_and_collapse() -> None:
     with torch.no_grad():
         model.mu.weight.zero_()
     assert model.latent_statistics(images)["active_dims"] == 0  # posterior collapse
+
+
+def test_kl_warmup_rises_linearly_in_training_steps_only() -> None:
+    """beta * step / kl_warmup_steps in the training steps (read at each batch), beta elsewhere."""
+    import pytorch_lightning as pl
+
+    from src.models.vae import VariationalAutoencoder
+
+    model = VariationalAutoencoder(
+        {"_target_": "src.models.nets.DenseNet", "hidden_dims": [2]}, [1, 2, 2], beta=0.5, kl_warmup_steps=4
+    )
+    weights: list[float] = []
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:  # noqa: ANN001
+            weights.append(module.kl_weight())
+
+    images = torch.tensor([[0, 0, 1, 1], [1, 0, 1, 0], [1, 1, 0, 0], [0, 1, 0, 1]], dtype=torch.float32)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(images.view(4, 1, 2, 2)), batch_size=4
+    )
+    trainer = pl.Trainer(
+        max_steps=6,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Record()],
+    )
+    trainer.fit(model, loader)
+    assert weights == pytest.approx([0.0, 0.125, 0.25, 0.375, 0.5, 0.5])
+    model.eval()
+    assert model.kl_weight() == 0.5
