@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from src.analysis.claims import claims_markdown, evaluate_claims
 from src.analysis.sweep import markdown as sweep_markdown
 from src.analysis.sweep import write_summary
 from src.analysis.table1 import write_table1
@@ -26,6 +27,7 @@ TITLES = {
     "ood": "OOD detection of single runs",
     "table1": "Report 004's Table 1",
     "bench": "Benchmarks",
+    "claims": "Every claim of both reports, measured",
 }
 
 
@@ -125,11 +127,36 @@ def bench_sections(files: Sequence[Path], page: Path) -> list[str]:
     return sections
 
 
+def claims_sections(files: Sequence[Path], page: Path) -> list[str]:
+    """The claims declared in each spec file (src/analysis/claims.py), sweep paths relative to the
+    working directory."""
+    sections = []
+    for spec in files:
+        rows = evaluate_claims(spec, Path.cwd())
+        sweeps = {
+            measured["sweep"]
+            for row in rows
+            for measured in (row.get("measure"), (row.get("expect") or {}).get("compare"))
+            if measured and "sweep" in measured
+        }
+        commands = {sweep: run_command(Path(sweep)) for sweep in sweeps}
+        counts = {
+            name: sum(row["verdict"] == name for row in rows)
+            for name in dict.fromkeys(r["verdict"] for r in rows)
+        }
+        tally = ", ".join(f"{name} {count}" for name, count in counts.items())
+        sections.append(
+            f"Claims: {len(rows)} ({tally}); declared in `{spec}`.\n\n{claims_markdown(rows, commands)}"
+        )
+    return sections
+
+
 SECTIONS: dict[str, Callable[[Sequence[Path], Path], list[str]]] = {
     "census": census_sections,
     "ood": ood_sections,
     "table1": table1_sections,
     "bench": bench_sections,
+    "claims": claims_sections,
 }
 
 

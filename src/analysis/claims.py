@@ -1,0 +1,184 @@
+"""The claims page: each claim of the two reports, where it is, the verdict, the measured number with
+its interval and sample size, and the command that produced it.
+
+The claims, and how each is measured, are declared in a YAML file (docs/results/claims.yaml); every
+number is computed here from sweep folders, and each verdict follows from the numbers by the rule
+the claim declares (`expect`), so the page is rewritten, never edited. A claim entry:
+
+    - report: "000"                 # which report
+      where: "§4, footnote 6"       # where in it
+      claim: "..."                  # what it says
+      says: "..."                   # the report's own number, or why it has none
+      measure: {kind: ..., ...}     # what is measured (below)
+      expect: {above: 0.5}          # the rule: above / below / between / near (with tolerance) /
+                                    #   `compare: <measure>` with `relation: greater|less`
+      verdict: not testable         # instead of a rule: a fixed verdict (with `why`)
+      why: "..."                    # the reason for the verdict, shown with it
+
+Measures, over the finished jobs of `sweep` (optionally only those whose metrics match `where`,
+a mapping key -> value or list of values, and whose overrides include every one of `overrides`):
+- `frequency`: the share of jobs whose `key` is one of `values`, with its 95% Wilson interval;
+- `mean`: the mean of the numeric `key` over jobs, with its 95% t interval;
+- `pooled`: sum of `numerator` over sum of `denominator` (e.g. inputs revived of inputs dead),
+  with the Wilson interval of the pooled counts;
+- `exact`: the number a function returns (`function`: a dotted path, `arguments`: its keywords);
+- `value`: the numeric `key` of the first matching job (a single run's reading).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from src.analysis.sweep import load_jobs
+from src.errors import ConfigValueError, MissingFileError
+from src.evaluation.intervals import numeric_summary, wilson_interval
+
+VERDICTS = ("reproduced", "refuted", "partly", "not testable", "measured")
+
+
+def _matches(job: Mapping[str, Any], where: Mapping[str, Any], overrides: list[str]) -> bool:
+    metrics = job["metrics"]
+    for key, allowed in where.items():
+        allowed = allowed if isinstance(allowed, list) else [allowed]
+        if metrics.get(key) not in allowed:
+            return False
+    return all(override in job["overrides"] for override in overrides)
+
+
+def measure(spec: Mapping[str, Any], root: Path) -> dict[str, Any]:
+    """The measurement `spec` declares: value, interval (low, high) or None, sample size, and the
+    sweep folder it came from (None for exact values)."""
+    kind = spec.get("kind")
+    if kind == "exact":
+        module, name = spec["function"].rsplit(".", 1)
+        value = float(getattr(importlib.import_module(module), name)(**spec.get("arguments", {})))
+        return {"value": value, "interval": None, "n": "exact", "sweep": None}
+    sweep = root / spec["sweep"]
+    if not sweep.is_dir():
+        raise MissingFileError(f"claims: sweep folder {sweep} does not exist; run the claim's command first")
+    jobs = [
+        job
+        for job in load_jobs(sweep)
+        if job["metrics"] is not None and _matches(job, spec.get("where", {}), spec.get("overrides", []))
+    ]
+    if not jobs:
+        raise ConfigValueError(f"claims: no finished job in {sweep} matches {dict(spec)}")
+    metrics = [job["metrics"] for job in jobs]
+    if kind == "frequency":
+        values = spec["values"] if isinstance(spec["values"], list) else [spec["values"]]
+        hits = sum(m.get(spec["key"]) in values for m in metrics)
+        return {
+            "value": hits / len(metrics),
+            "interval": wilson_interval(hits, len(metrics)),
+            "n": len(metrics),
+        }
+    if kind == "pooled":
+        top = sum(int(m[spec["numerator"]]) for m in metrics)
+        bottom = sum(int(m[spec["denominator"]]) for m in metrics)
+        return {
+            "value": top / bottom if bottom else float("nan"),
+            "interval": wilson_interval(top, bottom),
+            "n": bottom,
+        }
+    values = [float(m[spec["key"]]) for m in metrics if spec["key"] in m]
+    if not values:
+        raise ConfigValueError(f"claims: no job in {sweep} has {spec['key']}")
+    if kind == "mean":
+        stats = numeric_summary(values)
+        return {"value": stats["mean"], "interval": tuple(stats["ci95"]), "n": stats["n"]}
+    if kind == "value":
+        return {"value": values[0], "interval": None, "n": 1}
+    raise ConfigValueError(
+        f"claims: measure kind {kind!r} is not one of exact, frequency, pooled, mean, value"
+    )
+
+
+def _bounds(result: Mapping[str, Any]) -> tuple[float, float]:
+    interval = result["interval"]
+    return (result["value"], result["value"]) if interval is None else tuple(interval)
+
+
+def verdict(expect: Mapping[str, Any], result: Mapping[str, Any], other: Mapping[str, Any] | None) -> str:
+    """The verdict a rule gives: `reproduced` when the whole interval satisfies it, `refuted` when
+    none of it does, `partly` when it straddles the boundary."""
+    low, high = _bounds(result)
+    if "compare" in expect:
+        other_low, other_high = _bounds(other)
+        greater = expect.get("relation", "greater") == "greater"
+        if (low > other_high) if greater else (high < other_low):
+            return "reproduced"
+        if (high < other_low) if greater else (low > other_high):
+            return "refuted"
+        return "partly"
+    if "near" in expect:
+        target, tolerance = expect["near"], expect.get("tolerance", 0.0)
+        return "reproduced" if low <= target + tolerance and high >= target - tolerance else "refuted"
+    lower = expect.get("above", expect.get("between", [None, None])[0])
+    upper = expect.get("below", expect.get("between", [None, None])[1])
+    inside = (lower is None or low > lower) and (upper is None or high < upper)
+    outside = (lower is not None and high < lower) or (upper is not None and low > upper)
+    return "reproduced" if inside else "refuted" if outside else "partly"
+
+
+def _shown(result: Mapping[str, Any]) -> str:
+    value, interval, n = result["value"], result["interval"], result["n"]
+    text = f"{value:.4g}"
+    if interval is not None:
+        text += " [{:.4g}, {:.4g}]".format(*interval)
+    return f"{text} (n = {n})"
+
+
+def evaluate_claims(spec_file: Path, root: Path) -> list[dict[str, Any]]:
+    """Every claim of `spec_file` with its measured result(s) and verdict; sweep paths are
+    relative to `root`."""
+    claims = (yaml.safe_load(spec_file.read_text()) or {}).get("claims") or []
+    rows = []
+    for number, claim in enumerate(claims, start=1):
+        result = measure(claim["measure"], root) if "measure" in claim else None
+        expect = claim.get("expect") or {}
+        other = measure(expect["compare"], root) if "compare" in expect else None
+        fixed = claim.get("verdict")
+        if fixed is not None and fixed not in VERDICTS:
+            raise ConfigValueError(
+                f"claims: claim {number} has verdict {fixed!r}; use one of {list(VERDICTS)}"
+            )
+        if fixed is None:
+            fixed = verdict(expect, result, other) if expect and result is not None else "measured"
+        rows.append({**claim, "number": number, "result": result, "other": other, "verdict": fixed})
+    return rows
+
+
+def claims_markdown(rows: list[dict[str, Any]], commands: Mapping[str, str]) -> str:
+    """The claims as one section per report: a table of the claims, then each one's command."""
+    lines: list[str] = []
+    for report in dict.fromkeys(row["report"] for row in rows):
+        lines += [f"## Report {report}", ""]
+        lines += ["| # | where | claim | the report | verdict | measured [95% interval] (n) | why |"]
+        lines += ["|---|---|---|---|---|---|---|"]
+        for row in (r for r in rows if r["report"] == report):
+            measured = "–" if row["result"] is None else _shown(row["result"])
+            if row["other"] is not None:
+                measured += f" vs {_shown(row['other'])}"
+            cells = [row["number"], row["where"], row["claim"], row.get("says", ""), f"**{row['verdict']}**"]
+            cells += [measured, row.get("why", "")]
+            lines.append(
+                "| " + " | ".join(str(cell).replace("|", "\\|").replace("\n", " ") for cell in cells) + " |"
+            )
+        lines.append("")
+        lines += ["Commands:", ""]
+        for row in (r for r in rows if r["report"] == report):
+            sweeps = [
+                spec["sweep"]
+                for spec in (row.get("measure"), (row.get("expect") or {}).get("compare"))
+                if spec and "sweep" in spec
+            ]
+            shown = [row["command"]] if "command" in row else [commands[s] for s in dict.fromkeys(sweeps)]
+            for command in shown or ["(exact: computed by the page's command)"]:
+                lines.append(f"- {row['number']}: `{command}`")
+        lines.append("")
+    return "\n".join(lines)
