@@ -139,3 +139,21 @@ def ood_sets(
         else:
             raise ConfigValueError(f"ood.sets: unknown set {name!r}; choose from {list(KNOWN_SETS)}")
     return sets
+
+
+def ood_set_classes(
+    names: list[str], datamodule: Any, count: int | None
+) -> dict[str, tuple[torch.Tensor, list[str]]]:
+    """For each named set that is a labelled dataset (`mnist`, `fashion_mnist`): the class label of
+    each of its images as `ood_sets` gives them, and the dataset's class names."""
+    import torchvision.datasets
+
+    classes = {}
+    for name in names:
+        if name in TORCHVISION_SETS and name != datamodule.name:
+            dataset = TORCHVISION_SETS[name]
+            labels = load_torchvision_images(
+                dataset, datamodule.root, train=False, download=datamodule.download
+            )
+            classes[name] = (labels.tensors[1][:count], list(getattr(torchvision.datasets, dataset).classes))
+    return classes

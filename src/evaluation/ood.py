@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from src.data.memory import InMemoryDataModule
-from src.data.ood_sets import KNOWN_SETS, TORCHVISION_SETS, ood_sets
+from src.data.ood_sets import KNOWN_SETS, TORCHVISION_SETS, ood_set_classes, ood_sets
 from src.data.torchvision_sets import data_root, load_torchvision_images
 from src.errors import ConfigValueError
 from src.evaluation.base import EvaluationContext, EvaluationResult
@@ -95,6 +95,14 @@ def check_settings(cfg: Mapping[str, Any], anomaly_scores: tuple[str, ...], data
     )
 
 
+def recall_by_class(flagged: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict[str, float]:
+    """The share of each class's OOD images called OOD, by class name ("/" written as "-")."""
+    return {
+        class_names[label].replace("/", "-"): float(flagged[labels == label].float().mean())
+        for label in sorted(set(labels.tolist()))
+    }
+
+
 def evaluate(
     cfg: Mapping[str, Any],
     model: ReconstructionModel,
@@ -124,7 +132,8 @@ def evaluate(
     metrics: dict[str, Any] = {"ood/score": score, "ood/threshold_method": method}
     if threshold is not None:
         metrics["ood/threshold"] = threshold
-    results, aurocs, thresholds = {}, {}, {}
+    results, aurocs, thresholds, by_class = {}, {}, {}, {}
+    classes = ood_set_classes(list(out_sets), datamodule, count)
     in_test = scored["test"]
     for name in out_sets:
         out = scored[name]
@@ -142,6 +151,10 @@ def evaluate(
             metrics[f"ood/{name}/threshold_best_f1_upper_bound"] = thresholds[name]
         for key, value in aurocs[name].items():
             metrics[f"ood/{name}/auroc_{key}"] = value
+        if name in classes:  # report 004's "small group of OOD points not detected": which classes
+            by_class[name] = recall_by_class(out[score] > thresholds[name], *classes[name])
+            for class_name, recall in by_class[name].items():
+                metrics[f"ood/{name}/recall_by_class/{class_name}"] = recall
 
     if method == "percentile":
         how = (
@@ -156,7 +169,7 @@ def evaluate(
         f"Score `{score}` (higher = more anomalous); an image is called OOD when its score > {shown}: {how}."
     )
     sizes = {name: len(values[score]) for name, values in scored.items()}
-    (run_dir / "ood.md").write_text(ood_report(datamodule.name, results, sizes, aurocs, header))
+    (run_dir / "ood.md").write_text(ood_report(datamodule.name, results, sizes, aurocs, header, by_class))
     write_scores_csv(run_dir / "scores.csv", scored, labels)
 
     if not (figures and cfg.get("plots", True)):

@@ -53,9 +53,10 @@ def ood_report(
     sizes: Mapping[str, int],
     aurocs: Mapping[str, Mapping[str, float]],
     header: str,
+    by_class: Mapping[str, Mapping[str, float]] | None = None,
 ) -> str:
-    """ood.md: per OOD set report 004's Table 2 (label 0 in-distribution, 1 OOD), then the AUROC of
-    every score on every set."""
+    """ood.md: per OOD set report 004's Table 2 (label 0 in-distribution, 1 OOD) and, for a labelled
+    OOD set, the recall of each of its classes; then the AUROC of every score on every set."""
     lines = ["# OOD detection", "", header, ""]
     for name, metrics in results.items():
         rows = [
@@ -71,6 +72,14 @@ def ood_report(
             *markdown_table(["label", "precision", "recall", "f1-score", "support"], rows),
             "",
         ]
+        if by_class and name in by_class:
+            recalls = sorted(by_class[name].items(), key=lambda item: item[1])
+            lines += [
+                f"Recall of each {name} class (the share called OOD), lowest first:",
+                "",
+                *markdown_table(["class", "recall"], [[c, f"{r:.4f}"] for c, r in recalls], "lr"),
+                "",
+            ]
     score_names = list(next(iter(aurocs.values())))
     rows = [[name, *(f"{by_score[score]:.4f}" for score in score_names)] for name, by_score in aurocs.items()]
     lines += ["## AUROC of every score", "", *markdown_table(["set", *score_names], rows)]
