@@ -15,10 +15,11 @@ from torch import nn
 from torchmetrics.functional.regression import cosine_similarity
 
 from src.errors import ConfigValueError
-from src.models.losses import RECONSTRUCTIONS, REDUCTIONS, gray_fraction
+from src.models.losses import RECONSTRUCTIONS, REDUCTIONS, gray_fraction, reconstruction_error
 from src.models.training_log import TrainingTermsLog
 
 OUTPUT_ACTIVATIONS = ("sigmoid", "heaviside")
+FINAL_ACTIVATIONS = ("sigmoid", "leaky_relu")
 INITS = ("glorot_uniform", "torch")
 # Keeps log() finite when an output is exactly 0 or 1 (the Heaviside output always is).
 PROBABILITY_EPS = 1e-6
@@ -71,6 +72,11 @@ class ReconstructionModel(TrainingTermsLog):
         output_activation: str = "sigmoid",
         init: str = "glorot_uniform",
         optimizer: Mapping | None = None,
+        final_activation: str = "sigmoid",
+        final_negative_slope: float = 0.3,
+        pixel_mean: float | None = None,
+        pixel_std: float | None = None,
+        standardize_inputs: bool = False,
     ) -> None:
         super().__init__()
         net = plain(net)
@@ -80,6 +86,21 @@ class ReconstructionModel(TrainingTermsLog):
         choice("reduction", reduction, REDUCTIONS)
         choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
         choice("init", init, INITS)
+        choice("final_activation", final_activation, FINAL_ACTIVATIONS)
+        if final_activation != "sigmoid" and reconstruction != "mse":
+            raise ConfigValueError(
+                f"model.final_activation={final_activation} gives no probabilities for bce: use "
+                "model.reconstruction=mse with it, or model.final_activation=sigmoid"
+            )
+        if final_activation != "sigmoid" and output_activation == "heaviside":
+            raise ConfigValueError(
+                "model.output_activation=heaviside swaps a sigmoid: keep model.final_activation=sigmoid"
+            )
+        if standardize_inputs and (pixel_mean is None or not pixel_std):
+            raise ConfigValueError(
+                "model.standardize_inputs=true needs model.pixel_mean and a positive model.pixel_std "
+                "(conf/tuning/<data>.yaml gives them for MNIST and Fashion-MNIST)"
+            )
         if latent_dim < 1:
             raise ConfigValueError(f"model.latent_dim must be at least 1, got {latent_dim}")
         # The run's config, which holds these, is what the loggers are given (src/pipeline/loggers.py).
@@ -121,7 +142,38 @@ class ReconstructionModel(TrainingTermsLog):
 
     def code(self, images: torch.Tensor) -> torch.Tensor:
         """Deterministic bottleneck value of each image (the VAE's posterior mean)."""
-        return self.code_layer()(self.net.encoder(images))
+        return self.code_layer()(self.net.encoder(self.standardized(images)))
+
+    def standardized(self, images: torch.Tensor) -> torch.Tensor:
+        """The images as the net sees them: (x - pixel_mean) / pixel_std with `standardize_inputs`
+        (report 004's "normalized, centred and scaled" inputs), else as they are."""
+        if not self.hparams.get("standardize_inputs"):
+            return images
+        return (images - self.hparams.pixel_mean) / self.hparams.pixel_std
+
+    def activated(self, logits: torch.Tensor) -> torch.Tensor:
+        """The decoder's final activation, in the space the net works in (`standardized`)."""
+        if self.hparams.get("final_activation", "sigmoid") == "leaky_relu":
+            return F.leaky_relu(logits, self.hparams.final_negative_slope)
+        return torch.sigmoid(logits)
+
+    def pixels(self, logits: torch.Tensor) -> torch.Tensor:
+        """The reconstruction in pixel space: the final activation, standardisation undone."""
+        outputs = self.activated(logits)
+        if not self.hparams.get("standardize_inputs"):
+            return outputs
+        return outputs * self.hparams.pixel_std + self.hparams.pixel_mean
+
+    def reconstruction_error(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """The per-image reconstruction term of the training loss (model.reconstruction,
+        model.reduction), in the space the net works in."""
+        return reconstruction_error(
+            logits,
+            self.standardized(images),
+            self.hparams.reconstruction,
+            self.hparams.reduction,
+            self.activated,
+        )
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """Pixel logits for latent codes."""
@@ -132,7 +184,7 @@ class ReconstructionModel(TrainingTermsLog):
         the configured model.output_activation)."""
         if (activation or self.hparams.output_activation) == "heaviside":
             return (logits > 0).to(logits.dtype)
-        return torch.sigmoid(logits)
+        return self.pixels(logits)
 
     def reconstruct(self, images: torch.Tensor, activation: str | None = None) -> torch.Tensor:
         """Deterministic reconstruction in [0, 1] with the evaluation output activation."""
@@ -144,7 +196,7 @@ class ReconstructionModel(TrainingTermsLog):
     def layer_activations(self, images: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
         """(name, activation) after every layer from input to output logits, deterministic path."""
         stages = [("encoder", self.net.encoder), ("", [self.code_layer()]), ("decoder", self.net.decoder)]
-        activations, current = [], images
+        activations, current = [], self.standardized(images)
         for prefix, layers in stages:
             for index, layer in enumerate(layers):
                 current = layer(current)
@@ -174,8 +226,17 @@ class ReconstructionModel(TrainingTermsLog):
             "recon_bce": F.binary_cross_entropy(clamped, flat_images, reduction="none").mean(1),
             "cosine_similarity": cosine_similarity(flat_recon, flat_images, reduction="none"),
             "blur": gray_fraction(recon),
+            **self.centred_cosine(flat_recon, flat_images),
             **self.extra_scores(images, evaluated, samples),
         }
+
+    def centred_cosine(self, recon: torch.Tensor, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """With a known `pixel_mean`: `cosine_similarity_centred`, the cosine of input and
+        reconstruction after subtracting it (as for centred inputs); with none, nothing."""
+        mean = self.hparams.get("pixel_mean")
+        if mean is None:
+            return {}
+        return {"cosine_similarity_centred": cosine_similarity(recon - mean, images - mean, reduction="none")}
 
     def extra_scores(
         self, images: torch.Tensor, evaluated: EvaluationPass, samples: int

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from src.models.base import ReconstructionModel
-from src.models.losses import reconstruction_error
 
 
 class ClassicalAutoencoder(ReconstructionModel):
@@ -26,7 +25,5 @@ class ClassicalAutoencoder(ReconstructionModel):
         self, images: torch.Tensor, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self.decode(self.code(images))
-        recon = reconstruction_error(
-            logits, images, self.hparams.reconstruction, self.hparams.reduction
-        ).mean()
+        recon = self.reconstruction_error(logits, images).mean()
         return recon, {"recon": recon}

@@ -3,6 +3,8 @@ the reparameterisation, the discriminator-feature error and the grey-pixel fract
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -11,12 +13,17 @@ REDUCTIONS = ("mean", "sum")
 
 
 def reconstruction_error(
-    logits: torch.Tensor, images: torch.Tensor, kind: str, reduction: str
+    logits: torch.Tensor,
+    images: torch.Tensor,
+    kind: str,
+    reduction: str,
+    activation: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid,
 ) -> torch.Tensor:
-    """Per-image reconstruction term of the training loss: squared error of sigmoid(logits) or
-    binary cross-entropy from logits, summed or averaged over the pixels of each image."""
+    """Per-image reconstruction term of the training loss: squared error of activation(logits)
+    (the sigmoid unless the model says otherwise) or binary cross-entropy from logits, summed or
+    averaged over the pixels of each image."""
     if kind == "mse":
-        per_pixel = (torch.sigmoid(logits) - images).square()
+        per_pixel = (activation(logits) - images).square()
     else:
         per_pixel = F.binary_cross_entropy_with_logits(logits, images, reduction="none")
     per_pixel = per_pixel.flatten(1)

@@ -44,7 +44,7 @@ class VariationalAutoencoder(ReconstructionModel):
         return self.mu
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.net.encoder(images)
+        features = self.net.encoder(self.standardized(images))
         return self.mu(features), self.logvar(features)
 
     def encode_pass(self, images: torch.Tensor) -> EvaluationPass:
@@ -59,9 +59,7 @@ class VariationalAutoencoder(ReconstructionModel):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mu, logvar = self.encode(images)
         logits = self.decode(reparameterise(mu, logvar, noise))
-        recon = reconstruction_error(
-            logits, images, self.hparams.reconstruction, self.hparams.reduction
-        ).mean()
+        recon = self.reconstruction_error(logits, images).mean()
         kl = gaussian_kl(mu, logvar).mean()
         return recon + self.kl_weight() * kl, {"recon": recon, "kl": kl}
 

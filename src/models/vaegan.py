@@ -22,7 +22,7 @@ from torch import nn
 
 from src.errors import ConfigValueError
 from src.models.base import EvaluationPass, plain
-from src.models.losses import feature_error, gaussian_kl, reconstruction_error, reparameterise
+from src.models.losses import feature_error, gaussian_kl, reparameterise
 from src.models.nets import ACTIVATIONS
 from src.models.vae import VariationalAutoencoder
 
@@ -146,15 +146,13 @@ class VAEGAN(VariationalAutoencoder):
         latent = reparameterise(mu, logvar)
         # Reconstructions and prior samples in one decoder pass (one set of batch-norm statistics).
         logits = self.decode(torch.cat([latent, torch.randn_like(latent)]))
-        features, verdicts = self.discriminator(torch.cat([images, torch.sigmoid(logits)]))
+        features, verdicts = self.discriminator(torch.cat([images, self.pixels(logits)]))
         real_features, recon_features = features[:count].detach(), features[count : 2 * count]
         real, recon, sampled = verdicts.split(count)
 
         kl = gaussian_kl(mu, logvar).mean()
         feature = feature_error(recon_features, real_features).mean()
-        pixel = reconstruction_error(
-            logits[:count], images, self.hparams.reconstruction, self.hparams.reduction
-        ).mean()
+        pixel = self.reconstruction_error(logits[:count], images).mean()
         similarity = self.hparams.feature_weight * feature + self.hparams.pixel_weight * pixel
         ones, zeros = torch.ones_like(real), torch.zeros_like(real)
         bce = F.binary_cross_entropy_with_logits
@@ -244,6 +242,6 @@ class VAEGAN(VariationalAutoencoder):
         """Adds `disc_feature_error`: the feature error between an image and its deterministic
         (z = mu) reconstruction, per image, an OOD score."""
         features, _ = self.discriminator(images)
-        recon_features, _ = self.discriminator(torch.sigmoid(evaluated.logits))
+        recon_features, _ = self.discriminator(self.pixels(evaluated.logits))
         scores = super().extra_scores(images, evaluated, samples)
         return {**scores, "disc_feature_error": feature_error(recon_features, features)}
