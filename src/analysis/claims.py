@@ -22,7 +22,10 @@ a mapping key -> value or list of values, and whose overrides include every one 
 - `pooled`: sum of `numerator` over sum of `denominator` (e.g. inputs revived of inputs dead),
   with the Wilson interval of the pooled counts;
 - `exact`: the number a function returns (`function`: a dotted path, `arguments`: its keywords);
-- `value`: the numeric `key` of the first matching job (a single run's reading).
+- `value`: the numeric `key` of the first matching job (a single run's reading);
+- `table2_fit`: over jobs, the smallest largest difference from report 004's Table 2 that any
+  threshold on `score` gives for the OOD set `set` (src/analysis/table2_fit.py); with
+  `field: validation_percentile`, the percentile of validation scores that threshold sits at.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any
 import yaml
 
 from src.analysis.sweep import load_jobs
+from src.analysis.table2_fit import fit_run
 from src.errors import ConfigValueError, MissingFileError
 from src.evaluation.intervals import numeric_summary, wilson_interval
 
@@ -69,6 +73,10 @@ def measure(spec: Mapping[str, Any], root: Path) -> dict[str, Any]:
     if not jobs:
         raise ConfigValueError(f"claims: no finished job in {sweep} matches {dict(spec)}")
     metrics = [job["metrics"] for job in jobs]
+    if kind == "table2_fit":
+        fits = [fit_run(sweep / job["dir"], spec["score"], spec["set"]) for job in jobs]
+        stats = numeric_summary([getattr(fit, spec.get("field", "deviation")) for fit in fits])
+        return {"value": stats["mean"], "interval": tuple(stats["ci95"]), "n": stats["n"]}
     if kind == "frequency":
         values = spec["values"] if isinstance(spec["values"], list) else [spec["values"]]
         hits = sum(m.get(spec["key"]) in values for m in metrics)

@@ -59,3 +59,23 @@ def test_interpolation_ends_at_the_reconstructions_of_its_two_images(tmp_path: P
     result = LatentInterpolation(pairs=3, steps=5)(model, datamodule, EvaluationContext(tmp_path, True, None))
     assert [p.name for p in result.figures] == ["interpolation.png"]
     assert 0 < result.metrics["test/interpolation/path_cosine"] <= 1
+
+
+def test_the_threshold_closest_to_table2_is_found_with_its_numbers() -> None:
+    """99 of 100 in-distribution scores at 0 (one at 10), 90 of 100 OOD scores at 20 (ten at 0):
+    calling scores above 0 OOD gives recall 0.99 and 0.90, precision 99/109 and 90/91, the
+    report's pattern; every other threshold is farther from it."""
+    import numpy as np
+
+    from src.analysis.table2_fit import closest_threshold
+
+    inside = np.r_[np.zeros(99), 10.0]
+    outside = np.r_[np.zeros(10), np.full(90, 20.0)]
+    fit = closest_threshold(inside, outside, validation=np.r_[np.zeros(3), 1.0])
+    p_in, p_out = 99 / 109, 90 / 91
+    expected = (p_in, 0.99, 2 * p_in * 0.99 / (p_in + 0.99), p_out, 0.90, 2 * p_out * 0.9 / (p_out + 0.9))
+    assert fit.threshold == 0.0 and fit.validation_percentile == 75.0
+    assert fit.numbers == pytest.approx(expected)
+    assert fit.deviation == pytest.approx(
+        max(abs(a - b) for a, b in zip(expected, (0.91, 0.99, 0.94, 0.98, 0.90, 0.94), strict=True))
+    )
