@@ -15,12 +15,13 @@ the claim declares (`expect`), so the page is rewritten, never edited. A claim e
       verdict: not testable         # instead of a rule: a fixed verdict (with `why`)
       why: "..."                    # the reason for the verdict, shown with it
 
-Measures, over the finished jobs of `sweep` (optionally only those whose metrics match `where`,
-a mapping key -> value or list of values, and whose overrides include every one of `overrides`):
+Measures, over the finished jobs of `sweep` (optionally only those whose metrics match `where`, a
+mapping key -> value or list of values, match none of `where_not`, and whose overrides include
+every one of `overrides`):
 - `frequency`: the share of jobs whose `key` is one of `values`, with its 95% Wilson interval;
 - `mean`: the mean of the numeric `key` over jobs, with its 95% t interval;
-- `pooled`: sum of `numerator` over sum of `denominator` (e.g. inputs revived of inputs dead),
-  with the Wilson interval of the pooled counts;
+- `pooled`: sum of `numerator` over sum of `denominator` (a key, or a number per job), e.g. inputs
+  revived of inputs dead, with the Wilson interval of the pooled counts;
 - `exact`: the number a function returns (`function`: a dotted path, `arguments`: its keywords);
 - `value`: the numeric `key` of the first matching job (a single run's reading);
 - `table2_fit`: over jobs, the smallest largest difference from report 004's Table 2 that any
@@ -45,13 +46,18 @@ from src.evaluation.intervals import numeric_summary, wilson_interval
 VERDICTS = ("reproduced", "refuted", "partly", "not testable", "measured")
 
 
-def _matches(job: Mapping[str, Any], where: Mapping[str, Any], overrides: list[str]) -> bool:
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _matches(job: Mapping[str, Any], spec: Mapping[str, Any]) -> bool:
+    """Whether a finished job is one `spec` selects (`where`, `where_not`, `overrides`)."""
     metrics = job["metrics"]
-    for key, allowed in where.items():
-        allowed = allowed if isinstance(allowed, list) else [allowed]
-        if metrics.get(key) not in allowed:
-            return False
-    return all(override in job["overrides"] for override in overrides)
+    if any(metrics.get(key) not in _listed(allowed) for key, allowed in spec.get("where", {}).items()):
+        return False
+    if any(metrics.get(key) in _listed(barred) for key, barred in spec.get("where_not", {}).items()):
+        return False
+    return all(override in job["overrides"] for override in spec.get("overrides", []))
 
 
 def measure(spec: Mapping[str, Any], root: Path) -> dict[str, Any]:
@@ -65,11 +71,7 @@ def measure(spec: Mapping[str, Any], root: Path) -> dict[str, Any]:
     sweep = root / spec["sweep"]
     if not sweep.is_dir():
         raise MissingFileError(f"claims: sweep folder {sweep} does not exist; run the claim's command first")
-    jobs = [
-        job
-        for job in load_jobs(sweep)
-        if job["metrics"] is not None and _matches(job, spec.get("where", {}), spec.get("overrides", []))
-    ]
+    jobs = [job for job in load_jobs(sweep) if job["metrics"] is not None and _matches(job, spec)]
     if not jobs:
         raise ConfigValueError(f"claims: no finished job in {sweep} matches {dict(spec)}")
     metrics = [job["metrics"] for job in jobs]
@@ -87,7 +89,8 @@ def measure(spec: Mapping[str, Any], root: Path) -> dict[str, Any]:
         }
     if kind == "pooled":
         top = sum(int(m[spec["numerator"]]) for m in metrics)
-        bottom = sum(int(m[spec["denominator"]]) for m in metrics)
+        per_job = spec["denominator"]  # a key, or a number of trials per job
+        bottom = sum(per_job if isinstance(per_job, int) else int(m[per_job]) for m in metrics)
         return {
             "value": top / bottom if bottom else float("nan"),
             "interval": wilson_interval(top, bottom),

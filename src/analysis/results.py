@@ -49,16 +49,20 @@ def commit_of(folder: Path) -> str:
 
 # Hydra overrides that only say where the folder went, not how the runs were made.
 PLACEMENT = ("hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode=")
+# Task overrides that only say where outputs went.
+LOCATION = ("paths.output_root=",)
 
 
 def run_command(folder: Path) -> str:
-    """The `python -m src.run` command line that made a run or sweep folder, from Hydra's record
-    (where the folder was put left out)."""
+    """The `python -m src.run` (or `src.eval`) command line that made a run or sweep folder, from
+    Hydra's record (where the folder was put left out)."""
     multirun = folder / "multirun.yaml"
     if multirun.is_file():
-        recorded = yaml.safe_load(multirun.read_text())["hydra"]["overrides"]
+        saved = yaml.safe_load(multirun.read_text())["hydra"]
+        recorded, entry_point = saved["overrides"], f"src.{saved['job']['name']}"  # src.run or src.eval
         hydra = [item for item in recorded["hydra"] if not item.startswith(PLACEMENT)]
-        return shlex.join(["python", "-m", "src.run", "-m", *recorded["task"], *hydra])
+        task = [item for item in recorded["task"] if not item.startswith(LOCATION)]
+        return shlex.join(["python", "-m", entry_point, "-m", *task, *hydra])
     overrides_file = folder / ".hydra" / "overrides.yaml"
     if overrides_file.is_file():
         return shlex.join(["python", "-m", "src.run", *(yaml.safe_load(overrides_file.read_text()) or [])])
