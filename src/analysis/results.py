@@ -59,7 +59,8 @@ def run_command(folder: Path) -> str:
     multirun = folder / "multirun.yaml"
     if multirun.is_file():
         saved = yaml.safe_load(multirun.read_text())["hydra"]
-        recorded, entry_point = saved["overrides"], f"src.{saved.get('job', {}).get('name', 'run')}"  # src.run or src.eval
+        recorded = saved["overrides"]
+        entry_point = f"src.{saved.get('job', {}).get('name', 'run')}"  # src.run or src.eval
         hydra = [item for item in recorded["hydra"] if not item.startswith(PLACEMENT)]
         task = [item for item in recorded["task"] if not item.startswith(LOCATION)]
         return shlex.join(["python", "-m", entry_point, "-m", *task, *hydra])
