@@ -24,6 +24,9 @@ every one of `overrides`):
   revived of inputs dead, with the Wilson interval of the pooled counts;
 - `exact`: the number a function returns (`function`: a dotted path, `arguments`: its keywords);
 - `value`: the numeric `key` of the first matching job (a single run's reading);
+- `sample_quality`: over jobs, the mean of a measure of each model's prior samples (`key`:
+  sharpness, gray, nn_cosine or digit_confidence; src/evaluation/sample_quality.py, as Table 1's
+  page measures them);
 - `table2_fit`: over jobs, the smallest largest difference from report 004's Table 2 that any
   threshold on `score` gives for the OOD set `set` (src/analysis/table2_fit.py); with
   `field: validation_percentile`, the percentile of validation scores that threshold sits at.
@@ -31,17 +34,25 @@ every one of `overrides`):
 
 from __future__ import annotations
 
+import functools
 import importlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
+from omegaconf import OmegaConf
 
 from src.analysis.sweep import load_jobs
+from src.analysis.table1 import measure_run
 from src.analysis.table2_fit import fit_run
 from src.errors import ConfigValueError, MissingFileError
 from src.evaluation.intervals import numeric_summary, wilson_interval
+from src.evaluation.sample_quality import train_digit_classifier
+from src.pipeline.config import build
+from src.pipeline.run import read_run
 
 VERDICTS = ("reproduced", "refuted", "partly", "not testable", "measured")
 
@@ -60,6 +71,22 @@ def _matches(job: Mapping[str, Any], spec: Mapping[str, Any]) -> bool:
     return all(override in job["overrides"] for override in spec.get("overrides", []))
 
 
+@functools.cache
+def _sample_measures(run_dir: Path) -> dict[str, float]:
+    """Table 1's sample measures of one run (1000 prior samples, the digit classifier of its data)."""
+    data = read_run(run_dir).config().data
+    datamodule = build(data)
+    classifier = _classifier(json.dumps(OmegaConf.to_container(data, resolve=True), sort_keys=True))
+    row, _ = measure_run(run_dir, 1000, datamodule.images("test"), classifier)
+    return {key: row[key] for key in ("sharpness", "gray", "nn_cosine", "digit_confidence")}
+
+
+@functools.cache
+def _classifier(data: str) -> torch.nn.Module:
+    datamodule = build(OmegaConf.create(json.loads(data)))
+    return train_digit_classifier(datamodule.images("train"), datamodule.labels("train"))
+
+
 def measure(spec: Mapping[str, Any], root: Path) -> dict[str, Any]:
     """The measurement `spec` declares: value, interval (low, high) or None, sample size, and the
     sweep folder it came from (None for exact values)."""
@@ -75,6 +102,10 @@ def measure(spec: Mapping[str, Any], root: Path) -> dict[str, Any]:
     if not jobs:
         raise ConfigValueError(f"claims: no finished job in {sweep} matches {dict(spec)}")
     metrics = [job["metrics"] for job in jobs]
+    if kind == "sample_quality":
+        values = [_sample_measures(sweep / job["dir"])[spec["key"]] for job in jobs]
+        stats = numeric_summary(values)
+        return {"value": stats["mean"], "interval": tuple(stats["ci95"]), "n": stats["n"]}
     if kind == "table2_fit":
         fits = [fit_run(sweep / job["dir"], spec["score"], spec["set"]) for job in jobs]
         stats = numeric_summary([getattr(fit, spec.get("field", "deviation")) for fit in fits])

@@ -34,6 +34,7 @@ from scipy.optimize import linprog
 from scipy.spatial import ConvexHull, HalfspaceIntersection
 from torch import nn
 
+from src.data.lines import LINES_2X2
 from src.data.memory import InMemoryDataModule
 from src.errors import ConfigValueError
 from src.evaluation.base import EvaluationContext, EvaluationResult
@@ -207,3 +208,17 @@ def opposed_signs_probability(l1_width: int, l3_width: int) -> float:
     """Footnote 7's event, exactly, for a 1-unit bottleneck with i.i.d. symmetric weights: all
     `l1_width` weights into it of one sign and all `l3_width` weights out of it of the other."""
     return 2 * 0.5**l1_width * 0.5**l3_width
+
+
+def negative_in_some_unit_probability(width: int) -> float:
+    """Footnote 6's first number: an input with zero biases and symmetric weights is negative in
+    each of `width` L1 neurons with probability 1/2, independently, so in some neuron with
+    1 - 2^-width."""
+    return 1 - 0.5**width
+
+
+def lines2x2_dead_inputs_probability(width: int, at_least: int) -> float:
+    """P(at least `at_least` of the four 2x2 images are dead in all `width` L1 neurons), exactly."""
+    images = np.array([[float(c) for c in code] for code in LINES_2X2])
+    distribution = dead_input_distribution(images, width)
+    return sum(p for count, p in distribution.items() if count >= at_least)

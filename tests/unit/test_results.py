@@ -77,3 +77,101 @@ def test_commit_and_command_outside_git_and_hydra(tmp_path: Path) -> None:
     assert commit_of(tmp_path) == "unknown"
     assert re.fullmatch(r"[0-9a-f]{4,}(\+changes)?", commit_of(PROJECT_ROOT))
     assert run_command(tmp_path) == "(not recorded: no .hydra/ in the folder)"
+
+
+def test_claims_are_measured_from_sweep_folders_and_judged_by_their_rules(tmp_path: Path) -> None:
+    """Four jobs, three optimal (one of them with a dead input revived): each measure's number,
+    interval and verdict follow from those counts (3/4 optimal has the Wilson interval [0.30, 0.95],
+    wholly above 0.2 and 0.1; 1 revived of 7 dead, [0.03, 0.51], reaches 0.2; one gray run's x of 3
+    lies inside the others' t interval around 1)."""
+    from src.analysis.claims import evaluate_claims
+    from src.evaluation.intervals import wilson_interval
+
+    sweep = tmp_path / "outputs" / "sweep"
+    rows = [("optimal", "0", 0), ("optimal", "1", 1), ("optimal", "2", 0), ("all_gray", "4", 0)]
+    for seed, (outcome, dead, revived) in enumerate(rows):
+        metrics = {
+            "test/outcome": outcome,
+            "init/dead_inputs": dead,
+            "test/revived_inputs": revived,
+            "x": seed,
+        }
+        _job(sweep / str(seed), [f"seed={seed}"], metrics)
+    spec = tmp_path / "claims.yaml"
+    frequency = {"kind": "frequency", "sweep": "outputs/sweep", "key": "test/outcome", "values": "optimal"}
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "claims": [
+                    {
+                        "report": "000",
+                        "where": "§4",
+                        "claim": "rare",
+                        "measure": frequency,
+                        "expect": {"below": 0.2},
+                    },
+                    {
+                        "report": "000",
+                        "where": "§4",
+                        "claim": "common",
+                        "measure": frequency,
+                        "expect": {"above": 0.1},
+                    },
+                    {
+                        "report": "000",
+                        "where": "§4",
+                        "claim": "revived",
+                        "measure": {
+                            "kind": "pooled",
+                            "sweep": "outputs/sweep",
+                            "numerator": "test/revived_inputs",
+                            "denominator": "init/dead_inputs",
+                        },
+                        "expect": {"near": 0.2, "tolerance": 0.01},
+                    },
+                    {
+                        "report": "000",
+                        "where": "fn 7",
+                        "claim": "exact",
+                        "measure": {
+                            "kind": "exact",
+                            "function": "src.evaluation.initial_state.opposed_signs_probability",
+                            "arguments": {"l1_width": 2, "l3_width": 2},
+                        },
+                        "expect": {"near": 0.125},
+                    },
+                    {
+                        "report": "004",
+                        "where": "T1",
+                        "claim": "gray runs have more dead inputs",
+                        "measure": {
+                            "kind": "mean",
+                            "sweep": "outputs/sweep",
+                            "key": "x",
+                            "where": {"test/outcome": "all_gray"},
+                        },
+                        "expect": {
+                            "compare": {
+                                "kind": "mean",
+                                "sweep": "outputs/sweep",
+                                "key": "x",
+                                "where_not": {"test/outcome": "all_gray"},
+                            },
+                            "relation": "greater",
+                        },
+                    },
+                ]
+            }
+        )
+    )
+    claims = evaluate_claims(spec, tmp_path)
+    assert claims[0]["result"]["value"] == 0.75 and claims[0]["result"]["interval"] == wilson_interval(3, 4)
+    assert [claim["verdict"] for claim in claims] == [
+        "refuted",
+        "reproduced",
+        "reproduced",
+        "reproduced",
+        "partly",
+    ]
+    assert claims[2]["result"]["value"] == pytest.approx(1 / 7) and claims[2]["result"]["n"] == 7
+    assert claims[4]["result"]["value"] == 3 and claims[4]["other"]["value"] == 1
