@@ -7,7 +7,9 @@ For a dense ReLU net (L1 = the encoder's first ReLU layer, L2 = the bottleneck, 
 decoder's first ReLU layer) the `initial_state` evaluation rebuilds the model exactly as training
 built it (same seed, same construction) and records, over the training images:
 
-- `init/dead_inputs`: how many images are zero in every L1 unit (a category, for cross-tabs);
+- `init/dead_inputs`: how many images are zero in every L1 unit, and `init/dead_inputs_class`,
+  the same as a category for cross-tabs: the count itself for at most `CATEGORICAL_COUNTS`
+  images (the four 2x2 images), else `none`, `some` or `all`;
 - `init/inputs_with_a_negative_unit`: how many are zero in at least one L1 unit;
 - `init/l2_l3_signs`: with a 1-unit bottleneck, `L2 all -, L3 all +`, `L2 all +, L3 all -`
   (either silences L3 for every input when the biases are zero) or `mixed`;
@@ -43,6 +45,8 @@ from src.models.base import ReconstructionModel
 from src.models.nets import DenseNet
 
 SIGN_CONFIGS = ("L2 all -, L3 all +", "L2 all +, L3 all -", "mixed")
+# Up to this many images, the dead-input count is itself the category.
+CATEGORICAL_COUNTS = 16
 
 
 def initial_model(cfg: DictConfig) -> ReconstructionModel:
@@ -100,8 +104,14 @@ def initial_state_metrics(
     dead_at_start = l1.abs().amax(1).eq(0)
     l3 = _through(initial.net.decoder, initial.code(images), _first_relu(initial.net.decoder))
     dead_at_end = dead_inputs(trained, images)
+    dead, count = int(dead_at_start.sum()), len(images)
+    if count <= CATEGORICAL_COUNTS:
+        dead_class = str(dead)
+    else:
+        dead_class = "none" if dead == 0 else "all" if dead == count else "some"
     metrics: dict[str, str | int] = {
-        "init/dead_inputs": str(int(dead_at_start.sum())),
+        "init/dead_inputs": dead,
+        "init/dead_inputs_class": dead_class,
         "init/inputs_with_a_negative_unit": int(l1.eq(0).any(1).sum()),
         "init/decoder_dead": "yes" if l3.abs().max() == 0 else "no",
         "init/identical_layer": first_identical_layer(initial, images),

@@ -83,7 +83,8 @@ def test_initial_state_of_a_hand_built_network() -> None:
         trained.net.encoder[1].weight[0, 3] = 5.0
     metrics = initial_state_metrics(initial, trained, IMAGES)
     assert metrics == {
-        "init/dead_inputs": "2",
+        "init/dead_inputs": 2,
+        "init/dead_inputs_class": "2",
         "init/inputs_with_a_negative_unit": 2,
         "init/l2_l3_signs": "L2 all -, L3 all +",
         "init/decoder_dead": "yes",
@@ -118,11 +119,11 @@ def test_summary_cross_tabulates_initial_state_with_outcomes() -> None:
             "dir": str(i),
             "overrides": [f"seed={i}"],
             "error": None,
-            "metrics": {"init/dead_inputs": dead, "test/outcome": outcome},
+            "metrics": {"init/dead_inputs_class": dead, "test/outcome": outcome},
         }
         for i, (dead, outcome) in enumerate(rows)
     ]
-    table = summarise(jobs)["crosstabs"]["init/dead_inputs x test/outcome"]
+    table = summarise(jobs)["crosstabs"]["init/dead_inputs_class x test/outcome"]
     assert table["2"] == {
         "all_gray": 1,
         "optimal": 0,
