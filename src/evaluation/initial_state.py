@@ -34,11 +34,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from scipy.optimize import linprog
 from scipy.spatial import ConvexHull, HalfspaceIntersection
-from torch import nn
 
 from src.data.lines import LINES_2X2
 from src.data.memory import InMemoryDataModule
-from src.errors import ConfigValueError
 from src.evaluation.base import EvaluationContext, EvaluationResult
 from src.evaluation.census import IDENTICAL_TOLERANCE
 from src.models.base import ReconstructionModel
@@ -51,27 +49,36 @@ CATEGORICAL_COUNTS = 16
 
 def initial_model(cfg: DictConfig) -> ReconstructionModel:
     """The model with the initial weights its training started from: training seeds the global
-    generator with `seed` and then builds the model, so this does the same inside a forked random
-    state (the caller's generator is left as it was)."""
+    generator with `seed` and then builds the model (on the CPU), so this does the same inside a
+    forked CPU random state; the caller's generators (a GPU's too) are left as they were."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+        torch.default_generator.manual_seed(cfg.seed)
         return instantiate(cfg.model)
 
 
-def _first_relu(layers: nn.Sequential) -> int:
-    return next(index for index, layer in enumerate(layers) if isinstance(layer, nn.ReLU))
+def applies(cfg: DictConfig) -> bool:
+    """Report 000's kind of net, which these readings need: a dense net with ReLU hidden layers."""
+    net = cfg.model.net
+    return (
+        net._target_.rsplit(".", 1)[-1] == DenseNet.__name__
+        and net.get("activation", "relu") == "relu"
+        and bool(net.get("hidden_dims"))
+    )
 
 
-def _through(layers: nn.Sequential, inputs: torch.Tensor, stop: int) -> torch.Tensor:
-    """The activations after layer `stop` of `layers`."""
-    for layer in layers[: stop + 1]:
-        inputs = layer(inputs)
-    return inputs.flatten(1)
+def relu_layer(model: ReconstructionModel, images: torch.Tensor, part: str) -> torch.Tensor:
+    """The activations (images, units) of the first ReLU layer of `part` (`encoder`: L1, `decoder`:
+    L3), on the images as the net sees them."""
+    return next(
+        values
+        for name, values in model.layer_activations(images)
+        if name.startswith(f"{part}.") and "ReLU" in name
+    )
 
 
 def dead_inputs(model: ReconstructionModel, images: torch.Tensor) -> torch.Tensor:
-    """Which images (bool, one per image) are zero in every unit of L1, the first ReLU layer."""
-    return _through(model.net.encoder, images, _first_relu(model.net.encoder)).abs().amax(1).eq(0)
+    """Which images (bool, one per image) are zero in every unit of L1."""
+    return relu_layer(model, images, "encoder").abs().amax(1).eq(0)
 
 
 def sign_config(model: ReconstructionModel) -> str:
@@ -87,8 +94,10 @@ def sign_config(model: ReconstructionModel) -> str:
 
 
 def first_identical_layer(model: ReconstructionModel, images: torch.Tensor) -> str:
-    """The first layer after which some two of the images have the same activations, or `none`."""
-    for name, values in model.layer_activations(images):
+    """The first layer after which some two different images have the same activations, or
+    `none` (repeated images, as a training set of line images has, are counted once)."""
+    distinct = torch.unique(images.flatten(1), dim=0).view(-1, *images.shape[1:])
+    for name, values in model.layer_activations(distinct):
         if len(values) > 1 and torch.pdist(values.double(), p=math.inf).min() <= IDENTICAL_TOLERANCE:
             return name
     return "none"
@@ -100,9 +109,8 @@ def initial_state_metrics(
 ) -> dict[str, str | int]:
     """The metrics of the module docstring for the initial and the trained model on `images`."""
     initial = initial.to(images.device).eval()
-    l1 = _through(initial.net.encoder, images, _first_relu(initial.net.encoder))
+    l1 = relu_layer(initial, images, "encoder")
     dead_at_start = l1.abs().amax(1).eq(0)
-    l3 = _through(initial.net.decoder, initial.code(images), _first_relu(initial.net.decoder))
     dead_at_end = dead_inputs(trained, images)
     dead, count = int(dead_at_start.sum()), len(images)
     if count <= CATEGORICAL_COUNTS:
@@ -113,7 +121,7 @@ def initial_state_metrics(
         "init/dead_inputs": dead,
         "init/dead_inputs_class": dead_class,
         "init/inputs_with_a_negative_unit": int(l1.eq(0).any(1).sum()),
-        "init/decoder_dead": "yes" if l3.abs().max() == 0 else "no",
+        "init/decoder_dead": "yes" if relu_layer(initial, images, "decoder").abs().max() == 0 else "no",
         "init/identical_layer": first_identical_layer(initial, images),
         "test/dead_inputs": int(dead_at_end.sum()),
         "test/revived_inputs": int((dead_at_start & ~dead_at_end).sum()),
@@ -125,27 +133,17 @@ def initial_state_metrics(
 
 class InitialState:
     """The `initial_state` evaluation on the first `max_images` training images (see the module
-    docstring); needs a seeded run of a dense ReLU net."""
+    docstring). It reports nothing for an unseeded run (no initial model to rebuild) or a net that
+    is not a dense ReLU net."""
 
     def __init__(self, max_images: int = 1000) -> None:
         self.max_images = max_images
 
-    def check(self, cfg: DictConfig, model_class: type) -> None:
-        if cfg.seed is None:
-            raise ConfigValueError(
-                "evaluations.initial_state needs seed=<int> (it rebuilds the initial model from it)"
-            )
-        net = cfg.model.net
-        if net._target_.rsplit(".", 1)[-1] != DenseNet.__name__ or net.get("activation", "relu") != "relu":
-            raise ConfigValueError(
-                "evaluations.initial_state reads ReLU layers of the dense net: use model/net=dense with "
-                "model.net.activation=relu, or drop it with ~evaluations.initial_state"
-            )
-
     def __call__(
         self, model: ReconstructionModel, datamodule: InMemoryDataModule, context: EvaluationContext
     ) -> EvaluationResult:
-        self.check(context.config, type(model))
+        if context.config.seed is None or not applies(context.config):
+            return EvaluationResult()
         images = datamodule.images("train")[: self.max_images].to(model.device)
         return EvaluationResult(initial_state_metrics(initial_model(context.config), model, images))
 

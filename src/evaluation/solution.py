@@ -20,11 +20,11 @@ from __future__ import annotations
 import math
 
 import torch
-from omegaconf import DictConfig
 
 from src.data.lines import LINES_2X2
 from src.data.memory import InMemoryDataModule
 from src.evaluation.base import EvaluationContext, EvaluationResult
+from src.evaluation.initial_state import applies
 from src.models.base import ReconstructionModel
 from src.reporting.tables import markdown_table
 
@@ -49,8 +49,8 @@ def output_thresholds(model: ReconstructionModel) -> list[tuple[list[float], lis
             active = (slope * inside + offset) > 0
             alpha = float((weights * slope * active).sum())
             beta = float((weights * offset * active).sum() + constant)
-            # A crossing at a switch point is found from both sides: kept once.
-            if alpha != 0 and low <= -beta / alpha <= high and -beta / alpha not in thresholds:
+            # Half-open pieces: a crossing at a switch point belongs to the piece on its left.
+            if alpha != 0 and low < -beta / alpha <= high:
                 thresholds.append(-beta / alpha)
         # A point inside each interval the thresholds cut the line into.
         edges = [thresholds[0] - 1, *thresholds, thresholds[-1] + 1] if thresholds else [-1.0, 1.0]
@@ -85,21 +85,13 @@ class Solution:
     """The `solution` evaluation (module docstring) on the four 2x2 images; it reports nothing for
     other architectures than report 000's (a wider bottleneck, more hidden layers)."""
 
-    @staticmethod
-    def applies(cfg: DictConfig) -> bool:
-        """Report 000's architecture: a dense net with one hidden layer and a 1-unit bottleneck."""
-        net = cfg.model.net
-        return (
-            cfg.model.latent_dim == 1
-            and len(net.get("hidden_dims") or []) == 1
-            and "DenseNet" in net._target_
-        )
-
     @torch.no_grad()
     def __call__(
         self, model: ReconstructionModel, datamodule: InMemoryDataModule, context: EvaluationContext
     ) -> EvaluationResult:
-        if not self.applies(context.config):  # e.g. a wider bottleneck: no thresholds to read
+        cfg = context.config
+        # Report 000's 4-w-1-w-4: one ReLU hidden layer each side, a 1-unit bottleneck.
+        if not (applies(cfg) and cfg.model.latent_dim == 1 and len(cfg.model.net.hidden_dims) == 1):
             return EvaluationResult()
         images = datamodule.images("test").to(model.device)
         codes = model.code(images).flatten().double().cpu().tolist()
