@@ -10,18 +10,20 @@ the claim declares (`expect`), so the page is rewritten, never edited. A claim e
       claim: "..."                  # what it says
       says: "..."                   # the report's own number, or why it has none
       measure: {kind: ..., ...}     # what is measured (below)
-      expect: {above: 0.5}          # the rule: above / below / between / near (with tolerance) /
-                                    #   `compare: <measure>` with `relation: greater|less`
+      expect: {above: 0.5}          # the rule: above / below / between / near (a point, or a band
+                                    #   with tolerance) / `compare: <measure>`, `relation: greater|less`
+      command: "..."                # optional: the command to show instead of the sweeps' own
       verdict: not testable         # instead of a rule: a fixed verdict (with `why`)
       why: "..."                    # the reason for the verdict, shown with it
 
 Measures, over the finished jobs of `sweep` (optionally only those whose metrics match `where`, a
 mapping key -> value or list of values, match none of `where_not`, and whose overrides include
 every one of `overrides`):
-- `frequency`: the share of jobs whose `key` is one of `values`, with its 95% Wilson interval;
+- `frequency`: the share of jobs whose `key` is one of `values` (or holds the text `contains`),
+  with its 95% Wilson interval;
 - `mean`: the mean of the numeric `key` over jobs, with its 95% t interval;
 - `pooled`: sum of `numerator` over sum of `denominator` (a key, or a number per job), e.g. inputs
-  revived of inputs dead, with the Wilson interval of the pooled counts;
+  revived of inputs dead, with a 95% interval from resampling the jobs;
 - `exact`: the number a function returns (`function`: a dotted path, `arguments`: its keywords);
 - `value`: the numeric `key` of the first matching job (a single run's reading);
 - `sample_quality`: over jobs, the mean of a measure of each model's prior samples (`key`:
@@ -41,6 +43,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from omegaconf import OmegaConf
@@ -87,57 +90,69 @@ def _classifier(data: str) -> torch.nn.Module:
     return train_digit_classifier(datamodule.images("train"), datamodule.labels("train"))
 
 
+KINDS = ("exact", "frequency", "pooled", "mean", "value", "sample_quality", "table2_fit")
+# Resamples of the jobs for the interval of a pooled ratio.
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def _mean(values: list[float]) -> dict[str, Any]:
+    stats = numeric_summary(values)
+    return {"value": stats["mean"], "interval": tuple(stats["ci95"]), "n": stats["n"]}
+
+
+def pooled_ratio(tops: list[float], bottoms: list[float]) -> dict[str, Any]:
+    """Sum of `tops` over sum of `bottoms`, with a 95% percentile interval from resampling the
+    jobs (a job's trials, e.g. its four inputs, share its weights and are not independent)."""
+    top, bottom = np.asarray(tops, dtype=float), np.asarray(bottoms, dtype=float)
+    picks = np.random.default_rng(0).integers(0, len(top), (BOOTSTRAP_RESAMPLES, len(top)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratios = top[picks].sum(1) / bottom[picks].sum(1)
+    low, high = np.nanpercentile(ratios, [2.5, 97.5])
+    return {"value": top.sum() / bottom.sum(), "interval": (float(low), float(high)), "n": len(top)}
+
+
 def measure(spec: Mapping[str, Any], root: Path) -> dict[str, Any]:
-    """The measurement `spec` declares: value, interval (low, high) or None, sample size, and the
-    sweep folder it came from (None for exact values)."""
+    """The measurement `spec` declares: value, interval (low, high) or None, and sample size."""
     kind = spec.get("kind")
+    if kind not in KINDS:
+        raise ConfigValueError(f"measure kind {kind!r} is not one of {list(KINDS)}")
     if kind == "exact":
         module, name = spec["function"].rsplit(".", 1)
         value = float(getattr(importlib.import_module(module), name)(**spec.get("arguments", {})))
-        return {"value": value, "interval": None, "n": "exact", "sweep": None}
+        return {"value": value, "interval": None, "n": "exact"}
     sweep = root / spec["sweep"]
     if not sweep.is_dir():
-        raise MissingFileError(f"claims: sweep folder {sweep} does not exist; run the claim's command first")
+        raise MissingFileError(f"sweep folder {sweep} does not exist; run the claim's command first")
     jobs = [job for job in load_jobs(sweep) if job["metrics"] is not None and _matches(job, spec)]
     if not jobs:
-        raise ConfigValueError(f"claims: no finished job in {sweep} matches {dict(spec)}")
+        raise ConfigValueError(f"no finished job in {sweep} matches {dict(spec)}")
     metrics = [job["metrics"] for job in jobs]
     if kind == "sample_quality":
-        values = [_sample_measures(sweep / job["dir"])[spec["key"]] for job in jobs]
-        stats = numeric_summary(values)
-        return {"value": stats["mean"], "interval": tuple(stats["ci95"]), "n": stats["n"]}
+        return _mean([_sample_measures(sweep / job["dir"])[spec["key"]] for job in jobs])
     if kind == "table2_fit":
         fits = [fit_run(sweep / job["dir"], spec["score"], spec["set"]) for job in jobs]
-        stats = numeric_summary([getattr(fit, spec.get("field", "deviation")) for fit in fits])
-        return {"value": stats["mean"], "interval": tuple(stats["ci95"]), "n": stats["n"]}
+        return _mean([getattr(fit, spec.get("field", "deviation")) for fit in fits])
     if kind == "frequency":
-        values = spec["values"] if isinstance(spec["values"], list) else [spec["values"]]
-        hits = sum(m.get(spec["key"]) in values for m in metrics)
+        if "contains" in spec:  # every value holding this text, e.g. one reason among several
+            hits = sum(spec["contains"] in str(m.get(spec["key"], "")) for m in metrics)
+        else:
+            hits = sum(m.get(spec["key"]) in _listed(spec["values"]) for m in metrics)
         return {
             "value": hits / len(metrics),
             "interval": wilson_interval(hits, len(metrics)),
             "n": len(metrics),
         }
     if kind == "pooled":
-        top = sum(int(m[spec["numerator"]]) for m in metrics)
         per_job = spec["denominator"]  # a key, or a number of trials per job
-        bottom = sum(per_job if isinstance(per_job, int) else int(m[per_job]) for m in metrics)
-        return {
-            "value": top / bottom if bottom else float("nan"),
-            "interval": wilson_interval(top, bottom),
-            "n": bottom,
-        }
+        counted = isinstance(per_job, int | float)
+        bottoms = [float(per_job) if counted else float(m[per_job]) for m in metrics]
+        return pooled_ratio([float(m[spec["numerator"]]) for m in metrics], bottoms)
     values = [float(m[spec["key"]]) for m in metrics if spec["key"] in m]
     if not values:
-        raise ConfigValueError(f"claims: no job in {sweep} has {spec['key']}")
+        raise ConfigValueError(f"no job in {sweep} has {spec['key']}")
     if kind == "mean":
-        stats = numeric_summary(values)
-        return {"value": stats["mean"], "interval": tuple(stats["ci95"]), "n": stats["n"]}
-    if kind == "value":
-        return {"value": values[0], "interval": None, "n": 1}
-    raise ConfigValueError(
-        f"claims: measure kind {kind!r} is not one of exact, frequency, pooled, mean, value"
-    )
+        return _mean(values)
+    return {"value": values[0], "interval": None, "n": 1}
 
 
 def _bounds(result: Mapping[str, Any]) -> tuple[float, float]:
@@ -158,8 +173,13 @@ def verdict(expect: Mapping[str, Any], result: Mapping[str, Any], other: Mapping
             return "refuted"
         return "partly"
     if "near" in expect:
+        # A point value (tolerance 0) holds when the interval contains it; a band, when the whole
+        # interval lies inside it. Either is refuted by an interval wholly outside.
         target, tolerance = expect["near"], expect.get("tolerance", 0.0)
-        return "reproduced" if low <= target + tolerance and high >= target - tolerance else "refuted"
+        if high < target - tolerance or low > target + tolerance:
+            return "refuted"
+        inside = tolerance == 0 or (low >= target - tolerance and high <= target + tolerance)
+        return "reproduced" if inside else "partly"
     lower = expect.get("above", expect.get("between", [None, None])[0])
     upper = expect.get("below", expect.get("between", [None, None])[1])
     inside = (lower is None or low > lower) and (upper is None or high < upper)
@@ -181,9 +201,12 @@ def evaluate_claims(spec_file: Path, root: Path) -> list[dict[str, Any]]:
     claims = (yaml.safe_load(spec_file.read_text()) or {}).get("claims") or []
     rows = []
     for number, claim in enumerate(claims, start=1):
-        result = measure(claim["measure"], root) if "measure" in claim else None
         expect = claim.get("expect") or {}
-        other = measure(expect["compare"], root) if "compare" in expect else None
+        try:
+            result = measure(claim["measure"], root) if "measure" in claim else None
+            other = measure(expect["compare"], root) if "compare" in expect else None
+        except (ConfigValueError, MissingFileError) as problem:
+            raise type(problem)(f"{spec_file}, claim {number} ({claim.get('claim')!r}): {problem}") from None
         fixed = claim.get("verdict")
         if fixed is not None and fixed not in VERDICTS:
             raise ConfigValueError(

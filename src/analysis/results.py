@@ -64,9 +64,12 @@ def run_command(folder: Path) -> str:
         hydra = [item for item in recorded["hydra"] if not item.startswith(PLACEMENT)]
         task = [item for item in recorded["task"] if not item.startswith(LOCATION)]
         return shlex.join(["python", "-m", entry_point, "-m", *task, *hydra])
-    overrides_file = folder / ".hydra" / "overrides.yaml"
+    overrides_file, hydra_file = folder / ".hydra" / "overrides.yaml", folder / ".hydra" / "hydra.yaml"
     if overrides_file.is_file():
-        return shlex.join(["python", "-m", "src.run", *(yaml.safe_load(overrides_file.read_text()) or [])])
+        job = (
+            yaml.safe_load(hydra_file.read_text())["hydra"]["job"]["name"] if hydra_file.is_file() else "run"
+        )
+        return shlex.join(["python", "-m", f"src.{job}", *(yaml.safe_load(overrides_file.read_text()) or [])])
     return "(not recorded: no .hydra/ in the folder)"
 
 

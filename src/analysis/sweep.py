@@ -63,7 +63,6 @@ def summarise(jobs: list[dict[str, Any]]) -> dict[str, Any]:
         "frequencies": {},
         "ci95": {},
         "metrics": {},
-        "crosstabs": {},
     }
     # Not results: the seed, and the checkpoint file the metrics were measured on.
     keys = sorted({key for metrics in finished for key in metrics if key not in ("seed", "checkpoint")})

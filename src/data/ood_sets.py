@@ -104,7 +104,7 @@ def shifted(
 
 
 def ood_sets(
-    names: list[str], datamodule: Any, count: int, seed: int = 0, noise_amplitude: float = 0.5
+    names: list[str], datamodule: Any, count: int | None, seed: int = 0, noise_amplitude: float = 0.5
 ) -> dict[str, torch.Tensor]:
     """The OOD images (N, 1, H, W) in [0, 1] of each named set: `mnist`/`fashion_mnist` (that
     dataset's official test set, read from the datamodule's data root), a shift of the in-distribution
@@ -152,8 +152,11 @@ def ood_set_classes(
     for name in names:
         if name in TORCHVISION_SETS and name != datamodule.name:
             dataset = TORCHVISION_SETS[name]
-            labels = load_torchvision_images(
+            test_set = load_torchvision_images(
                 dataset, datamodule.root, train=False, download=datamodule.download
             )
-            classes[name] = (labels.tensors[1][:count], list(getattr(torchvision.datasets, dataset).classes))
+            classes[name] = (
+                test_set.tensors[1][:count],
+                list(getattr(torchvision.datasets, dataset).classes),
+            )
     return classes

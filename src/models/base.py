@@ -96,13 +96,17 @@ class ReconstructionModel(TrainingTermsLog):
             raise ConfigValueError(
                 "model.output_activation=heaviside swaps a sigmoid: keep model.final_activation=sigmoid"
             )
-        if standardize_inputs and (pixel_mean is None or not pixel_std):
-            raise ConfigValueError(
-                "model.standardize_inputs=true needs model.pixel_mean and a positive model.pixel_std "
-                "(conf/tuning/<data>.yaml gives them for MNIST and Fashion-MNIST)"
-            )
-        if latent_dim < 1:
-            raise ConfigValueError(f"model.latent_dim must be at least 1, got {latent_dim}")
+        if standardize_inputs:
+            if pixel_mean is None or pixel_std is None or pixel_std <= 0:
+                raise ConfigValueError(
+                    "model.standardize_inputs=true needs model.pixel_mean and a positive model.pixel_std "
+                    "(conf/tuning/<data>.yaml gives them for MNIST and Fashion-MNIST)"
+                )
+            if final_activation == "sigmoid":
+                raise ConfigValueError(
+                    "model.standardize_inputs=true: standardised pixels leave [0, 1], which a sigmoid cannot "
+                    "reach; set model.final_activation=leaky_relu (and model.reconstruction=mse)"
+                )
         # The run's config, which holds these, is what the loggers are given (src/pipeline/loggers.py).
         self.save_hyperparameters(logger=False)
         self.image_shape = tuple(image_shape)
@@ -144,23 +148,29 @@ class ReconstructionModel(TrainingTermsLog):
         """Deterministic bottleneck value of each image (the VAE's posterior mean)."""
         return self.code_layer()(self.net.encoder(self.standardized(images)))
 
+    @property
+    def bernoulli_decoder(self) -> bool:
+        """Whether the decoder's outputs are Bernoulli means of the pixels (sigmoid, no
+        standardisation): what a Bernoulli likelihood such as the VAE's negative ELBO needs."""
+        return self.hparams.final_activation == "sigmoid" and not self.hparams.standardize_inputs
+
     def standardized(self, images: torch.Tensor) -> torch.Tensor:
         """The images as the net sees them: (x - pixel_mean) / pixel_std with `standardize_inputs`
         (report 004's "normalized, centred and scaled" inputs), else as they are."""
-        if not self.hparams.get("standardize_inputs"):
+        if not self.hparams.standardize_inputs:
             return images
         return (images - self.hparams.pixel_mean) / self.hparams.pixel_std
 
     def activated(self, logits: torch.Tensor) -> torch.Tensor:
         """The decoder's final activation, in the space the net works in (`standardized`)."""
-        if self.hparams.get("final_activation", "sigmoid") == "leaky_relu":
+        if self.hparams.final_activation == "leaky_relu":
             return F.leaky_relu(logits, self.hparams.final_negative_slope)
         return torch.sigmoid(logits)
 
     def pixels(self, logits: torch.Tensor) -> torch.Tensor:
         """The reconstruction in pixel space: the final activation, standardisation undone."""
         outputs = self.activated(logits)
-        if not self.hparams.get("standardize_inputs"):
+        if not self.hparams.standardize_inputs:
             return outputs
         return outputs * self.hparams.pixel_std + self.hparams.pixel_mean
 
@@ -180,14 +190,14 @@ class ReconstructionModel(TrainingTermsLog):
         return self.net.decoder(latent)
 
     def output(self, logits: torch.Tensor, activation: str | None = None) -> torch.Tensor:
-        """The evaluation output: sigmoid, or report 000's Heaviside step (`activation`, default
-        the configured model.output_activation)."""
+        """The evaluation output: the final activation in pixel space (`pixels`), or report 000's
+        Heaviside step (`activation`, default the configured model.output_activation)."""
         if (activation or self.hparams.output_activation) == "heaviside":
             return (logits > 0).to(logits.dtype)
         return self.pixels(logits)
 
     def reconstruct(self, images: torch.Tensor, activation: str | None = None) -> torch.Tensor:
-        """Deterministic reconstruction in [0, 1] with the evaluation output activation."""
+        """Deterministic reconstruction in pixel space with the evaluation output activation."""
         return self.output(self.encode_pass(images).logits, activation)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -233,7 +243,7 @@ class ReconstructionModel(TrainingTermsLog):
     def centred_cosine(self, recon: torch.Tensor, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """With a known `pixel_mean`: `cosine_similarity_centred`, the cosine of input and
         reconstruction after subtracting it (as for centred inputs); with none, nothing."""
-        mean = self.hparams.get("pixel_mean")
+        mean = self.hparams.pixel_mean
         if mean is None:
             return {}
         return {"cosine_similarity_centred": cosine_similarity(recon - mean, images - mean, reduction="none")}

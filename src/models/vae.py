@@ -36,6 +36,11 @@ class VariationalAutoencoder(ReconstructionModel):
         if kl_warmup_steps < 0:
             raise ConfigValueError(f"model.kl_warmup_steps must be non-negative, got {kl_warmup_steps}")
         super().__init__(net, image_shape, latent_dim, **kwargs)
+        if not self.bernoulli_decoder:
+            # The negative ELBO here is a Bernoulli likelihood: no score for other decoders.
+            self.anomaly_scores = tuple(
+                name for name in self.anomaly_scores if not name.startswith("neg_elbo")
+            )
         self.mu = nn.Linear(self.net.feature_dim, latent_dim)
         self.logvar = nn.Linear(self.net.feature_dim, latent_dim)
         self._init_weights()
@@ -65,7 +70,7 @@ class VariationalAutoencoder(ReconstructionModel):
 
     def kl_weight(self) -> float:
         """beta, or during the warm-up's training steps beta * step / kl_warmup_steps."""
-        warmup = self.hparams.get("kl_warmup_steps", 0)
+        warmup = self.hparams.kl_warmup_steps
         if not (warmup and self.training and self._trainer is not None):
             return self.hparams.beta
         return self.hparams.beta * min(1.0, self.global_step / warmup)
@@ -73,10 +78,12 @@ class VariationalAutoencoder(ReconstructionModel):
     def extra_scores(
         self, images: torch.Tensor, evaluated: EvaluationPass, samples: int
     ) -> dict[str, torch.Tensor]:
-        """The KL term and the negative ELBO in nats per image with a Bernoulli decoder and z = mu
-        (no sampling): sum over pixels of BCE(sigmoid(logits), x) + KL; with `samples` > 0 also
-        `neg_elbo_iw`, its importance-weighted K-sample bound (K = `samples`)."""
+        """The KL term and, with a Bernoulli decoder (`bernoulli_decoder`), the negative ELBO in
+        nats per image with z = mu (no sampling): sum over pixels of BCE(sigmoid(logits), x) + KL;
+        with `samples` > 0 also `neg_elbo_iw`, its importance-weighted K-sample bound (K = `samples`)."""
         kl = gaussian_kl(evaluated.code, evaluated.logvar)
+        if not self.bernoulli_decoder:
+            return {"kl": kl}
         bernoulli_nll = reconstruction_error(evaluated.logits, images, "bce", "sum")
         scores = {"kl": kl, "neg_elbo": bernoulli_nll + kl}
         if samples:  # it costs K decoder passes per image

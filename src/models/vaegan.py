@@ -122,7 +122,8 @@ class VAEGAN(VariationalAutoencoder):
                 raise ConfigValueError(f"model.{key} must be non-negative, got {value}")
         if kwargs.get("kl_warmup_steps"):
             raise ConfigValueError(
-                "model.kl_warmup_steps is a VAE option; the VAE-GAN trains with beta throughout"
+                "model.kl_warmup_steps is a VAE option (the VAE-GAN trains with beta throughout): "
+                "set model.kl_warmup_steps=0"
             )
         super().__init__(net, image_shape, latent_dim, beta, **kwargs)
         self.automatic_optimization = False

@@ -181,3 +181,36 @@ def test_kl_warmup_rises_linearly_in_training_steps_only() -> None:
     assert weights == pytest.approx([0.0, 0.125, 0.25, 0.375, 0.5, 0.5])
     model.eval()
     assert model.kl_weight() == 0.5
+
+
+def test_leaky_output_and_standardised_inputs_work_in_pixel_space_and_drop_bernoulli_scores() -> None:
+    """With standardised inputs the net sees (x - m) / s and its pixel output is the activation
+    mapped back; the Bernoulli negative ELBO is no score for such a decoder; a sigmoid cannot
+    reach standardised pixels, so that combination is refused by name."""
+    from src.errors import ConfigValueError
+    from src.models.vae import VariationalAutoencoder
+
+    net = {"_target_": "src.models.nets.DenseNet", "hidden_dims": [4]}
+    options = {"reconstruction": "mse", "pixel_mean": 0.25, "pixel_std": 0.5}
+    model = VariationalAutoencoder(
+        net, [1, 2, 2], final_activation="leaky_relu", standardize_inputs=True, **options
+    )
+    images = torch.tensor([[0.0, 1.0, 0.5, 0.25]]).view(1, 1, 2, 2)
+    assert torch.equal(model.standardized(images), (images - 0.25) / 0.5)
+    logits = torch.tensor([-2.0, 0.0, 1.0, 3.0])
+    expected = torch.tensor([-0.6, 0.0, 1.0, 3.0]) * 0.5 + 0.25  # leaky slope 0.3, then back to pixels
+    assert torch.allclose(model.output(logits), expected)
+    assert "neg_elbo" not in model.anomaly_scores and "neg_elbo" not in model.scores(images)
+    assert "neg_elbo" in VariationalAutoencoder(net, [1, 2, 2]).scores(images)
+    with pytest.raises(ConfigValueError, match="model.final_activation=leaky_relu"):
+        VariationalAutoencoder(net, [1, 2, 2], standardize_inputs=True, **options)
+    with pytest.raises(ConfigValueError, match="positive model.pixel_std"):
+        VariationalAutoencoder(
+            net,
+            [1, 2, 2],
+            final_activation="leaky_relu",
+            standardize_inputs=True,
+            reconstruction="mse",
+            pixel_mean=0.2,
+            pixel_std=-1.0,
+        )

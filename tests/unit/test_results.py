@@ -82,7 +82,8 @@ def test_commit_and_command_outside_git_and_hydra(tmp_path: Path) -> None:
 def test_claims_are_measured_from_sweep_folders_and_judged_by_their_rules(tmp_path: Path) -> None:
     """Four jobs, three optimal (one of them with a dead input revived): each measure's number,
     interval and verdict follow from those counts (3/4 optimal has the Wilson interval [0.30, 0.95],
-    wholly above 0.2 and 0.1; 1 revived of 7 dead, [0.03, 0.51], reaches 0.2; one gray run's x of 3
+    wholly above 0.2 and 0.1; 1 revived of 7 dead over 4 jobs, resampled by job, straddles the band
+    0.2 +- 0.01; one gray run's x of 3
     lies inside the others' t interval around 1)."""
     from src.analysis.claims import evaluate_claims
     from src.evaluation.intervals import wilson_interval
@@ -169,9 +170,9 @@ def test_claims_are_measured_from_sweep_folders_and_judged_by_their_rules(tmp_pa
     assert [claim["verdict"] for claim in claims] == [
         "refuted",
         "reproduced",
-        "reproduced",
+        "partly",
         "reproduced",
         "partly",
     ]
-    assert claims[2]["result"]["value"] == pytest.approx(1 / 7) and claims[2]["result"]["n"] == 7
+    assert claims[2]["result"]["value"] == pytest.approx(1 / 7) and claims[2]["result"]["n"] == 4
     assert claims[4]["result"]["value"] == 3 and claims[4]["other"]["value"] == 1
