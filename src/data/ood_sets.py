@@ -1,5 +1,7 @@
 """OOD sets for each dataset: the other torchvision dataset, shifts of the in-distribution test set
-(flips, inversion, noise) and, for the line images, defects and images that are not lines."""
+(flips, rotations, inversion, noise), glyphs drawn from fonts that ship with matplotlib (other
+alphabets, symbols, typed digits; src/data/glyphs.py) and, for the line images, defects and images
+that are not lines."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Any
 
 import torch
 
+from src.data.glyphs import GLYPH_SETS, glyph_images
 from src.data.lines import line_images
 from src.data.torchvision_sets import TorchvisionDataModule, load_torchvision_images
 from src.errors import ConfigValueError
@@ -84,19 +87,22 @@ LINE_DEFECTS: dict[str, Callable[[int, int, torch.Generator], torch.Tensor]] = {
     "crossing": crossing_lines,
     "circle": circles,
 }
-SHIFTS = ("hflip", "vflip", "invert", "noise")
-KNOWN_SETS = (*TORCHVISION_SETS, *SHIFTS, *LINE_DEFECTS)
+SHIFTS = ("hflip", "vflip", "rot90", "rot180", "rot270", "invert", "noise")
+KNOWN_SETS = (*TORCHVISION_SETS, *SHIFTS, *GLYPH_SETS, *LINE_DEFECTS)
 
 
 def shifted(
     images: torch.Tensor, shift: str, generator: torch.Generator, noise_amplitude: float
 ) -> torch.Tensor:
-    """A synthetic shift of in-distribution images: a flip, the inversion 1 - x, or additive uniform
-    noise in [-noise_amplitude, noise_amplitude] clipped to [0, 1]."""
+    """A synthetic shift of in-distribution images: a flip, a rotation by 90, 180 or 270 degrees
+    (anticlockwise), the inversion 1 - x, or additive uniform noise in [-noise_amplitude,
+    noise_amplitude] clipped to [0, 1]."""
     if shift == "hflip":
         return images.flip(-1)
     if shift == "vflip":
         return images.flip(-2)
+    if shift.startswith("rot"):
+        return torch.rot90(images, int(shift.removeprefix("rot")) // 90, dims=(-2, -1))
     if shift == "invert":
         return 1 - images
     noise = (torch.rand(images.shape, generator=generator) * 2 - 1) * noise_amplitude
@@ -108,8 +114,9 @@ def ood_sets(
 ) -> dict[str, torch.Tensor]:
     """The OOD images (N, 1, H, W) in [0, 1] of each named set: `mnist`/`fashion_mnist` (that
     dataset's official test set, read from the datamodule's data root), a shift of the in-distribution
-    test set (`hflip`, `vflip`, `invert`, `noise`), or a line defect (`blob`, `scratch`, `crossing`,
-    `circle`, at the datamodule's image size). `count` caps each set."""
+    test set (`hflip`, `vflip`, `rot90`, `rot180`, `rot270`, `invert`, `noise`), glyphs (`latin`,
+    `greek`, `cyrillic`, `symbols`, `typed_digits`), or a line defect (`blob`, `scratch`,
+    `crossing`, `circle`); glyphs and defects at the datamodule's image size. `count` caps each set."""
     test_images = datamodule.images("test")[:count]
     size = test_images.shape[-1]
     sets = {}
@@ -134,6 +141,8 @@ def ood_sets(
             sets[name] = images[:count]
         elif name in SHIFTS:
             sets[name] = shifted(test_images, name, generator, noise_amplitude)
+        elif name in GLYPH_SETS:
+            sets[name] = glyph_images(name, len(test_images), size, generator)
         elif name in LINE_DEFECTS:
             sets[name] = LINE_DEFECTS[name](len(test_images), size, generator)
         else:

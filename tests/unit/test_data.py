@@ -238,3 +238,35 @@ def test_member_batches_are_each_members_single_run_batches() -> None:
             for (images, angles), (own_images, own_angles) in zip(together, alone, strict=True):
                 assert images.shape[0] == len(seeds)
                 assert torch.equal(images[row], own_images) and torch.equal(angles[row], own_angles)
+
+
+def test_glyph_sets_are_drawn_like_mnist_and_the_same_from_the_same_seed() -> None:
+    """Each glyph fills a 20-pixel box of the 28x28 image with its centre of mass at the centre;
+    the same generator seed gives the same images, another seed other ones."""
+    from src.data.glyphs import GLYPH_SETS, glyph_images
+
+    for name in GLYPH_SETS:
+        images = glyph_images(name, 8, 28, torch.Generator().manual_seed(1))
+        assert images.shape == (8, 1, 28, 28) and images.min() >= 0 and images.max() <= 1
+        rows, cols = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+        mass = images.sum((1, 2, 3))
+        centre_row = (images[:, 0] * rows).sum((1, 2)) / mass
+        centre_col = (images[:, 0] * cols).sum((1, 2)) / mass
+        assert (centre_row - 13.5).abs().max() < 1.0 and (centre_col - 13.5).abs().max() < 1.0, name
+        inked = images[:, 0] > 0.1
+        heights = inked.any(2).sum(1)
+        widths = inked.any(1).sum(1)
+        assert torch.maximum(heights, widths).max() <= 21 and torch.maximum(heights, widths).min() >= 14, name
+        assert torch.equal(images, glyph_images(name, 8, 28, torch.Generator().manual_seed(1)))
+        assert not torch.equal(images, glyph_images(name, 8, 28, torch.Generator().manual_seed(2)))
+
+
+def test_rotations_turn_the_test_images() -> None:
+    from src.data.ood_sets import shifted
+
+    image = torch.zeros(1, 1, 3, 3)
+    image[0, 0, 0, 2] = 1.0  # top right
+    generator = torch.Generator()
+    assert shifted(image, "rot90", generator, 0.0)[0, 0, 0, 0] == 1.0  # anticlockwise: to top left
+    assert shifted(image, "rot180", generator, 0.0)[0, 0, 2, 0] == 1.0
+    assert shifted(image, "rot270", generator, 0.0)[0, 0, 2, 2] == 1.0
