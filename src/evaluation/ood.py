@@ -67,7 +67,8 @@ class OODDetection:
 
 
 def score_names(anomaly_scores: tuple[str, ...]) -> list[str]:
-    """Every score the OOD evaluation computes for a model with these anomaly scores."""
+    """Every score the OOD evaluation can compute for a model with these anomaly scores (those that
+    cost extra, such as neg_elbo_iw and likelihood_regret, when their settings ask for them)."""
     twins = [f"{name}_ic" for name in LIKELIHOOD_SCORES if name in anomaly_scores]
     return [*anomaly_scores, *twins, "png_bits"]
 
@@ -89,6 +90,15 @@ def check_settings(cfg: Mapping[str, Any], anomaly_scores: tuple[str, ...], data
         raise ConfigValueError(f"ood.score={score!r} is not a score of this model; choose from {names}")
     if "_iw" in score and not samples:
         raise ConfigValueError(f"ood.score={score} needs latent samples: set ood.samples=16 (or more)")
+    regret_steps = cfg.get("regret_steps", 0)
+    if not isinstance(regret_steps, int) or regret_steps < 0:
+        raise ConfigValueError(
+            f"ood.regret_steps must be a whole number >= 0 (0 skips it), got {regret_steps!r}"
+        )
+    if score == "likelihood_regret" and not regret_steps:
+        raise ConfigValueError(
+            "ood.score=likelihood_regret needs optimiser steps: set ood.regret_steps=20 (or more)"
+        )
     threshold = cfg["threshold"]
     choose_threshold(
         threshold["method"], torch.zeros(1), threshold.get("percentile", 99.0), threshold.get("value")
@@ -120,7 +130,9 @@ def evaluate(
     )
     labels = {"val": 0, "test": 0, **dict.fromkeys(out_sets, 1)}
     scored = {
-        name: score_images(model, images, cfg.get("batch_size", 500), cfg.get("samples", 0))
+        name: score_images(
+            model, images, cfg.get("batch_size", 500), cfg.get("samples", 0), cfg.get("regret_steps", 0)
+        )
         for name, images in {**in_sets, **out_sets}.items()
     }
     score = cfg["score"]

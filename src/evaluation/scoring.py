@@ -42,12 +42,17 @@ def png_bits(images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def score_images(
-    model: ReconstructionModel, images: torch.Tensor, batch_size: int = 500, samples: int = 0
+    model: ReconstructionModel,
+    images: torch.Tensor,
+    batch_size: int = 500,
+    samples: int = 0,
+    regret_steps: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Every anomaly score of the model for each image (float64 tensors (N,), higher = more anomalous), in
     batches, plus `<score>_ic` = score in bits - PNG length in bits for each likelihood score
     (Serra et al. 2020's remedy for likelihoods that favour simple inputs) and `png_bits` itself.
-    Sampled scores use a fixed seed, so the same images in the same batches get the same scores."""
+    Sampled scores use a fixed seed, so the same images in the same batches get the same scores.
+    With `regret_steps` > 0, a VAE's `likelihood_regret` too (that many optimiser steps per batch)."""
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
     with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
@@ -56,6 +61,9 @@ def score_images(
             for name, value in model.scores(batch.to(model.device), samples=samples).items():
                 if name in model.anomaly_scores:
                     parts.setdefault(name, []).append(value.double().cpu())
+            if regret_steps and "likelihood_regret" in model.anomaly_scores:
+                regret = model.likelihood_regret(batch.to(model.device), regret_steps)
+                parts.setdefault("likelihood_regret", []).append(regret.double().cpu())
     scores = {name: torch.cat(values) for name, values in parts.items()}
     complexity = png_bits(images)
     for name in LIKELIHOOD_SCORES:

@@ -142,8 +142,15 @@ def score_file(
                 f"ckpt_path={ckpt_path.parent.parent / measured_on}, or give threshold=<number>."
             )
         threshold = metrics["ood/threshold"]
-    # The run's own K for neg_elbo_iw, so that its threshold applies (0: that score is skipped).
-    scores = score_images(model, images, batch_size=batch_size, samples=cfg.get("ood", {}).get("samples", 0))
+    # The run's own K for neg_elbo_iw and its regret steps, so that its threshold applies (0: skipped).
+    settings = cfg.get("ood", {})
+    scores = score_images(
+        model,
+        images,
+        batch_size=batch_size,
+        samples=settings.get("samples", 0),
+        regret_steps=settings.get("regret_steps", 0),
+    )
     if score not in scores:
         raise ScoreInputError(f"score={score!r} is not a score of this model; choose from {list(scores)}")
     decision = scores[score] > threshold if threshold is not None else None
