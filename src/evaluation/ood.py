@@ -24,6 +24,7 @@ from src.evaluation.detection import (
     labelled,
 )
 from src.evaluation.scoring import LIKELIHOOD_SCORES, latent_codes, score_images
+from src.evaluation.typicality import NOT_STATISTICS, dose_scores
 from src.models.base import ReconstructionModel
 from src.reporting import figures as figures_module
 from src.reporting.tables import ood_report, write_scores_csv
@@ -70,7 +71,7 @@ def score_names(anomaly_scores: tuple[str, ...]) -> list[str]:
     """Every score the OOD evaluation can compute for a model with these anomaly scores (those that
     cost extra, such as neg_elbo_iw and likelihood_regret, when their settings ask for them)."""
     twins = [f"{name}_ic" for name in LIKELIHOOD_SCORES if name in anomaly_scores]
-    return [*anomaly_scores, *twins, "png_bits"]
+    return [*anomaly_scores, *twins, "png_bits", "dose"]
 
 
 def check_settings(cfg: Mapping[str, Any], anomaly_scores: tuple[str, ...], data_name: str) -> None:
@@ -90,6 +91,13 @@ def check_settings(cfg: Mapping[str, Any], anomaly_scores: tuple[str, ...], data
         raise ConfigValueError(f"ood.score={score!r} is not a score of this model; choose from {names}")
     if "_iw" in score and not samples:
         raise ConfigValueError(f"ood.score={score} needs latent samples: set ood.samples=16 (or more)")
+    statistics = cfg.get("dose_statistics")
+    allowed = [name for name in names if name not in NOT_STATISTICS and not name.endswith("_ic")]
+    if statistics is not None and (not statistics or set(statistics) - set(allowed)):
+        raise ConfigValueError(
+            f"ood.dose_statistics={list(statistics)!r}: give null (every score) or a non-empty list "
+            f"from {allowed}"
+        )
     regret_steps = cfg.get("regret_steps", 0)
     if not isinstance(regret_steps, int) or regret_steps < 0:
         raise ConfigValueError(
@@ -135,6 +143,11 @@ def evaluate(
         )
         for name, images in {**in_sets, **out_sets}.items()
     }
+    # DoSE: the typicality of each image's scores, by densities fitted on validation images only.
+    others = {name: values for name, values in scored.items() if name != "val"}
+    scored["val"]["dose"], dose = dose_scores(scored["val"], others, cfg.get("dose_statistics"))
+    for name, values in dose.items():
+        scored[name]["dose"] = values
     score = cfg["score"]
     threshold_cfg = cfg["threshold"]
     method = threshold_cfg["method"]

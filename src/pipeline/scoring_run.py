@@ -17,9 +17,11 @@ from PIL import Image, UnidentifiedImageError
 
 from src.errors import ConfigValueError
 from src.evaluation.scoring import score_images
+from src.evaluation.typicality import Typicality, default_statistics
 from src.models.base import ReconstructionModel
 from src.pipeline.checkpoints import CheckpointError, load_model, run_folder
 from src.pipeline.run import read_run
+from src.reporting.tables import read_scores_csv
 
 USAGE = (
     "usage: python -m src.score ckpt_path=<file.ckpt> input=<file.npy | folder of PNGs> output=<file.csv> "
@@ -108,6 +110,19 @@ def load_images(path: Path, image_shape: tuple[int, ...]) -> tuple[list[str], to
     return [str(index) for index in range(len(array))], _as_images(array, str(path), image_shape)
 
 
+def validation_scores(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The run's per-image scores of its validation images (scores.csv), by score; empty if none."""
+    path = run_dir / "scores.csv"
+    if not path.is_file():
+        return {}
+    rows = read_scores_csv(path).get("val", {})
+    return {
+        name: torch.tensor(values, dtype=torch.float64)
+        for name, values in rows.items()
+        if name not in ("label", "index", "dose")
+    }
+
+
 def load_run(ckpt_path: Path) -> tuple[ReconstructionModel, dict[str, Any], DictConfig]:
     """The model of a checkpoint, the run's metrics and its config."""
     try:
@@ -151,6 +166,11 @@ def score_file(
         samples=settings.get("samples", 0),
         regret_steps=settings.get("regret_steps", 0),
     )
+    validation = validation_scores(run_folder(ckpt_path))
+    if validation:  # DoSE's densities come from the run's own validation scores
+        statistics = settings.get("dose_statistics") or default_statistics(validation)
+        if all(name in scores for name in statistics):
+            scores["dose"] = Typicality(validation, statistics)(scores)
     if score not in scores:
         raise ScoreInputError(f"score={score!r} is not a score of this model; choose from {list(scores)}")
     decision = scores[score] > threshold if threshold is not None else None
