@@ -11,6 +11,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from src.errors import ConfigValueError
+
 
 def _signed(constant: int) -> int:
     return constant - 2**64 if constant >= 2**63 else constant
@@ -109,6 +111,16 @@ def whole_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     return batch
 
 
+def mutated(images: torch.Tensor, rate: float, seed: int = 0) -> torch.Tensor:
+    """Ren et al. (2019)'s perturbed inputs for a background model: each pixel, with probability
+    `rate`, replaced by a uniform random 8-bit value, drawn from `seed`: the same copy in every
+    epoch, for every run (so that batched members equal their single runs)."""
+    generator = torch.Generator().manual_seed(seed)
+    replace = torch.rand(images.shape, generator=generator) < rate
+    noise = torch.randint(256, images.shape, generator=generator).to(images.dtype) / 255
+    return torch.where(replace, noise, images)
+
+
 class InMemoryDataModule(pl.LightningDataModule):
     """Serves (images, labels) tensors from memory; subclasses fill the three splits in setup()."""
 
@@ -119,8 +131,12 @@ class InMemoryDataModule(pl.LightningDataModule):
         batch_size: int,
         num_workers: int = 0,
         shuffle_seed: int | None = None,
+        mutation_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0 <= mutation_rate < 1:
+            raise ConfigValueError(f"data.mutation_rate must be in [0, 1), got {mutation_rate}")
+        self.mutation_rate = mutation_rate
         self.name = name
         self.image_shape = tuple(image_shape)
         self.batch_size = batch_size
@@ -133,10 +149,14 @@ class InMemoryDataModule(pl.LightningDataModule):
         return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
 
     def _dataset(self, split: str) -> TensorBatches:
-        """The split as TensorBatches; on a GPU it lives there, so a batch is one gather on the device."""
+        """The split as TensorBatches; on a GPU it lives there, so a batch is one gather on the device.
+        With `mutation_rate`, the training images are served mutated (`mutated`)."""
         if split not in self.splits:
             self.setup()
-        dataset = TensorBatches(*self.splits[split].tensors)
+        images, *rest = self.splits[split].tensors
+        if split == "train" and self.mutation_rate:
+            images = mutated(images, self.mutation_rate)
+        dataset = TensorBatches(images, *rest)
         device = self._device()
         return dataset.to(device) if device.type == "cuda" and self.num_workers == 0 else dataset
 

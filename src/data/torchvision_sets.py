@@ -117,8 +117,11 @@ class TorchvisionDataModule(InMemoryDataModule):
         batch_size: int = 128,
         num_workers: int = 0,
         shuffle_seed: int | None = None,
+        mutation_rate: float = 0.0,
     ) -> None:
-        super().__init__(name, image_shape or [1, 28, 28], batch_size, num_workers, shuffle_seed)
+        super().__init__(
+            name, image_shape or [1, 28, 28], batch_size, num_workers, shuffle_seed, mutation_rate
+        )
         self.dataset, self.root, self.download = dataset, data_root(root), download
         self.n_val, self.split_seed = n_val, split_seed
 

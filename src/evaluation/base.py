@@ -3,6 +3,7 @@ run on the tested model, returning its metrics and the figures it wrote."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -15,11 +16,14 @@ from src.models.base import ReconstructionModel
 
 @dataclass
 class EvaluationContext:
-    """Where an evaluation writes (`run_dir`), whether it draws figures, and the run's config."""
+    """Where an evaluation writes (`run_dir`), whether it draws figures, the run's config, and the
+    project's checkpoint loader (`load_model`: a checkpoint path to its model), for evaluations
+    that need another trained model."""
 
     run_dir: Path
     figures: bool
     config: DictConfig
+    load_model: Callable[[Path], ReconstructionModel] | None = None
 
 
 @dataclass

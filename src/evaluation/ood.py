@@ -51,6 +51,12 @@ class OODDetection:
             # Present, or downloaded now: a missing OOD set stops the run before training, not after.
             root = data_root(config.data.get("root"))
             load_torchvision_images(TORCHVISION_SETS[name], root, train=False, download=config.data.download)
+        background = settings.get("background")
+        if background is not None and not Path(str(background)).is_file():
+            raise ConfigValueError(
+                f"ood.background={background} does not exist: train the background model first "
+                "(experiment=ood_mnist_vae_background) and give its checkpoints/last.ckpt, or set it null"
+            )
 
     def _settings(self, config: DictConfig) -> DictConfig:
         settings = OmegaConf.select(config, self.settings)
@@ -64,14 +70,29 @@ class OODDetection:
         settings = self._settings(context.config)
         if not settings.get("enabled", True):
             return EvaluationResult()
-        return evaluate(settings, model, datamodule, context.run_dir, context.figures)
+        background = None
+        if settings.get("background") is not None:
+            background = context.load_model(Path(str(settings.background))).to(model.device).eval()
+        return evaluate(settings, model, datamodule, context.run_dir, context.figures, background)
 
 
-def score_names(anomaly_scores: tuple[str, ...]) -> list[str]:
+def score_names(anomaly_scores: tuple[str, ...], background: bool = False) -> list[str]:
     """Every score the OOD evaluation can compute for a model with these anomaly scores (those that
-    cost extra, such as neg_elbo_iw and likelihood_regret, when their settings ask for them)."""
+    cost extra, such as neg_elbo_iw and likelihood_regret, when their settings ask for them), with
+    `likelihood_ratio` when a background model is given."""
     twins = [f"{name}_ic" for name in LIKELIHOOD_SCORES if name in anomaly_scores]
-    return [*anomaly_scores, *twins, "png_bits", "dose"]
+    ratio = ["likelihood_ratio"] if background and "neg_elbo" in anomaly_scores else []
+    return [*anomaly_scores, *twins, *ratio, "png_bits", "dose"]
+
+
+def likelihood_ratio(
+    scores: Mapping[str, torch.Tensor], background: Mapping[str, torch.Tensor]
+) -> torch.Tensor:
+    """Ren et al. (2019)'s likelihood ratio as an anomaly score (higher = more anomalous): the
+    model's negative ELBO minus the background model's, i.e. -log p(x) + log p_background(x). The
+    background model, trained on perturbed inputs, explains the population-level statistics
+    (background pixels, complexity) that both share; the ratio keeps what is specific to the data."""
+    return scores["neg_elbo"] - background["neg_elbo"]
 
 
 def check_settings(cfg: Mapping[str, Any], anomaly_scores: tuple[str, ...], data_name: str) -> None:
@@ -86,7 +107,7 @@ def check_settings(cfg: Mapping[str, Any], anomaly_scores: tuple[str, ...], data
         raise ConfigValueError(
             f"ood.samples must be a whole number >= 0 (0 skips neg_elbo_iw), got {samples!r}"
         )
-    score, names = cfg["score"], score_names(anomaly_scores)
+    score, names = cfg["score"], score_names(anomaly_scores, cfg.get("background") is not None)
     if score not in names:
         raise ConfigValueError(f"ood.score={score!r} is not a score of this model; choose from {names}")
     if "_iw" in score and not samples:
@@ -127,6 +148,7 @@ def evaluate(
     datamodule: InMemoryDataModule,
     run_dir: Path,
     figures: bool = True,
+    background: ReconstructionModel | None = None,
 ) -> EvaluationResult:
     """Score validation, test and OOD images, threshold, measure, and write scores.csv, ood.md and
     (with `figures` and ood.plots) the figures into run_dir. Returns the `ood/...` metrics."""
@@ -143,6 +165,16 @@ def evaluate(
         )
         for name, images in {**in_sets, **out_sets}.items()
     }
+    if background is not None:  # scored like the model, on the same images
+        if "neg_elbo" not in background.anomaly_scores or "neg_elbo" not in model.anomaly_scores:
+            raise ConfigValueError(
+                "ood.background: the likelihood ratio needs the negative ELBO of both models (VAEs with a "
+                "sigmoid output); give a VAE background checkpoint, or set ood.background=null"
+            )
+        for name, images in {**in_sets, **out_sets}.items():
+            scored[name]["likelihood_ratio"] = likelihood_ratio(
+                scored[name], score_images(background, images, cfg.get("batch_size", 500))
+            )
     # DoSE: the typicality of each image's scores, by densities fitted on validation images only.
     others = {name: values for name, values in scored.items() if name != "val"}
     scored["val"]["dose"], dose = dose_scores(scored["val"], others, cfg.get("dose_statistics"))

@@ -44,8 +44,10 @@ class Typicality:
 
     def __call__(self, scores: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """-sum of the log densities of each image's statistics (float64, shape (N,))."""
-        total = sum(density.logpdf(scores[name].double().numpy()) for name, density in self.densities.items())
-        return torch.from_numpy(-np.asarray(total, dtype=np.float64))
+        total = np.zeros(len(next(iter(scores.values()))))
+        for name, density in self.densities.items():
+            total += density.logpdf(scores[name].double().numpy())
+        return torch.from_numpy(-total)
 
 
 def dose_scores(

@@ -26,7 +26,7 @@ from src.errors import UserError
 from src.evaluation.base import EvaluationContext, EvaluationResult
 from src.models.base import ReconstructionModel
 from src.pipeline.callbacks import epoch_metrics
-from src.pipeline.checkpoints import load_checkpoint
+from src.pipeline.checkpoints import load_checkpoint, load_model
 from src.pipeline.config import build, save_config
 from src.pipeline.loggers import build_loggers
 from src.pipeline.process import Interrupted, interrupt_on_signals, prepare_training_process
@@ -89,7 +89,9 @@ class Run:
         """Every evaluation the config declares (conf/evaluations/), in order, merged."""
         merged = EvaluationResult()
         model.eval()
-        context = EvaluationContext(self.dir, bool(self.cfg.figures), self.cfg)
+        context = EvaluationContext(
+            self.dir, bool(self.cfg.figures), self.cfg, lambda path: load_model(Path(path))[0]
+        )
         for spec in (self.cfg.get("evaluations") or {}).values():
             result = build(spec)(model, datamodule, context)
             merged.metrics.update(result.metrics)

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
 from src.errors import ConfigValueError
+from src.evaluation.ood import likelihood_ratio
 from src.evaluation.scoring import score_images
 from src.evaluation.typicality import Typicality, default_statistics
 from src.models.base import ReconstructionModel
@@ -166,6 +167,9 @@ def score_file(
         samples=settings.get("samples", 0),
         regret_steps=settings.get("regret_steps", 0),
     )
+    if settings.get("background") is not None:  # the run's background model, on the same images
+        background, _ = load_model(Path(str(settings.background)))
+        scores["likelihood_ratio"] = likelihood_ratio(scores, score_images(background, images, batch_size))
     validation = validation_scores(run_folder(ckpt_path))
     if validation:  # DoSE's densities come from the run's own validation scores
         statistics = settings.get("dose_statistics") or default_statistics(validation)

@@ -9,6 +9,7 @@ import torch
 
 from src.evaluation.scoring import score_images
 from src.models.vae import VariationalAutoencoder
+from tests.helpers import SHARED_DATASETS, needs_shared_mnist
 
 NET = {"_target_": "src.models.nets.DenseNet", "hidden_dims": [4]}
 
@@ -77,3 +78,61 @@ def test_dose_is_the_negative_log_density_of_the_validation_statistics() -> None
     odd = Typicality({"kl": validation["kl"][1::2]}, ["kl"])
     assert cross_fitted[0::2].tolist() == pytest.approx(odd({"kl": validation["kl"][0::2]}).tolist())
     assert others["test"].tolist() == pytest.approx(fit({"kl": torch.tensor([0.0])}).tolist())
+
+
+def test_the_likelihood_ratio_against_the_model_itself_is_zero() -> None:
+    from src.evaluation.ood import likelihood_ratio
+
+    model = VariationalAutoencoder(NET, [1, 2, 2], latent_dim=1).eval()
+    scores = score_images(model, IMAGES)
+    assert torch.equal(
+        likelihood_ratio(scores, score_images(model, IMAGES)), torch.zeros(2, dtype=torch.float64)
+    )
+
+
+def test_mutation_replaces_that_share_of_pixels_the_same_way_each_time() -> None:
+    from src.data.memory import mutated
+
+    images = torch.zeros(200, 1, 28, 28)
+    changed = mutated(images, 0.2) != images
+    assert 0.19 < changed.float().mean() < 0.21 and torch.equal(mutated(images, 0.2), mutated(images, 0.2))
+    assert torch.equal(mutated(images, 0.0), images)
+
+
+@needs_shared_mnist
+def test_a_background_model_trains_on_mutated_pixels_only() -> None:
+    """The training batches are served mutated; the images every evaluation reads, and the
+    validation batches, are not."""
+    from src.data.torchvision_sets import TorchvisionDataModule
+
+    datamodule = TorchvisionDataModule(root=str(SHARED_DATASETS), download=False, mutation_rate=0.2)
+    served = datamodule._dataset("train").tensors[0]
+    assert 0.15 < (served != datamodule.images("train")).float().mean() < 0.25
+    assert torch.equal(next(iter(datamodule.val_dataloader()))[0], datamodule.images("val")[:128])
+
+
+def test_the_ood_evaluation_adds_the_ratio_dose_and_regret_for_every_set(tmp_path) -> None:  # noqa: ANN001
+    """With the model as its own background the ratio is 0 everywhere; DoSE and the regret are
+    scored for every set and saved; the ratio can decide."""
+    from src.data.lines import Lines2x2DataModule
+    from src.evaluation.ood import evaluate
+    from src.reporting.tables import read_scores_csv
+
+    torch.manual_seed(0)
+    model = VariationalAutoencoder(NET, [1, 2, 2], latent_dim=1).eval()
+    datamodule = Lines2x2DataModule()
+    datamodule.setup()
+    settings = {
+        "sets": ["hflip", "invert"],
+        "score": "likelihood_ratio",
+        "threshold": {"method": "percentile", "percentile": 99.0},
+        "background": "itself",
+        "regret_steps": 5,
+    }
+    result = evaluate(settings, model, datamodule, tmp_path, figures=False, background=model)
+    scores = read_scores_csv(tmp_path / "scores.csv")
+    for name in ("val", "test", "hflip", "invert"):
+        assert scores[name]["likelihood_ratio"] == [0.0] * 4
+        assert len(scores[name]["dose"]) == 4 and min(scores[name]["likelihood_regret"]) >= 0
+    assert result.metrics["ood/score"] == "likelihood_ratio"
+    assert "ood/invert/auroc_dose" in result.metrics
