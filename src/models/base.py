@@ -3,6 +3,7 @@ per-image scores, the optimiser and the logging. Each model adds its bottleneck 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -111,6 +112,9 @@ class ReconstructionModel(TrainingTermsLog):
         self.save_hyperparameters(logger=False)
         self.image_shape = tuple(image_shape)
         self.net = instantiate(net, image_shape=image_shape, latent_dim=latent_dim)
+        if reconstruction == "discretized_logistic":
+            # The decoder's per-pixel log-scale, learnt with the weights (scale 0.05 at the start).
+            self.log_scale = nn.Parameter(torch.full(image_shape, math.log(0.05)))
 
     def _init_weights(self) -> None:
         """Keras' defaults (Glorot-uniform weights, zero biases) unless init=torch. Subclasses call it
@@ -149,10 +153,19 @@ class ReconstructionModel(TrainingTermsLog):
         return self.code_layer()(self.net.encoder(self.standardized(images)))
 
     @property
-    def bernoulli_decoder(self) -> bool:
-        """Whether the decoder's outputs are Bernoulli means of the pixels (sigmoid, no
-        standardisation): what a Bernoulli likelihood such as the VAE's negative ELBO needs."""
+    def has_pixel_likelihood(self) -> bool:
+        """Whether the decoder gives a likelihood of the pixels (`pixel_nll`): a sigmoid output in
+        pixel space (no standardisation), read as Bernoulli means or as discretised-logistic means."""
         return self.hparams.final_activation == "sigmoid" and not self.hparams.standardize_inputs
+
+    def pixel_nll(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Per-image -log p(x | z) in nats summed over pixels: the discretised logistic of 8-bit
+        pixels when the model trains with it, else the Bernoulli of the sigmoid output."""
+        if self.hparams.reconstruction == "discretized_logistic":
+            return reconstruction_error(
+                logits, images, "discretized_logistic", "sum", log_scale=self.log_scale
+            )
+        return reconstruction_error(logits, images, "bce", "sum")
 
     def standardized(self, images: torch.Tensor) -> torch.Tensor:
         """The images as the net sees them: (x - pixel_mean) / pixel_std with `standardize_inputs`
@@ -183,6 +196,7 @@ class ReconstructionModel(TrainingTermsLog):
             self.hparams.reconstruction,
             self.hparams.reduction,
             self.activated,
+            getattr(self, "log_scale", None),
         )
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:

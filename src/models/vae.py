@@ -15,7 +15,7 @@ from torch import nn
 
 from src.errors import ConfigValueError
 from src.models.base import EvaluationPass, ReconstructionModel
-from src.models.losses import gaussian_kl, reconstruction_error, reparameterise
+from src.models.losses import gaussian_kl, reparameterise
 
 
 class VariationalAutoencoder(ReconstructionModel):
@@ -27,8 +27,8 @@ class VariationalAutoencoder(ReconstructionModel):
         "neg_elbo_iw",
         "likelihood_regret",
     )
-    # Scores that are Bernoulli likelihoods: none for a decoder whose outputs are no pixel probabilities.
-    bernoulli_scores: ClassVar[tuple[str, ...]] = ("neg_elbo", "neg_elbo_iw", "likelihood_regret")
+    # Scores built on the decoder's pixel likelihood: none for a decoder without one.
+    likelihood_scores: ClassVar[tuple[str, ...]] = ("neg_elbo", "neg_elbo_iw", "likelihood_regret")
     generative: ClassVar[bool] = True
 
     def __init__(
@@ -45,9 +45,9 @@ class VariationalAutoencoder(ReconstructionModel):
         if kl_warmup_steps < 0:
             raise ConfigValueError(f"model.kl_warmup_steps must be non-negative, got {kl_warmup_steps}")
         super().__init__(net, image_shape, latent_dim, **kwargs)
-        if not self.bernoulli_decoder:
+        if not self.has_pixel_likelihood:
             self.anomaly_scores = tuple(
-                name for name in self.anomaly_scores if name not in self.bernoulli_scores
+                name for name in self.anomaly_scores if name not in self.likelihood_scores
             )
         self.mu = nn.Linear(self.net.feature_dim, latent_dim)
         self.logvar = nn.Linear(self.net.feature_dim, latent_dim)
@@ -86,14 +86,14 @@ class VariationalAutoencoder(ReconstructionModel):
     def extra_scores(
         self, images: torch.Tensor, evaluated: EvaluationPass, samples: int
     ) -> dict[str, torch.Tensor]:
-        """The KL term and, with a Bernoulli decoder (`bernoulli_decoder`), the negative ELBO in
-        nats per image with z = mu (no sampling): sum over pixels of BCE(sigmoid(logits), x) + KL;
-        with `samples` > 0 also `neg_elbo_iw`, its importance-weighted K-sample bound (K = `samples`)."""
+        """The KL term and, with a pixel likelihood (`has_pixel_likelihood`), the negative ELBO in
+        nats per image with z = mu (no sampling): `pixel_nll` (Bernoulli, or the discretised
+        logistic) + KL; with `samples` > 0 also `neg_elbo_iw`, its importance-weighted K-sample
+        bound (K = `samples`)."""
         kl = gaussian_kl(evaluated.code, evaluated.logvar)
-        if not self.bernoulli_decoder:
+        if not self.has_pixel_likelihood:
             return {"kl": kl}
-        bernoulli_nll = reconstruction_error(evaluated.logits, images, "bce", "sum")
-        scores = {"kl": kl, "neg_elbo": bernoulli_nll + kl}
+        scores = {"kl": kl, "neg_elbo": self.pixel_nll(evaluated.logits, images) + kl}
         if samples:  # it costs K decoder passes per image
             scores["neg_elbo_iw"] = self.importance_weighted_nll(images, samples)
         return scores
@@ -117,7 +117,7 @@ class VariationalAutoencoder(ReconstructionModel):
         self, images: torch.Tensor, samples: int, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Per-image importance-weighted bound on -log p(x) in nats (Burda et al. 2016) with K =
-        `samples` draws z_k ~ q(z|x) and a Bernoulli decoder:
+        `samples` draws z_k ~ q(z|x) and the decoder's pixel likelihood (`pixel_nll`):
         -log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x). K = 1 is the sampled negative ELBO; the bound
         tightens towards -log p(x) as K grows, so it is a better likelihood than z = mu."""
         if samples < 1:
@@ -128,7 +128,7 @@ class VariationalAutoencoder(ReconstructionModel):
         latent = mu + eps * std  # (K, N, latent)
         logits = self.decode(latent.flatten(0, 1))
         repeated = images.expand(samples, *images.shape).flatten(0, 1)
-        log_px_z = -reconstruction_error(logits, repeated, "bce", "sum").view(samples, -1)
+        log_px_z = -self.pixel_nll(logits, repeated).view(samples, -1)
         # The 0.5 * log(2 pi) terms of the prior and the posterior cancel.
         log_pz = -0.5 * latent.square().sum(-1)
         log_qz_x = -0.5 * (eps.square() + logvar).sum(-1)
@@ -153,7 +153,7 @@ class VariationalAutoencoder(ReconstructionModel):
 
         def objective(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
             latent = (mu + eps * (0.5 * logvar).exp()).flatten(0, 1)
-            nll = reconstruction_error(self.decode(latent), repeated, "bce", "sum").view(samples, -1).mean(0)
+            nll = self.pixel_nll(self.decode(latent), repeated).view(samples, -1).mean(0)
             return nll + gaussian_kl(mu, logvar)
 
         with torch.enable_grad():

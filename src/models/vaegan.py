@@ -120,6 +120,11 @@ class VAEGAN(VariationalAutoencoder):
         for key, value in {**weights, "margin": margin}.items():
             if value < 0:
                 raise ConfigValueError(f"model.{key} must be non-negative, got {value}")
+        if kwargs.get("reconstruction") == "discretized_logistic":
+            raise ConfigValueError(
+                "model.reconstruction=discretized_logistic is a VAE option (the VAE-GAN's optimisers do not "
+                "train a pixel scale): use model.reconstruction=bce or mse"
+            )
         if kwargs.get("kl_warmup_steps"):
             raise ConfigValueError(
                 "model.kl_warmup_steps is a VAE option (the VAE-GAN trains with beta throughout): "

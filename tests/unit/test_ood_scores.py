@@ -136,3 +136,33 @@ def test_the_ood_evaluation_adds_the_ratio_dose_and_regret_for_every_set(tmp_pat
         assert len(scores[name]["dose"]) == 4 and min(scores[name]["likelihood_regret"]) >= 0
     assert result.metrics["ood/score"] == "likelihood_ratio"
     assert "ood/invert/auroc_dose" in result.metrics
+
+
+@pytest.mark.parametrize(("mean", "log_scale"), [(0.5, math.log(0.05)), (0.02, math.log(0.3)), (0.97, -6.0)])
+def test_the_discretised_logistic_is_a_distribution_over_the_256_intensities(
+    mean: float, log_scale: float
+) -> None:
+    from src.models.losses import discretized_logistic_nll
+
+    pixels = torch.arange(256, dtype=torch.float64) / 255
+    nll = discretized_logistic_nll(torch.full_like(pixels, mean), torch.full_like(pixels, log_scale), pixels)
+    assert torch.exp(-nll).sum().item() == pytest.approx(1.0, abs=1e-6)
+    middle = 128 / 255  # an inner bin's mass is the logistic CDF's rise across it
+    cdf = torch.sigmoid((torch.tensor([middle + 0.5 / 255, middle - 0.5 / 255]) - mean) / math.exp(log_scale))
+    assert torch.exp(-nll[128]).item() == pytest.approx(float(cdf[0] - cdf[1]), rel=1e-4, abs=1e-12)
+
+
+def test_a_vae_with_the_discretised_logistic_decoder_learns_its_scale_and_scores_with_it() -> None:
+    from src.models.losses import discretized_logistic_nll
+
+    model = VariationalAutoencoder(NET, [1, 2, 2], reconstruction="discretized_logistic").eval()
+    loss, _ = model.training_loss(IMAGES)
+    loss.backward()
+    assert model.log_scale.grad is not None and model.log_scale.grad.abs().sum() > 0
+    with torch.no_grad():
+        evaluated = model.encode_pass(IMAGES)
+        expected = discretized_logistic_nll(torch.sigmoid(evaluated.logits), model.log_scale, IMAGES).flatten(
+            1
+        )
+        kl = 0.5 * (evaluated.code.square() + evaluated.logvar.exp() - 1 - evaluated.logvar).sum(1)
+        assert model.scores(IMAGES)["neg_elbo"] == pytest.approx(expected.sum(1) + kl)
