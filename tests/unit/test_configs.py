@@ -153,9 +153,9 @@ def test_report_000s_dense_widths_do_not_leak_into_the_conv_net(make_config) -> 
     ("data", "evaluations"),
     [
         ("lines", ["heaviside", "line_outcomes", "latent_statistics", "ood"]),
-        ("lines2x2", ["census", "latent_statistics", "ood"]),
-        ("mnist", ["latent_statistics", "ood"]),
-        ("fashion_mnist", ["latent_statistics", "ood"]),
+        ("lines2x2", ["census", "initial_state", "solution", "latent_statistics", "ood"]),
+        ("mnist", ["latent_statistics", "ood", "split_losses", "interpolation"]),
+        ("fashion_mnist", ["latent_statistics", "ood", "split_losses", "interpolation"]),
     ],
 )
 def test_each_dataset_declares_its_evaluations(make_config, data: str, evaluations: list[str]) -> None:
