@@ -4,6 +4,7 @@ the detection metrics, scores.csv, ood.md (report 004's Table 2) and figures."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,8 @@ from src.evaluation.detection import (
     detection_metrics,
     labelled,
 )
-from src.evaluation.scoring import LIKELIHOOD_SCORES, latent_codes, score_images
-from src.evaluation.typicality import NOT_STATISTICS, dose_scores
+from src.evaluation.scoring import LIKELIHOOD_SCORES, latent_codes, png_lengths, score_images
+from src.evaluation.typicality import NOT_STATISTICS, default_statistics, dose_scores
 from src.models.base import ReconstructionModel
 from src.reporting import figures as figures_module
 from src.reporting.tables import ood_report, write_scores_csv
@@ -83,6 +84,33 @@ def score_names(anomaly_scores: tuple[str, ...], background: bool = False) -> li
     twins = [f"{name}_ic" for name in LIKELIHOOD_SCORES if name in anomaly_scores]
     ratio = ["likelihood_ratio"] if background and "neg_elbo" in anomaly_scores else []
     return [*anomaly_scores, *twins, *ratio, "png_bits", "dose"]
+
+
+def score_costs(
+    names: list[str], timings: Mapping[str, float], statistics: list[str] | None
+) -> dict[str, float]:
+    """The seconds each score took over all scored images: what it needs of the deterministic pass
+    (`pass`), the importance-weighted bound, the regret, the background model, the PNG lengths and
+    DoSE's densities (timed by `evaluate`)."""
+    extra = {
+        "neg_elbo_iw": "neg_elbo_iw",
+        "likelihood_regret": "likelihood_regret",
+        "likelihood_ratio": "background",
+    }
+    costs = {}
+    for name in names:
+        if name == "png_bits":
+            costs[name] = timings["png_bits"]
+        elif name == "dose":
+            used = statistics if statistics is not None else default_statistics(dict.fromkeys(names))
+            costs[name] = (
+                timings["pass"] + timings["dose"] + sum(timings.get(extra.get(s, ""), 0.0) for s in used)
+            )
+        else:
+            base = name.removesuffix("_ic")
+            costs[name] = timings["pass"] + timings.get(extra.get(base, ""), 0.0)
+            costs[name] += timings["png_bits"] if name.endswith("_ic") else 0.0
+    return costs
 
 
 def likelihood_ratio(
@@ -159,9 +187,15 @@ def evaluate(
         list(cfg["sets"]), datamodule, count, cfg.get("seed", 0), cfg.get("noise_amplitude", 0.5)
     )
     labels = {"val": 0, "test": 0, **dict.fromkeys(out_sets, 1)}
+    timings: dict[str, float] = {}
     scored = {
         name: score_images(
-            model, images, cfg.get("batch_size", 500), cfg.get("samples", 0), cfg.get("regret_steps", 0)
+            model,
+            images,
+            cfg.get("batch_size", 500),
+            cfg.get("samples", 0),
+            cfg.get("regret_steps", 0),
+            timings,
         )
         for name, images in {**in_sets, **out_sets}.items()
     }
@@ -171,15 +205,24 @@ def evaluate(
                 "ood.background: the likelihood ratio needs the negative ELBO of both models (VAEs with a "
                 "sigmoid output); give a VAE background checkpoint, or set ood.background=null"
             )
+        started = time.perf_counter()
         for name, images in {**in_sets, **out_sets}.items():
             scored[name]["likelihood_ratio"] = likelihood_ratio(
                 scored[name], score_images(background, images, cfg.get("batch_size", 500))
             )
+        timings["background"] = time.perf_counter() - started
     # DoSE: the typicality of each image's scores, by densities fitted on validation images only.
+    started = time.perf_counter()
     others = {name: values for name, values in scored.items() if name != "val"}
     scored["val"]["dose"], dose = dose_scores(scored["val"], others, cfg.get("dose_statistics"))
     for name, values in dose.items():
         scored[name]["dose"] = values
+    timings["dose"] = time.perf_counter() - started
+    started = time.perf_counter()
+    png_lengths(in_sets["test"][:1000])  # timed afresh: png_bits keeps the lengths it has computed
+    timings["png_bits"] = (
+        (time.perf_counter() - started) * sum(map(len, scored.values())) / len(in_sets["test"][:1000])
+    )
     score = cfg["score"]
     threshold_cfg = cfg["threshold"]
     method = threshold_cfg["method"]
@@ -187,6 +230,9 @@ def evaluate(
         method, scored["val"][score], threshold_cfg.get("percentile", 99.0), threshold_cfg.get("value")
     )
     metrics: dict[str, Any] = {"ood/score": score, "ood/threshold_method": method}
+    counted = sum(len(next(iter(values.values()))) for values in scored.values())
+    for name, seconds in score_costs(list(scored["test"]), timings, cfg.get("dose_statistics")).items():
+        metrics[f"ood/cost/{name}"] = seconds / counted * 1000
     if threshold is not None:
         metrics["ood/threshold"] = threshold
     results, aurocs, thresholds, by_class = {}, {}, {}, {}
@@ -226,7 +272,21 @@ def evaluate(
         f"Score `{score}` (higher = more anomalous); an image is called OOD when its score > {shown}: {how}."
     )
     sizes = {name: len(values[score]) for name, values in scored.items()}
-    (run_dir / "ood.md").write_text(ood_report(datamodule.name, results, sizes, aurocs, header, by_class))
+    (run_dir / "ood.md").write_text(
+        ood_report(
+            datamodule.name,
+            results,
+            sizes,
+            aurocs,
+            header,
+            by_class,
+            {
+                key.removeprefix("ood/cost/"): value
+                for key, value in metrics.items()
+                if key.startswith("ood/cost/")
+            },
+        )
+    )
     write_scores_csv(run_dir / "scores.csv", scored, labels)
 
     if not (figures and cfg.get("plots", True)):

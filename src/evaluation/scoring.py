@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from PIL import Image
@@ -29,15 +32,20 @@ def png_bits(images: torch.Tensor) -> torch.Tensor:
     pixels = (images[:, 0] * 255).round().to(torch.uint8).cpu().numpy()
     key = hashlib.sha1(pixels.tobytes() + str(pixels.shape).encode()).digest()
     if key not in _PNG_BITS:
-        lengths = []
-        for image in pixels:
-            buffer = io.BytesIO()
-            Image.fromarray(image, mode="L").save(buffer, format="PNG", optimize=True, compress_level=9)
-            lengths.append(8 * buffer.tell())
         if len(_PNG_BITS) >= _PNG_BITS_KEPT:
             _PNG_BITS.pop(next(iter(_PNG_BITS)))
-        _PNG_BITS[key] = torch.tensor(lengths, dtype=torch.float64)
+        _PNG_BITS[key] = png_lengths(images)
     return _PNG_BITS[key].clone()
+
+
+def png_lengths(images: torch.Tensor) -> torch.Tensor:
+    """`png_bits` computed afresh, without the cache."""
+    lengths = []
+    for image in (images[:, 0] * 255).round().to(torch.uint8).cpu().numpy():
+        buffer = io.BytesIO()
+        Image.fromarray(image, mode="L").save(buffer, format="PNG", optimize=True, compress_level=9)
+        lengths.append(8 * buffer.tell())
+    return torch.tensor(lengths, dtype=torch.float64)
 
 
 @torch.no_grad()
@@ -47,22 +55,37 @@ def score_images(
     batch_size: int = 500,
     samples: int = 0,
     regret_steps: int = 0,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every anomaly score of the model for each image (float64 tensors (N,), higher = more anomalous), in
     batches, plus `<score>_ic` = score in bits - PNG length in bits for each likelihood score
     (Serra et al. 2020's remedy for likelihoods that favour simple inputs) and `png_bits` itself.
     Sampled scores use a fixed seed, so the same images in the same batches get the same scores.
-    With `regret_steps` > 0, a VAE's `likelihood_regret` too (that many optimiser steps per batch)."""
+    With `regret_steps` > 0, a VAE's `likelihood_regret` too (that many optimiser steps per batch).
+    `timings`, when given, gets the seconds spent: `pass` (the scores of one deterministic pass),
+    `neg_elbo_iw` and `likelihood_regret` (each on top of it)."""
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
+    spent = timings if timings is not None else {}
+
+    def timed(part: str, compute: Callable[..., Any], *arguments: Any) -> Any:
+        started = time.perf_counter()
+        result = compute(*arguments)
+        spent[part] = spent.get(part, 0.0) + time.perf_counter() - started
+        return result
+
     with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
         torch.manual_seed(0)
         for batch in images.split(batch_size):
-            for name, value in model.scores(batch.to(model.device), samples=samples).items():
+            batch = batch.to(model.device)
+            for name, value in timed("pass", model.scores, batch).items():
                 if name in model.anomaly_scores:
                     parts.setdefault(name, []).append(value.double().cpu())
+            if samples and "neg_elbo_iw" in model.anomaly_scores:
+                bound = timed("neg_elbo_iw", model.importance_weighted_nll, batch, samples)
+                parts.setdefault("neg_elbo_iw", []).append(bound.double().cpu())
             if regret_steps and "likelihood_regret" in model.anomaly_scores:
-                regret = model.likelihood_regret(batch.to(model.device), regret_steps)
+                regret = timed("likelihood_regret", model.likelihood_regret, batch, regret_steps)
                 parts.setdefault("likelihood_regret", []).append(regret.double().cpu())
     scores = {name: torch.cat(values) for name, values in parts.items()}
     complexity = png_bits(images)

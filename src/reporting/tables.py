@@ -54,9 +54,11 @@ def ood_report(
     aurocs: Mapping[str, Mapping[str, float]],
     header: str,
     by_class: Mapping[str, Mapping[str, float]] | None = None,
+    costs: Mapping[str, float] | None = None,
 ) -> str:
     """ood.md: per OOD set report 004's Table 2 (label 0 in-distribution, 1 OOD) and, for a labelled
-    OOD set, the recall of each of its classes; then the AUROC of every score on every set."""
+    OOD set, the recall of each of its classes; then the AUROC of every score on every set (and,
+    with `costs`, each score's seconds per 1000 images)."""
     lines = ["# OOD detection", "", header, ""]
     for name, metrics in results.items():
         rows = [
@@ -82,5 +84,9 @@ def ood_report(
             ]
     score_names = list(next(iter(aurocs.values())))
     rows = [[name, *(f"{by_score[score]:.4f}" for score in score_names)] for name, by_score in aurocs.items()]
+    if costs:
+        rows.append(
+            ["seconds per 1000 images", *(f"{costs.get(score, float('nan')):.3g}" for score in score_names)]
+        )
     lines += ["## AUROC of every score", "", *markdown_table(["set", *score_names], rows)]
     return "\n".join(lines) + "\n"

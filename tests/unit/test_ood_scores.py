@@ -136,6 +136,18 @@ def test_the_ood_evaluation_adds_the_ratio_dose_and_regret_for_every_set(tmp_pat
         assert len(scores[name]["dose"]) == 4 and min(scores[name]["likelihood_regret"]) >= 0
     assert result.metrics["ood/score"] == "likelihood_ratio"
     assert "ood/invert/auroc_dose" in result.metrics
+    costs = {key.removeprefix("ood/cost/"): value for key, value in result.metrics.items() if "/cost/" in key}
+    assert set(costs) >= {
+        "recon_mse",
+        "neg_elbo",
+        "likelihood_regret",
+        "likelihood_ratio",
+        "dose",
+        "png_bits",
+    }
+    # Each score costs the pass, and the regret, the ratio and DoSE cost more on top of it.
+    assert min(costs.values()) > 0 and costs["recon_mse"] == costs["neg_elbo"]
+    assert min(costs["likelihood_regret"], costs["likelihood_ratio"], costs["dose"]) > costs["recon_mse"]
 
 
 @pytest.mark.parametrize(("mean", "log_scale"), [(0.5, math.log(0.05)), (0.02, math.log(0.3)), (0.97, -6.0)])
