@@ -1,5 +1,6 @@
-"""`python -m src.results <census|ood|table1|bench|claims> <sources ...> --output docs/results/<page>.md`:
-write a results page from run or sweep folders, bench files or a claims file (src/analysis/results.py)."""
+"""`python -m src.results <kind> <sources ...> --output docs/results/<page>.md`: write a results page
+(census, ood, table1, bench, claims, oodbench) from run or sweep folders, bench files or a claims
+file (src/analysis/results.py)."""
 
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ TITLES = {
     "table1": "Report 004's Table 1",
     "bench": "Benchmarks",
     "claims": "Every claim of both reports, measured",
+    "oodbench": "OOD benchmark: every score on every OOD set, over seeds",
 }
 
 
@@ -135,6 +136,42 @@ def bench_sections(files: Sequence[Path], page: Path) -> list[str]:
     return sections
 
 
+def oodbench_table(metrics: dict[str, dict]) -> list[str]:
+    """One row per score: its AUROC on each OOD set (mean [95% t interval] over seeds) and its
+    cost in seconds per 1000 images (mean over seeds), from a sweep summary's metrics."""
+    found = [key.split("/") for key in metrics if key.startswith("ood/") and "/auroc_" in key]
+    sets = sorted({parts[1] for parts in found})
+    scores = sorted({parts[2].removeprefix("auroc_") for parts in found})
+    rows = []
+    for score in scores:
+        cells = []
+        for ood_set in sets:
+            stats = metrics.get(f"ood/{ood_set}/auroc_{score}")
+            cells.append(
+                "–" if stats is None else "{:.3f} [{:.3f}, {:.3f}]".format(stats["mean"], *stats["ci95"])
+            )
+        cost = metrics.get(f"ood/cost/{score}")
+        rows.append([score, *cells, "–" if cost is None else f"{cost['mean']:.3g}"])
+    n = max((stats["n"] for key, stats in metrics.items() if "/auroc_" in key), default=0)
+    header = ["score", *sets, "s / 1000 images"]
+    return [
+        f"seeds: {n}; AUROC mean [95% t interval] over seeds",
+        "",
+        *markdown_table(header, rows, "l" + "r" * (len(sets) + 1)),
+    ]
+
+
+def oodbench_sections(folders: Sequence[Path], page: Path) -> list[str]:
+    """Per sweep folder and setting: every score's AUROC on every OOD set, with its cost."""
+    sections = []
+    for folder in folders:
+        summary = write_summary(folder)
+        for name, group in summary["groups"].items():
+            table = "\n".join(oodbench_table(group["metrics"]))
+            sections.append(f"## {folder.name}: {name}\n\n`{run_command(folder)}`\n\n{table}\n")
+    return sections
+
+
 def claims_sections(files: Sequence[Path], page: Path) -> list[str]:
     """The claims declared in each spec file (src/analysis/claims.py), sweep paths relative to the
     working directory."""
@@ -165,6 +202,7 @@ SECTIONS: dict[str, Callable[[Sequence[Path], Path], list[str]]] = {
     "table1": table1_sections,
     "bench": bench_sections,
     "claims": claims_sections,
+    "oodbench": oodbench_sections,
 }
 
 

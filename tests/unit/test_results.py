@@ -176,3 +176,19 @@ def test_claims_are_measured_from_sweep_folders_and_judged_by_their_rules(tmp_pa
     ]
     assert claims[2]["result"]["value"] == pytest.approx(1 / 7) and claims[2]["result"]["n"] == 4
     assert claims[4]["result"]["value"] == 3 and claims[4]["other"]["value"] == 1
+
+
+def test_the_ood_benchmark_table_gives_each_score_on_each_set_with_its_cost() -> None:
+    from src.analysis.results import oodbench_table
+
+    metrics = {
+        "ood/hflip/auroc_dose": {"mean": 0.91, "ci95": [0.9, 0.92], "n": 3},
+        "ood/rot90/auroc_dose": {"mean": 0.97, "ci95": [0.96, 0.98], "n": 3},
+        "ood/hflip/auroc_recon_mse": {"mean": 0.8, "ci95": [0.79, 0.81], "n": 3},
+        "ood/cost/dose": {"mean": 1.25, "ci95": [1.2, 1.3], "n": 3},
+        "ood/hflip/auroc": {"mean": 0.8, "ci95": [0.79, 0.81], "n": 3},
+    }
+    lines = oodbench_table(metrics)
+    assert lines[0].startswith("seeds: 3")
+    assert "| dose | 0.910 [0.900, 0.920] | 0.970 [0.960, 0.980] | 1.25 |" in lines
+    assert "| recon_mse | 0.800 [0.790, 0.810] | – | – |" in lines
