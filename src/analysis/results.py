@@ -150,7 +150,7 @@ def oodbench_table(metrics: dict[str, dict]) -> list[str]:
             cells.append(
                 "–" if stats is None else "{:.3f} [{:.3f}, {:.3f}]".format(stats["mean"], *stats["ci95"])
             )
-        cost = metrics.get(f"ood/cost/{score}")
+        cost = metrics.get(f"ood/time_per_1000_images/{score}")
         rows.append([score, *cells, "–" if cost is None else f"{cost['mean']:.3g}"])
     n = max((stats["n"] for key, stats in metrics.items() if "/auroc_" in key), default=0)
     header = ["score", *sets, "s / 1000 images"]

@@ -47,6 +47,17 @@ def _font(name: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(FONT_DIR / name), size)
 
 
+@functools.cache
+def typefaces_with(character: str) -> tuple[str, ...]:
+    """The typefaces that have a glyph for `character` (a missing one would be drawn as a box)."""
+    from matplotlib.ft2font import FT2Font
+
+    faces = tuple(name for name in TYPEFACES if ord(character) in FT2Font(str(FONT_DIR / name)).get_charmap())
+    if not faces:
+        raise ValueError(f"no typeface of {list(TYPEFACES)} has a glyph for {character!r}")
+    return faces
+
+
 def render_glyph(character: str, size: int, typeface: str, rotation_deg: float, scale: float) -> np.ndarray:
     """One glyph as a (size, size) array in [0, 1], MNIST-style (see the module docstring)."""
     canvas = size * OVERSAMPLE * 2
@@ -81,11 +92,13 @@ def glyph_images(name: str, count: int, size: int, generator: torch.Generator) -
     """`count` images (count, 1, size, size) of the glyph set `name`, characters drawn uniformly."""
     characters = GLYPH_SETS[name]
     picks = torch.randint(len(characters), (count,), generator=generator)
-    faces = torch.randint(len(TYPEFACES), (count,), generator=generator)
+    faces = torch.rand(count, generator=generator, dtype=torch.float64)  # among those with the glyph
     rotations = (torch.rand(count, generator=generator, dtype=torch.float64) * 2 - 1) * MAX_ROTATION_DEG
     scales = 0.8 + 0.2 * torch.rand(count, generator=generator, dtype=torch.float64)
-    images = [
-        render_glyph(characters[int(c)], size, TYPEFACES[int(f)], float(r), float(s))
-        for c, f, r, s in zip(picks, faces, rotations, scales, strict=True)
-    ]
+    images = []
+    for pick, face, rotation, scale in zip(picks, faces, rotations, scales, strict=True):
+        character = characters[int(pick)]
+        candidates = typefaces_with(character)
+        typeface = candidates[min(int(float(face) * len(candidates)), len(candidates) - 1)]
+        images.append(render_glyph(character, size, typeface, float(rotation), float(scale)))
     return torch.from_numpy(np.stack(images)).float().unsqueeze(1)

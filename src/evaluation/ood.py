@@ -73,6 +73,10 @@ class OODDetection:
             return EvaluationResult()
         background = None
         if settings.get("background") is not None:
+            if context.load_model is None:
+                raise ConfigValueError(
+                    "ood.background is set, but this run gives its evaluations no model loader"
+                )
             background = context.load_model(Path(str(settings.background))).to(model.device).eval()
         return evaluate(settings, model, datamodule, context.run_dir, context.figures, background)
 
@@ -84,6 +88,11 @@ def score_names(anomaly_scores: tuple[str, ...], background: bool = False) -> li
     twins = [f"{name}_ic" for name in LIKELIHOOD_SCORES if name in anomaly_scores]
     ratio = ["likelihood_ratio"] if background and "neg_elbo" in anomaly_scores else []
     return [*anomaly_scores, *twins, *ratio, "png_bits", "dose"]
+
+
+# metrics.json keys of each score's cost: seconds per 1000 images (wall-clock time: "time" marks
+# keys that no two runs share).
+COST = "ood/time_per_1000_images/"
 
 
 def score_costs(
@@ -113,6 +122,26 @@ def score_costs(
     return costs
 
 
+def check_background(model: ReconstructionModel, background: ReconstructionModel) -> None:
+    """The likelihood ratio compares two likelihoods of the same kind on the same images."""
+    if "neg_elbo" not in background.anomaly_scores or "neg_elbo" not in model.anomaly_scores:
+        raise ConfigValueError(
+            "ood.background: the likelihood ratio needs the negative ELBO of both models (VAEs with a "
+            "sigmoid output); give a VAE background checkpoint, or set ood.background=null"
+        )
+    if background.image_shape != model.image_shape:
+        raise ConfigValueError(
+            f"ood.background takes {background.image_shape} images, the model {model.image_shape}: give a "
+            "background model trained on the same data"
+        )
+    if background.hparams.reconstruction != model.hparams.reconstruction:
+        raise ConfigValueError(
+            f"ood.background was trained with model.reconstruction={background.hparams.reconstruction}, the "
+            f"model with {model.hparams.reconstruction}: their likelihoods do not compare; train the "
+            "background with the model's settings"
+        )
+
+
 def likelihood_ratio(
     scores: Mapping[str, torch.Tensor], background: Mapping[str, torch.Tensor]
 ) -> torch.Tensor:
@@ -135,11 +164,29 @@ def check_settings(cfg: Mapping[str, Any], anomaly_scores: tuple[str, ...], data
         raise ConfigValueError(
             f"ood.samples must be a whole number >= 0 (0 skips neg_elbo_iw), got {samples!r}"
         )
+    regret_steps = cfg.get("regret_steps", 0)
+    if not isinstance(regret_steps, int) or regret_steps < 0:
+        raise ConfigValueError(
+            f"ood.regret_steps must be a whole number >= 0 (0 skips it), got {regret_steps!r}"
+        )
     score, names = cfg["score"], score_names(anomaly_scores, cfg.get("background") is not None)
+    # What each costly score needs to be computed at all, and the setting that gives it.
+    needs = {
+        "neg_elbo_iw": (samples, "latent samples: set ood.samples=16 (or more)"),
+        "neg_elbo_iw_ic": (samples, "latent samples: set ood.samples=16 (or more)"),
+        "likelihood_regret": (regret_steps, "optimiser steps: set ood.regret_steps=20 (or more)"),
+    }
+    if score == "likelihood_ratio" and cfg.get("background") is None:
+        raise ConfigValueError(
+            "ood.score=likelihood_ratio needs a background model: set ood.background=<its checkpoint> "
+            "(experiment=ood_mnist_vae_background trains one)"
+        )
     if score not in names:
         raise ConfigValueError(f"ood.score={score!r} is not a score of this model; choose from {names}")
-    if "_iw" in score and not samples:
-        raise ConfigValueError(f"ood.score={score} needs latent samples: set ood.samples=16 (or more)")
+    if score in needs and not needs[score][0]:
+        raise ConfigValueError(
+            f"ood.score={score} is not computed with these settings: set {needs[score][1]}"
+        )
     statistics = cfg.get("dose_statistics")
     allowed = [name for name in names if name not in NOT_STATISTICS and not name.endswith("_ic")]
     if statistics is not None and (not statistics or set(statistics) - set(allowed)):
@@ -147,15 +194,11 @@ def check_settings(cfg: Mapping[str, Any], anomaly_scores: tuple[str, ...], data
             f"ood.dose_statistics={list(statistics)!r}: give null (every score) or a non-empty list "
             f"from {allowed}"
         )
-    regret_steps = cfg.get("regret_steps", 0)
-    if not isinstance(regret_steps, int) or regret_steps < 0:
-        raise ConfigValueError(
-            f"ood.regret_steps must be a whole number >= 0 (0 skips it), got {regret_steps!r}"
-        )
-    if score == "likelihood_regret" and not regret_steps:
-        raise ConfigValueError(
-            "ood.score=likelihood_regret needs optimiser steps: set ood.regret_steps=20 (or more)"
-        )
+    for name in statistics or []:
+        if name in needs and not needs[name][0]:
+            raise ConfigValueError(
+                f"ood.dose_statistics holds {name}, which these settings skip: set {needs[name][1]}"
+            )
     threshold = cfg["threshold"]
     choose_threshold(
         threshold["method"], torch.zeros(1), threshold.get("percentile", 99.0), threshold.get("value")
@@ -181,6 +224,8 @@ def evaluate(
     """Score validation, test and OOD images, threshold, measure, and write scores.csv, ood.md and
     (with `figures` and ood.plots) the figures into run_dir. Returns the `ood/...` metrics."""
     check_settings(cfg, model.anomaly_scores, datamodule.name)
+    if background is not None:
+        check_background(model, background)
     count = cfg.get("max_images") or None
     in_sets = {"val": datamodule.images("val")[:count], "test": datamodule.images("test")[:count]}
     out_sets = ood_sets(
@@ -200,11 +245,6 @@ def evaluate(
         for name, images in {**in_sets, **out_sets}.items()
     }
     if background is not None:  # scored like the model, on the same images
-        if "neg_elbo" not in background.anomaly_scores or "neg_elbo" not in model.anomaly_scores:
-            raise ConfigValueError(
-                "ood.background: the likelihood ratio needs the negative ELBO of both models (VAEs with a "
-                "sigmoid output); give a VAE background checkpoint, or set ood.background=null"
-            )
         started = time.perf_counter()
         for name, images in {**in_sets, **out_sets}.items():
             scored[name]["likelihood_ratio"] = likelihood_ratio(
@@ -218,11 +258,11 @@ def evaluate(
     for name, values in dose.items():
         scored[name]["dose"] = values
     timings["dose"] = time.perf_counter() - started
+    counted = sum(len(next(iter(values.values()))) for values in scored.values())
     started = time.perf_counter()
-    png_lengths(in_sets["test"][:1000])  # timed afresh: png_bits keeps the lengths it has computed
-    timings["png_bits"] = (
-        (time.perf_counter() - started) * sum(map(len, scored.values())) / len(in_sets["test"][:1000])
-    )
+    timed_images = in_sets["test"][:1000]
+    png_lengths(timed_images)  # timed afresh: png_bits keeps the lengths it has computed
+    timings["png_bits"] = (time.perf_counter() - started) * counted / len(timed_images)
     score = cfg["score"]
     threshold_cfg = cfg["threshold"]
     method = threshold_cfg["method"]
@@ -230,9 +270,8 @@ def evaluate(
         method, scored["val"][score], threshold_cfg.get("percentile", 99.0), threshold_cfg.get("value")
     )
     metrics: dict[str, Any] = {"ood/score": score, "ood/threshold_method": method}
-    counted = sum(len(next(iter(values.values()))) for values in scored.values())
     for name, seconds in score_costs(list(scored["test"]), timings, cfg.get("dose_statistics")).items():
-        metrics[f"ood/cost/{name}"] = seconds / counted * 1000
+        metrics[f"{COST}{name}"] = seconds / counted * 1000
     if threshold is not None:
         metrics["ood/threshold"] = threshold
     results, aurocs, thresholds, by_class = {}, {}, {}, {}
@@ -280,11 +319,7 @@ def evaluate(
             aurocs,
             header,
             by_class,
-            {
-                key.removeprefix("ood/cost/"): value
-                for key, value in metrics.items()
-                if key.startswith("ood/cost/")
-            },
+            {key.removeprefix(COST): value for key, value in metrics.items() if key.startswith(COST)},
         )
     )
     write_scores_csv(run_dir / "scores.csv", scored, labels)

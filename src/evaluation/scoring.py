@@ -71,6 +71,8 @@ def score_images(
     def timed(part: str, compute: Callable[..., Any], *arguments: Any) -> Any:
         started = time.perf_counter()
         result = compute(*arguments)
+        if model.device.type == "cuda":  # the work queued on the GPU is part of the cost
+            torch.cuda.synchronize(model.device)
         spent[part] = spent.get(part, 0.0) + time.perf_counter() - started
         return result
 

@@ -2,8 +2,9 @@
 are atypical of in-distribution data. One Gaussian kernel density per statistic (a model's
 per-image scores: reconstruction errors, KL, negative ELBO, ...) is fitted on the in-distribution
 validation images; the `dose` score is the negative sum of the log densities, higher = more
-anomalous. Each validation image is scored by the densities of the other half of the validation
-set (two folds), so that the threshold chosen on validation scores sees no image it was fitted on."""
+anomalous. The validation images are split into two folds: each validation image is scored by the
+other fold's densities, so that the threshold chosen on validation scores sees no image it was
+fitted on, and every other image by the mean of the two folds' (the same estimator)."""
 
 from __future__ import annotations
 
@@ -27,20 +28,15 @@ def default_statistics(scores: Mapping[str, torch.Tensor]) -> list[str]:
 
 class Typicality:
     """The densities of `statistics` over `validation` scores (one tensor (N,) per name; at most
-    MAX_FITTED of them). A statistic with no spread there (e.g. the KL of a collapsed posterior)
-    is left out."""
+    MAX_FITTED of them, evenly spaced)."""
 
     def __init__(self, validation: Mapping[str, torch.Tensor], statistics: Sequence[str]) -> None:
         missing = [name for name in statistics if name not in validation]
         if missing:
             raise KeyError(f"no validation scores for {missing}")
-        count = len(validation[statistics[0]]) if statistics else 0
-        kept = torch.linspace(0, count - 1, min(count, MAX_FITTED)).round().long() if count else None
-        self.densities = {
-            name: gaussian_kde(validation[name].double()[kept].numpy())
-            for name in statistics
-            if float(validation[name].double()[kept].std()) > 0
-        }
+        count = len(validation[statistics[0]])
+        kept = torch.linspace(0, count - 1, min(count, MAX_FITTED)).round().long()
+        self.densities = {name: gaussian_kde(validation[name].double()[kept].numpy()) for name in statistics}
 
     def __call__(self, scores: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """-sum of the log densities of each image's statistics (float64, shape (N,))."""
@@ -50,19 +46,27 @@ class Typicality:
         return torch.from_numpy(-total)
 
 
+def spread_statistics(validation: Mapping[str, torch.Tensor], statistics: Sequence[str] | None) -> list[str]:
+    """The statistics to model: `statistics` (default: every model score), less those without
+    spread over the validation images (e.g. the KL of a collapsed posterior), which no density fits."""
+    chosen = list(statistics) if statistics is not None else default_statistics(validation)
+    return [name for name in chosen if float(validation[name].double().std()) > 0]
+
+
 def dose_scores(
     validation: Mapping[str, torch.Tensor],
     sets: Mapping[str, Mapping[str, torch.Tensor]],
     statistics: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The `dose` score of the validation images (two folds, each scored by the other's densities)
-    and of each other set (scored by the densities of all validation images)."""
-    statistics = list(statistics) if statistics is not None else default_statistics(validation)
+    """The `dose` score of the validation images and of each other set, all by the same estimator:
+    the validation images are split into two folds, each validation image is scored by the other
+    fold's densities, and every other image by the mean of the two folds' (so that a threshold on
+    validation scores means the same on test images)."""
+    chosen = spread_statistics(validation, statistics)
     count = len(next(iter(validation.values())))
     folds = [torch.arange(count) % 2 == fold for fold in (0, 1)]
+    fits = [Typicality({name: validation[name][fold] for name in chosen}, chosen) for fold in folds]
     cross_fitted = torch.empty(count, dtype=torch.float64)
-    for fitted_on, scored in (folds, folds[::-1]):
-        fit = Typicality({name: validation[name][fitted_on] for name in statistics}, statistics)
-        cross_fitted[scored] = fit({name: validation[name][scored] for name in statistics})
-    fit = Typicality(validation, statistics)
-    return cross_fitted, {name: fit(scores) for name, scores in sets.items()}
+    for fit, other_fold in zip(fits, folds[::-1], strict=True):
+        cross_fitted[other_fold] = fit({name: validation[name][other_fold] for name in chosen})
+    return cross_fitted, {name: (fits[0](scores) + fits[1](scores)) / 2 for name, scores in sets.items()}

@@ -162,8 +162,10 @@ class ReconstructionModel(TrainingTermsLog):
         """Per-image -log p(x | z) in nats summed over pixels: the discretised logistic of 8-bit
         pixels when the model trains with it, else the Bernoulli of the sigmoid output."""
         if self.hparams.reconstruction == "discretized_logistic":
+            # A likelihood of 8-bit images: other inputs (e.g. with added noise) are first quantised.
+            pixels = (images * 255).round() / 255
             return reconstruction_error(
-                logits, images, "discretized_logistic", "sum", log_scale=self.log_scale
+                logits, pixels, "discretized_logistic", "sum", log_scale=self.log_scale
             )
         return reconstruction_error(logits, images, "bce", "sum")
 

@@ -148,7 +148,9 @@ class VariationalAutoencoder(ReconstructionModel):
         generator = torch.Generator(images.device).manual_seed(seed)
         with torch.no_grad():
             mu, logvar = self.encode(images)
-        eps = torch.randn((samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
+        # The same draws for every image (broadcast over the batch): an image's regret does not
+        # depend on the batch it is scored in.
+        eps = torch.randn((samples, 1, mu.shape[1]), generator=generator, device=mu.device, dtype=mu.dtype)
         repeated = images.expand(samples, *images.shape).flatten(0, 1)
 
         def objective(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -160,17 +162,21 @@ class VariationalAutoencoder(ReconstructionModel):
             fitted_mu = mu.clone().requires_grad_(True)
             fitted_logvar = logvar.clone().requires_grad_(True)
             optimizer = torch.optim.Adam([fitted_mu, fitted_logvar], lr=lr)
-            start = best = objective(fitted_mu, fitted_logvar).detach()
+            start = None
             for _ in range(steps):
                 values = objective(fitted_mu, fitted_logvar)
+                if start is None:
+                    start = best = values.detach()
                 # The images are independent (each gets its own gradient); the weights get none.
                 fitted_mu.grad, fitted_logvar.grad = torch.autograd.grad(
                     values.sum(), [fitted_mu, fitted_logvar]
                 )
                 optimizer.step()
                 best = torch.minimum(best, values.detach())
-            best = torch.minimum(best, objective(fitted_mu, fitted_logvar).detach())
-        return start - best
+            final = objective(fitted_mu, fitted_logvar).detach()
+        if start is None:  # no steps: nothing refitted
+            return torch.zeros_like(final)
+        return start - torch.minimum(best, final)
 
     def sample(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Images decoded from z ~ N(0, I), with the evaluation output activation."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 import yaml
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -48,6 +49,13 @@ def print_config_tree(cfg: DictConfig) -> None:
         text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
         tree.add(key).add(Syntax(text, "yaml", background_color="default"))
     rich_print(tree)
+
+
+def loaded_model(path: Path) -> ReconstructionModel:
+    """A checkpoint's model for an evaluation (e.g. a background model), built without touching the
+    global random state the evaluations after it start from."""
+    with torch.random.fork_rng(devices=[]):
+        return load_model(Path(path))[0]
 
 
 class Run:
@@ -89,9 +97,7 @@ class Run:
         """Every evaluation the config declares (conf/evaluations/), in order, merged."""
         merged = EvaluationResult()
         model.eval()
-        context = EvaluationContext(
-            self.dir, bool(self.cfg.figures), self.cfg, lambda path: load_model(Path(path))[0]
-        )
+        context = EvaluationContext(self.dir, bool(self.cfg.figures), self.cfg, loaded_model)
         for spec in (self.cfg.get("evaluations") or {}).values():
             result = build(spec)(model, datamodule, context)
             merged.metrics.update(result.metrics)

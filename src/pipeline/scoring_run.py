@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from src.errors import ConfigValueError
 from src.evaluation.ood import likelihood_ratio
 from src.evaluation.scoring import score_images
-from src.evaluation.typicality import Typicality, default_statistics
+from src.evaluation.typicality import default_statistics, dose_scores
 from src.models.base import ReconstructionModel
 from src.pipeline.checkpoints import CheckpointError, load_model, run_folder
 from src.pipeline.run import read_run
@@ -168,13 +168,18 @@ def score_file(
         regret_steps=settings.get("regret_steps", 0),
     )
     if settings.get("background") is not None:  # the run's background model, on the same images
-        background, _ = load_model(Path(str(settings.background)))
+        try:
+            background, _ = load_model(Path(str(settings.background)))
+        except CheckpointError as error:
+            raise ScoreInputError(f"the run's ood.background cannot be loaded: {error}") from None
         scores["likelihood_ratio"] = likelihood_ratio(scores, score_images(background, images, batch_size))
     validation = validation_scores(run_folder(ckpt_path))
     if validation:  # DoSE's densities come from the run's own validation scores
         statistics = settings.get("dose_statistics") or default_statistics(validation)
-        if all(name in scores for name in statistics):
-            scores["dose"] = Typicality(validation, statistics)(scores)
+        missing = [name for name in statistics if name not in scores]
+        if missing:
+            raise ScoreInputError(f"the run's dose score models {missing}, which were not computed here")
+        scores["dose"] = dose_scores(validation, {"new": scores}, statistics)[1]["new"]
     if score not in scores:
         raise ScoreInputError(f"score={score!r} is not a score of this model; choose from {list(scores)}")
     decision = scores[score] > threshold if threshold is not None else None

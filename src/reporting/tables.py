@@ -30,7 +30,7 @@ def write_scores_csv(
         for set_name, scores in scored.items():
             columns = [scores[name].tolist() for name in names]
             for index, row in enumerate(zip(*columns, strict=True)):
-                writer.writerow([set_name, labels[set_name], index, *(f"{value:.6g}" for value in row)])
+                writer.writerow([set_name, labels[set_name], index, *(f"{value:.17g}" for value in row)])
     return path
 
 

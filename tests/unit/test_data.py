@@ -243,8 +243,9 @@ def test_member_batches_are_each_members_single_run_batches() -> None:
 def test_glyph_sets_are_drawn_like_mnist_and_the_same_from_the_same_seed() -> None:
     """Each glyph fills a 20-pixel box of the 28x28 image with its centre of mass at the centre;
     the same generator seed gives the same images, another seed other ones."""
-    from src.data.glyphs import GLYPH_SETS, glyph_images
+    from src.data.glyphs import GLYPH_SETS, glyph_images, typefaces_with
 
+    assert typefaces_with("★") and "DejaVuSerif.ttf" not in typefaces_with("★")  # no box drawn instead
     for name in GLYPH_SETS:
         images = glyph_images(name, 8, 28, torch.Generator().manual_seed(1))
         assert images.shape == (8, 1, 28, 28) and images.min() >= 0 and images.max() <= 1
