@@ -184,9 +184,7 @@ def check_settings(cfg: Mapping[str, Any], anomaly_scores: tuple[str, ...], data
     if score not in names:
         raise ConfigValueError(f"ood.score={score!r} is not a score of this model; choose from {names}")
     if score in needs and not needs[score][0]:
-        raise ConfigValueError(
-            f"ood.score={score} is not computed with these settings: set {needs[score][1]}"
-        )
+        raise ConfigValueError(f"ood.score={score} needs {needs[score][1]}")
     statistics = cfg.get("dose_statistics")
     allowed = [name for name in names if name not in NOT_STATISTICS and not name.endswith("_ic")]
     if statistics is not None and (not statistics or set(statistics) - set(allowed)):
@@ -196,9 +194,7 @@ def check_settings(cfg: Mapping[str, Any], anomaly_scores: tuple[str, ...], data
         )
     for name in statistics or []:
         if name in needs and not needs[name][0]:
-            raise ConfigValueError(
-                f"ood.dose_statistics holds {name}, which these settings skip: set {needs[name][1]}"
-            )
+            raise ConfigValueError(f"ood.dose_statistics holds {name}, which needs {needs[name][1]}")
     threshold = cfg["threshold"]
     choose_threshold(
         threshold["method"], torch.zeros(1), threshold.get("percentile", 99.0), threshold.get("value")
