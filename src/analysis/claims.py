@@ -16,6 +16,9 @@ the claim declares (`expect`), so the page is rewritten, never edited. A claim e
       verdict: not testable         # instead of a rule: a fixed verdict (with `why`)
       why: "..."                    # the reason for the verdict, shown with it
 
+Beside the claims, `exhibits` entries ({title, sweep, where, file}) show a file of the first
+matching job (e.g. an optimal run's solution.md: report 000's tables read off its weights).
+
 Measures, over the finished jobs of `sweep` (optionally only those whose metrics match `where`, a
 mapping key -> value or list of values, match none of `where_not`, and whose overrides include
 every one of `overrides`):
@@ -193,6 +196,25 @@ def _shown(result: Mapping[str, Any]) -> str:
     if interval is not None:
         text += " [{:.4g}, {:.4g}]".format(*interval)
     return f"{text} (n = {n})"
+
+
+def exhibits_markdown(spec_file: Path, root: Path) -> str:
+    """The file each `exhibits` entry of the spec names (e.g. an optimal run's solution.md), from
+    the first job of its sweep that matches its `where`, each under its title with its run folder."""
+    sections = []
+    for exhibit in (yaml.safe_load(spec_file.read_text()) or {}).get("exhibits") or []:
+        sweep = root / exhibit["sweep"]
+        jobs = [job for job in load_jobs(sweep) if job["metrics"] is not None and _matches(job, exhibit)]
+        if not jobs:
+            raise ConfigValueError(
+                f"{spec_file}: no finished job in {sweep} matches exhibit {exhibit['title']!r}"
+            )
+        folder = sweep / jobs[0]["dir"]
+        body = (folder / exhibit["file"]).read_text().replace("\n# ", "\n#### ").replace("\n## ", "\n#### ")
+        body = body.removeprefix("# ").split("\n", 1)[-1]  # the file's own title gives way to the exhibit's
+        shown = (folder / exhibit["file"]).relative_to(root) if folder.is_relative_to(root) else folder
+        sections.append(f"### {exhibit['title']}\n\nFrom `{shown}`:\n{body}")
+    return "\n".join(sections)
 
 
 def evaluate_claims(spec_file: Path, root: Path) -> list[dict[str, Any]]:

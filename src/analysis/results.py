@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from src.analysis.claims import claims_markdown, evaluate_claims
+from src.analysis.claims import claims_markdown, evaluate_claims, exhibits_markdown
 from src.analysis.sweep import markdown as sweep_markdown
 from src.analysis.sweep import write_summary
 from src.analysis.table1 import write_table1
@@ -190,8 +190,10 @@ def claims_sections(files: Sequence[Path], page: Path) -> list[str]:
             for name in dict.fromkeys(r["verdict"] for r in rows)
         }
         tally = ", ".join(f"{name} {count}" for name, count in counts.items())
+        exhibits = exhibits_markdown(spec, Path.cwd())
         sections.append(
             f"Claims: {len(rows)} ({tally}); declared in `{spec}`.\n\n{claims_markdown(rows, commands)}"
+            + (f"\n## Readings from single runs\n\n{exhibits}\n" if exhibits else "")
         )
     return sections
 

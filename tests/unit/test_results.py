@@ -166,6 +166,22 @@ def test_claims_are_measured_from_sweep_folders_and_judged_by_their_rules(tmp_pa
         )
     )
     claims = evaluate_claims(spec, tmp_path)
+    from src.analysis.claims import exhibits_markdown
+
+    (sweep / "3" / "solution.md").write_text("# The solution\n\n## Output 1\n\nthresholds of seed 3\n")
+    spec_text = yaml.safe_load(spec.read_text())
+    spec_text["exhibits"] = [
+        {
+            "title": "A gray run",
+            "sweep": "outputs/sweep",
+            "where": {"test/outcome": "all_gray"},
+            "file": "solution.md",
+        }
+    ]
+    spec.write_text(yaml.safe_dump(spec_text))
+    shown = exhibits_markdown(spec, tmp_path)
+    assert shown.startswith("### A gray run") and "outputs/sweep/3/solution.md" in shown
+    assert "#### Output 1" in shown and "thresholds of seed 3" in shown
     assert claims[0]["result"]["value"] == 0.75 and claims[0]["result"]["interval"] == wilson_interval(3, 4)
     assert [claim["verdict"] for claim in claims] == [
         "refuted",
