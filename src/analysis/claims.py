@@ -42,6 +42,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -198,9 +199,10 @@ def _shown(result: Mapping[str, Any]) -> str:
     return f"{text} (n = {n})"
 
 
-def exhibits_markdown(spec_file: Path, root: Path) -> str:
+def exhibits_markdown(spec_file: Path, root: Path, page: Path | None = None) -> str:
     """The file each `exhibits` entry of the spec names (e.g. an optimal run's solution.md), from
-    the first job of its sweep that matches its `where`, each under its title with its run folder."""
+    the first job of its sweep that matches its `where`, each under its title with its run folder.
+    A figure (.png) is copied beside the `page` as <page stem>_exhibit<k>.png and shown."""
     sections = []
     for exhibit in (yaml.safe_load(spec_file.read_text()) or {}).get("exhibits") or []:
         sweep = root / exhibit["sweep"]
@@ -210,9 +212,20 @@ def exhibits_markdown(spec_file: Path, root: Path) -> str:
                 f"{spec_file}: no finished job in {sweep} matches exhibit {exhibit['title']!r}"
             )
         folder = sweep / jobs[0]["dir"]
+        shown = (folder / exhibit["file"]).relative_to(root) if folder.is_relative_to(root) else folder
+        if exhibit["file"].endswith(".png"):
+            if page is None:
+                raise ConfigValueError(
+                    f"{spec_file}: exhibit {exhibit['title']!r} is a figure; give the page"
+                )
+            copy = page.parent / f"{page.stem}_exhibit{len(sections)}.png"
+            shutil.copyfile(folder / exhibit["file"], copy)
+            sections.append(
+                f"### {exhibit['title']}\n\nFrom `{shown}`:\n\n![{exhibit['title']}]({copy.name})\n"
+            )
+            continue
         body = (folder / exhibit["file"]).read_text().replace("\n# ", "\n#### ").replace("\n## ", "\n#### ")
         body = body.removeprefix("# ").split("\n", 1)[-1]  # the file's own title gives way to the exhibit's
-        shown = (folder / exhibit["file"]).relative_to(root) if folder.is_relative_to(root) else folder
         sections.append(f"### {exhibit['title']}\n\nFrom `{shown}`:\n{body}")
     return "\n".join(sections)
 

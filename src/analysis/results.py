@@ -190,7 +190,7 @@ def claims_sections(files: Sequence[Path], page: Path) -> list[str]:
             for name in dict.fromkeys(r["verdict"] for r in rows)
         }
         tally = ", ".join(f"{name} {count}" for name, count in counts.items())
-        exhibits = exhibits_markdown(spec, Path.cwd())
+        exhibits = exhibits_markdown(spec, Path.cwd(), page)
         sections.append(
             f"Claims: {len(rows)} ({tally}); declared in `{spec}`.\n\n{claims_markdown(rows, commands)}"
             + (f"\n## Readings from single runs\n\n{exhibits}\n" if exhibits else "")
