@@ -24,7 +24,8 @@ mapping key -> value or list of values, match none of `where_not`, and whose ove
 every one of `overrides`):
 - `frequency`: the share of jobs whose `key` is one of `values` (or holds the text `contains`),
   with its 95% Wilson interval;
-- `mean`: the mean of the numeric `key` over jobs, with its 95% t interval;
+- `mean`: the mean of the numeric `key` over jobs (or of `key` minus `minus`, a paired difference
+  within each job), with its 95% t interval;
 - `pooled`: sum of `numerator` over sum of `denominator` (a key, or a number per job), e.g. inputs
   revived of inputs dead, with a 95% interval from resampling the jobs;
 - `exact`: the number a function returns (`function`: a dotted path, `arguments`: its keywords);
@@ -151,7 +152,12 @@ def measure(spec: Mapping[str, Any], root: Path) -> dict[str, Any]:
         counted = isinstance(per_job, int | float)
         bottoms = [float(per_job) if counted else float(m[per_job]) for m in metrics]
         return pooled_ratio([float(m[spec["numerator"]]) for m in metrics], bottoms)
-    values = [float(m[spec["key"]]) for m in metrics if spec["key"] in m]
+    # `minus`: the per-job difference of two keys (a paired comparison within each run).
+    values = [
+        float(m[spec["key"]]) - (float(m[spec["minus"]]) if "minus" in spec else 0.0)
+        for m in metrics
+        if spec["key"] in m and spec.get("minus", spec["key"]) in m
+    ]
     if not values:
         raise ConfigValueError(f"no job in {sweep} has {spec['key']}")
     if kind == "mean":

@@ -180,6 +180,10 @@ def test_claims_are_measured_from_sweep_folders_and_judged_by_their_rules(tmp_pa
     ]
     spec.write_text(yaml.safe_dump(spec_text))
     shown = exhibits_markdown(spec, tmp_path)
+    from src.analysis.claims import measure
+
+    paired = {"kind": "mean", "sweep": "outputs/sweep", "key": "x", "minus": "test/revived_inputs"}
+    assert measure(paired, tmp_path)["value"] == pytest.approx((0 + 0 + 2 + 3) / 4)
     assert shown.startswith("### A gray run") and "outputs/sweep/3/solution.md" in shown
     assert "#### Output 1" in shown and "thresholds of seed 3" in shown
     assert claims[0]["result"]["value"] == 0.75 and claims[0]["result"]["interval"] == wilson_interval(3, 4)
