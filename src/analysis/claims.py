@@ -197,11 +197,16 @@ def verdict(expect: Mapping[str, Any], result: Mapping[str, Any], other: Mapping
     return "reproduced" if inside else "refuted" if outside else "partly"
 
 
+def _number(value: float) -> str:
+    """4 significant digits; rounding noise around 0 (e.g. a Wilson bound of 1e-19) shown as 0."""
+    return f"{0.0 if abs(value) < 1e-12 else value:.4g}"
+
+
 def _shown(result: Mapping[str, Any]) -> str:
     value, interval, n = result["value"], result["interval"], result["n"]
-    text = f"{value:.4g}"
+    text = _number(value)
     if interval is not None:
-        text += " [{:.4g}, {:.4g}]".format(*interval)
+        text += f" [{_number(interval[0])}, {_number(interval[1])}]"
     return f"{text} (n = {n})"
 
 
