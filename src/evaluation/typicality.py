@@ -28,7 +28,8 @@ def default_statistics(scores: Mapping[str, torch.Tensor]) -> list[str]:
 
 class Typicality:
     """The densities of `statistics` over `validation` scores (one tensor (N,) per name; at most
-    MAX_FITTED of them, evenly spaced)."""
+    MAX_FITTED of them, evenly spaced). A statistic too close to constant for a kernel density
+    (its covariance singular) is left out."""
 
     def __init__(self, validation: Mapping[str, torch.Tensor], statistics: Sequence[str]) -> None:
         missing = [name for name in statistics if name not in validation]
@@ -36,7 +37,12 @@ class Typicality:
             raise KeyError(f"no validation scores for {missing}")
         count = len(validation[statistics[0]])
         kept = torch.linspace(0, count - 1, min(count, MAX_FITTED)).round().long()
-        self.densities = {name: gaussian_kde(validation[name].double()[kept].numpy()) for name in statistics}
+        self.densities = {}
+        for name in statistics:
+            try:
+                self.densities[name] = gaussian_kde(validation[name].double()[kept].numpy())
+            except np.linalg.LinAlgError:  # (nearly) constant here: no density to fit, no evidence
+                continue
 
     def __call__(self, scores: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """-sum of the log densities of each image's statistics (float64, shape (N,))."""

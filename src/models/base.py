@@ -108,6 +108,8 @@ class ReconstructionModel(TrainingTermsLog):
                     "model.standardize_inputs=true: standardised pixels leave [0, 1], which a sigmoid cannot "
                     "reach; set model.final_activation=leaky_relu (and model.reconstruction=mse)"
                 )
+        if latent_dim < 1:
+            raise ConfigValueError(f"model.latent_dim must be at least 1, got {latent_dim}")
         # The run's config, which holds these, is what the loggers are given (src/pipeline/loggers.py).
         self.save_hyperparameters(logger=False)
         self.image_shape = tuple(image_shape)

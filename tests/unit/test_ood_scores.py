@@ -66,6 +66,8 @@ def test_dose_is_the_negative_log_density_of_the_validation_statistics() -> None
         "flat": torch.ones(20000),
     }
     assert spread_statistics(validation, None) == ["kl"]
+    nearly_flat = {"kl": validation["kl"], "tiny": 1 + 1e-15 * validation["kl"]}
+    assert list(Typicality(nearly_flat, ["kl", "tiny"]).densities) == ["kl"]  # singular: left out
     dose = Typicality(validation, ["kl"])({"kl": torch.tensor([0.0, 1.0])})
     variance = 1 + 2000 ** (-2 / 5)
     expected = [0.5 * math.log(2 * math.pi * variance) + x**2 / (2 * variance) for x in (0.0, 1.0)]
