@@ -58,7 +58,10 @@ def _fails_cleanly(status: int, stderr: str, message: str) -> None:
 
 
 RUN_CASES = [
-    (["model.reconstruction=l1"], "model.reconstruction must be one of ['mse', 'bce', 'discretized_logistic'], got 'l1'"),
+    (
+        ["model.reconstruction=l1"],
+        "model.reconstruction must be one of ['mse', 'bce', 'discretized_logistic'], got 'l1'",
+    ),
     (["model.reduction=max"], "model.reduction must be one of ['mean', 'sum'], got 'max'"),
     (["model.output_activation=relu"], "model.output_activation must be one of"),
     (["model.init=x"], "model.init must be one of ['glorot_uniform', 'torch']"),

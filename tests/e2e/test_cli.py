@@ -48,7 +48,8 @@ def test_bad_override_fails_with_the_key_named(tmp_path: Path) -> None:
     assert process.returncode == 2
     (error_file,) = (tmp_path / "runs").glob("*/error.txt")
     assert process.stderr.strip().splitlines()[-1] == (
-        f"error: model.reconstruction must be one of ['mse', 'bce', 'discretized_logistic'], got 'l1' (traceback in {error_file})"
+        "error: model.reconstruction must be one of ['mse', 'bce', 'discretized_logistic'], got 'l1' "
+        f"(traceback in {error_file})"
     )
     assert "Traceback" not in process.stderr and "Traceback" in error_file.read_text()
 

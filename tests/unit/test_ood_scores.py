@@ -66,8 +66,10 @@ def test_dose_is_the_negative_log_density_of_the_validation_statistics() -> None
         "flat": torch.ones(20000),
     }
     assert spread_statistics(validation, None) == ["kl"]
-    nearly_flat = {"kl": validation["kl"], "tiny": 1 + 1e-15 * validation["kl"]}
-    assert list(Typicality(nearly_flat, ["kl", "tiny"]).densities) == ["kl"]  # singular: left out
+    # Spread over the set, but constant over the images the densities are fitted on: left out.
+    spiked = torch.ones(20000, dtype=torch.float64)
+    spiked[5] = 2.0  # not among the 2000 evenly spaced images that are fitted
+    assert list(Typicality({"kl": validation["kl"], "spiked": spiked}, ["kl", "spiked"]).densities) == ["kl"]
     dose = Typicality(validation, ["kl"])({"kl": torch.tensor([0.0, 1.0])})
     variance = 1 + 2000 ** (-2 / 5)
     expected = [0.5 * math.log(2 * math.pi * variance) + x**2 / (2 * variance) for x in (0.0, 1.0)]
