@@ -109,6 +109,15 @@ def shifted(
     return (images + noise).clamp(0, 1)
 
 
+def evenly_spaced(items: torch.Tensor, count: int | None) -> torch.Tensor:
+    """At most `count` of `items` (all when None), evenly spaced over the first dimension: a prefix
+    would be biased where a dataset is ordered (MNIST's test set puts its two writer populations in
+    its two halves)."""
+    if count is None or count >= len(items):
+        return items
+    return items[torch.linspace(0, len(items) - 1, count).round().long()]
+
+
 def ood_sets(
     names: list[str], datamodule: Any, count: int | None, seed: int = 0, noise_amplitude: float = 0.5
 ) -> dict[str, torch.Tensor]:
@@ -116,8 +125,8 @@ def ood_sets(
     dataset's official test set, read from the datamodule's data root), a shift of the in-distribution
     test set (`hflip`, `vflip`, `rot90`, `rot180`, `rot270`, `invert`, `noise`), glyphs (`latin`,
     `greek`, `cyrillic`, `symbols`, `typed_digits`), or a line defect (`blob`, `scratch`,
-    `crossing`, `circle`); glyphs and defects at the datamodule's image size. `count` caps each set."""
-    test_images = datamodule.images("test")[:count]
+    `crossing`, `circle`); glyphs and defects at the datamodule's image size. `count` caps each set (evenly spaced images)."""
+    test_images = evenly_spaced(datamodule.images("test"), count)
     size = test_images.shape[-1]
     sets = {}
     for index, name in enumerate(names):
@@ -138,7 +147,7 @@ def ood_sets(
                     f"OOD set {name!r} has {tuple(images.shape[-2:])} images but the model takes "
                     f"{tuple(test_images.shape[-2:])}; remove it from ood.sets"
                 )
-            sets[name] = images[:count]
+            sets[name] = evenly_spaced(images, count)
         elif name in SHIFTS:
             sets[name] = shifted(test_images, name, generator, noise_amplitude)
         elif name in GLYPH_SETS:
@@ -165,7 +174,7 @@ def ood_set_classes(
                 dataset, datamodule.root, train=False, download=datamodule.download
             )
             classes[name] = (
-                test_set.tensors[1][:count],
+                evenly_spaced(test_set.tensors[1], count),
                 list(getattr(torchvision.datasets, dataset).classes),
             )
     return classes

@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from src.data.memory import InMemoryDataModule
-from src.data.ood_sets import KNOWN_SETS, TORCHVISION_SETS, ood_set_classes, ood_sets
+from src.data.ood_sets import KNOWN_SETS, TORCHVISION_SETS, evenly_spaced, ood_set_classes, ood_sets
 from src.data.torchvision_sets import data_root, load_torchvision_images
 from src.errors import ConfigValueError
 from src.evaluation.base import EvaluationContext, EvaluationResult
@@ -223,7 +223,7 @@ def evaluate(
     if background is not None:
         check_background(model, background)
     count = cfg.get("max_images") or None
-    in_sets = {"val": datamodule.images("val")[:count], "test": datamodule.images("test")[:count]}
+    in_sets = {split: evenly_spaced(datamodule.images(split), count) for split in ("val", "test")}
     out_sets = ood_sets(
         list(cfg["sets"]), datamodule, count, cfg.get("seed", 0), cfg.get("noise_amplitude", 0.5)
     )

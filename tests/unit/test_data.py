@@ -271,3 +271,12 @@ def test_rotations_turn_the_test_images() -> None:
     assert shifted(image, "rot90", generator, 0.0)[0, 0, 0, 0] == 1.0  # anticlockwise: to top left
     assert shifted(image, "rot180", generator, 0.0)[0, 0, 2, 0] == 1.0
     assert shifted(image, "rot270", generator, 0.0)[0, 0, 2, 2] == 1.0
+
+
+def test_a_capped_set_is_spread_over_the_whole_set() -> None:
+    from src.data.ood_sets import evenly_spaced
+
+    items = torch.arange(10)
+    assert evenly_spaced(items, 3).tolist() == [0, 4, 9]  # first, middle (4.5 rounds to even), last
+    assert evenly_spaced(items, None) is items and evenly_spaced(items, 20) is items
+    assert evenly_spaced(items, 10).tolist() == list(range(10))
