@@ -125,7 +125,8 @@ def ood_sets(
     dataset's official test set, read from the datamodule's data root), a shift of the in-distribution
     test set (`hflip`, `vflip`, `rot90`, `rot180`, `rot270`, `invert`, `noise`), glyphs (`latin`,
     `greek`, `cyrillic`, `symbols`, `typed_digits`), or a line defect (`blob`, `scratch`,
-    `crossing`, `circle`); glyphs and defects at the datamodule's image size. `count` caps each set (evenly spaced images)."""
+    `crossing`, `circle`); glyphs and defects at the datamodule's image size. `count` caps each set
+    (evenly spaced images)."""
     test_images = evenly_spaced(datamodule.images("test"), count)
     size = test_images.shape[-1]
     sets = {}
