@@ -136,29 +136,38 @@ def bench_sections(files: Sequence[Path], page: Path) -> list[str]:
     return sections
 
 
-def oodbench_table(metrics: dict[str, dict]) -> list[str]:
+def _mean_interval(stats: dict | None) -> str:
+    return "–" if stats is None else "{:.3f} [{:.3f}, {:.3f}]".format(stats["mean"], *stats["ci95"])
+
+
+def oodbench_table(metrics: dict[str, dict], decision: str | None = None) -> list[str]:
     """One row per score: its AUROC on each OOD set (mean [95% t interval] over seeds) and its
-    cost in seconds per 1000 images (mean over seeds), from a sweep summary's metrics."""
+    cost in seconds per 1000 images (mean over seeds), from a sweep summary's metrics; with the
+    `decision` score's name, the F1 of the OOD class at its validation threshold on each set too."""
     found = [key.split("/") for key in metrics if key.startswith("ood/") and "/auroc_" in key]
     sets = sorted({parts[1] for parts in found})
     scores = sorted({parts[2].removeprefix("auroc_") for parts in found})
     rows = []
     for score in scores:
-        cells = []
-        for ood_set in sets:
-            stats = metrics.get(f"ood/{ood_set}/auroc_{score}")
-            cells.append(
-                "–" if stats is None else "{:.3f} [{:.3f}, {:.3f}]".format(stats["mean"], *stats["ci95"])
-            )
+        cells = [_mean_interval(metrics.get(f"ood/{ood_set}/auroc_{score}")) for ood_set in sets]
         cost = metrics.get(f"ood/time_per_1000_images/{score}")
         rows.append([score, *cells, "–" if cost is None else f"{cost['mean']:.3g}"])
     n = max((stats["n"] for key, stats in metrics.items() if "/auroc_" in key), default=0)
     header = ["score", *sets, "s / 1000 images"]
-    return [
+    lines = [
         f"seeds: {n}; AUROC mean [95% t interval] over seeds",
         "",
         *markdown_table(header, rows, "l" + "r" * (len(sets) + 1)),
     ]
+    if decision is not None:
+        f1 = [_mean_interval(metrics.get(f"ood/{ood_set}/f1_ood")) for ood_set in sets]
+        lines += [
+            "",
+            f"The decision score `{decision}` at its threshold from validation images: F1 of the OOD class",
+            "",
+            *markdown_table(["score", *sets], [[decision, *f1]], "l" + "r" * len(sets)),
+        ]
+    return lines
 
 
 def oodbench_sections(folders: Sequence[Path], page: Path) -> list[str]:
@@ -167,7 +176,8 @@ def oodbench_sections(folders: Sequence[Path], page: Path) -> list[str]:
     for folder in folders:
         summary = write_summary(folder)
         for name, group in summary["groups"].items():
-            table = "\n".join(oodbench_table(group["metrics"]))
+            decision = next(iter(group["counts"].get("ood/score", {})), None)
+            table = "\n".join(oodbench_table(group["metrics"], decision))
             sections.append(f"## {folder.name}: {name}\n\n`{run_command(folder)}`\n\n{table}\n")
     return sections
 
