@@ -203,6 +203,9 @@ class BatchedLauncher(Launcher):
         from src.pipeline.run import read_run, run_job
 
         self._set_job(template, overrides, index)
+        # The member's seed, for a job folder that names it (hydra.sweep.subdir=${seed}).
+        with read_write(template), open_dict(template):
+            template.seed = cfg.seed
         HydraConfig.instance().set_config(template)
         run_dir = Path(str(template.hydra.sweep.dir)) / str(template.hydra.sweep.subdir)
         result = JobReturn(overrides=list(overrides), cfg=cfg, working_dir=str(Path.cwd()))

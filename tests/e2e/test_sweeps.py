@@ -176,6 +176,14 @@ def test_a_killed_batched_sweep_resumes_to_the_uninterrupted_result(tmp_path: Pa
             assert got[key] == pytest.approx(expected[key], rel=1e-6), (job, key)
 
 
+def test_batched_job_folders_named_by_seed_are_each_their_own_seed(tmp_path: Path) -> None:
+    sweep = ["experiment=census_ca_2x2", "seed=range(0,3)", "trainer.max_epochs=20", "hydra/launcher=batched"]
+    process = src_run("-m", *sweep, f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=seed_${seed}")
+    assert process.returncode == 0, process.stderr[-3000:]
+    for seed in range(3):
+        assert json.loads((tmp_path / f"seed_{seed}" / "metrics.json").read_text())["seed"] == seed
+
+
 def test_a_bad_value_in_a_batched_sweep_is_one_line_and_exit_status_2(tmp_path: Path) -> None:
     process, _ = _multirun(
         tmp_path,
