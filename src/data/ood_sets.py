@@ -163,8 +163,10 @@ def ood_sets(
 def ood_set_classes(
     names: list[str], datamodule: Any, count: int | None
 ) -> dict[str, tuple[torch.Tensor, list[str]]]:
-    """For each named set that is a labelled dataset (`mnist`, `fashion_mnist`): the class label of
-    each of its images as `ood_sets` gives them, and the dataset's class names."""
+    """For each named set whose images have classes: the class label of each of its images as
+    `ood_sets` gives them, and the class names. Those are the other dataset (`mnist`,
+    `fashion_mnist`) and, for a torchvision training set, the shifts of its test set (each image
+    keeps its source's class: a flipped 1 is a 1 flipped)."""
     import torchvision.datasets
 
     classes = {}
@@ -177,5 +179,10 @@ def ood_set_classes(
             classes[name] = (
                 evenly_spaced(test_set.tensors[1], count),
                 list(getattr(torchvision.datasets, dataset).classes),
+            )
+        elif name in SHIFTS and isinstance(datamodule, TorchvisionDataModule):
+            classes[name] = (
+                evenly_spaced(datamodule.labels("test"), count),
+                list(getattr(torchvision.datasets, datamodule.dataset).classes),
             )
     return classes

@@ -201,10 +201,21 @@ def check_settings(cfg: Mapping[str, Any], anomaly_scores: tuple[str, ...], data
     )
 
 
-def recall_by_class(flagged: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict[str, float]:
-    """The share of each class's OOD images called OOD, by class name ("/" written as "-")."""
+def by_class(
+    in_scores: torch.Tensor,
+    out_scores: torch.Tensor,
+    threshold: float,
+    labels: torch.Tensor,
+    class_names: list[str],
+) -> dict[str, dict[str, float]]:
+    """Per class of the OOD images (by name, "/" written as "-"): `recall`, the share called OOD at
+    `threshold`, and `auroc`, the AUROC of that class's images against all in-distribution images
+    (the set's AUROC is their mean weighted by class size)."""
     return {
-        class_names[label].replace("/", "-"): float(flagged[labels == label].float().mean())
+        class_names[label].replace("/", "-"): {
+            "recall": float((out_scores[labels == label] > threshold).float().mean()),
+            "auroc": auroc(in_scores, out_scores[labels == label]),
+        }
         for label in sorted(set(labels.tolist()))
     }
 
@@ -270,7 +281,7 @@ def evaluate(
         metrics[f"{COST}{name}"] = seconds / counted * 1000
     if threshold is not None:
         metrics["ood/threshold"] = threshold
-    results, aurocs, thresholds, by_class = {}, {}, {}, {}
+    results, aurocs, thresholds, classwise = {}, {}, {}, {}
     classes = ood_set_classes(list(out_sets), datamodule, count)
     in_test = scored["test"]
     for name in out_sets:
@@ -290,9 +301,10 @@ def evaluate(
         for key, value in aurocs[name].items():
             metrics[f"ood/{name}/auroc_{key}"] = value
         if name in classes:  # report 004's "small group of OOD points not detected": which classes
-            by_class[name] = recall_by_class(out[score] > thresholds[name], *classes[name])
-            for class_name, recall in by_class[name].items():
-                metrics[f"ood/{name}/recall_by_class/{class_name}"] = recall
+            classwise[name] = by_class(in_test[score], out[score], thresholds[name], *classes[name])
+            for class_name, measured in classwise[name].items():
+                for key, value in measured.items():
+                    metrics[f"ood/{name}/{key}_by_class/{class_name}"] = value
 
     if method == "percentile":
         how = (
@@ -314,7 +326,7 @@ def evaluate(
             sizes,
             aurocs,
             header,
-            by_class,
+            classwise,
             {key.removeprefix(COST): value for key, value in metrics.items() if key.startswith(COST)},
         )
     )

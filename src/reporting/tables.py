@@ -53,11 +53,11 @@ def ood_report(
     sizes: Mapping[str, int],
     aurocs: Mapping[str, Mapping[str, float]],
     header: str,
-    by_class: Mapping[str, Mapping[str, float]] | None = None,
+    by_class: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
     costs: Mapping[str, float] | None = None,
 ) -> str:
     """ood.md: per OOD set report 004's Table 2 (label 0 in-distribution, 1 OOD) and, for a labelled
-    OOD set, the recall of each of its classes; then the AUROC of every score on every set (and,
+    OOD set, the recall and AUROC of each of its classes; then the AUROC of every score on every set (and,
     with `costs`, each score's seconds per 1000 images)."""
     lines = ["# OOD detection", "", header, ""]
     for name, metrics in results.items():
@@ -75,11 +75,13 @@ def ood_report(
             "",
         ]
         if by_class and name in by_class:
-            recalls = sorted(by_class[name].items(), key=lambda item: item[1])
+            ordered = sorted(by_class[name].items(), key=lambda item: (item[1]["recall"], item[1]["auroc"]))
+            rows = [[c, f"{m['recall']:.4f}", f"{m['auroc']:.4f}"] for c, m in ordered]
             lines += [
-                f"Recall of each {name} class (the share called OOD), lowest first:",
+                f"Each {name} class: its recall (the share called OOD) and its AUROC against the "
+                "in-distribution test images, lowest recall first:",
                 "",
-                *markdown_table(["class", "recall"], [[c, f"{r:.4f}"] for c, r in recalls], "lr"),
+                *markdown_table(["class", "recall", "AUROC"], rows, "lrr"),
                 "",
             ]
     score_names = list(next(iter(aurocs.values())))

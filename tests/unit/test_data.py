@@ -280,3 +280,18 @@ def test_a_capped_set_is_spread_over_the_whole_set() -> None:
     assert evenly_spaced(items, 3).tolist() == [0, 4, 9]  # first, middle (4.5 rounds to even), last
     assert evenly_spaced(items, None) is items and evenly_spaced(items, 20) is items
     assert evenly_spaced(items, 10).tolist() == list(range(10))
+
+
+def test_a_shifted_test_image_keeps_its_source_class(tiny_mnist) -> None:
+    from src.data.ood_sets import ood_set_classes, ood_sets
+
+    root, _, _ = tiny_mnist
+    dm = TorchvisionDataModule(root=str(root), download=False, n_val=2, batch_size=4)
+    dm.setup()
+    flipped = ood_sets(["hflip"], dm, 3)["hflip"]
+    classes = ood_set_classes(["hflip", "latin"], dm, 3)
+    assert list(classes) == ["hflip"]  # glyphs have no classes of the training set
+    labels, names = classes["hflip"]
+    assert labels.tolist() == [0, 2, 4] and names[4] == "4 - four"
+    for image, label in zip(flipped, labels, strict=True):
+        assert torch.equal(image.flip(-1), dm.images("test")[label])  # test image i has label i

@@ -1,5 +1,5 @@
 """The evaluations behind report 004's observations, on cases whose answer is known: the per-class
-recall of an OOD set, the objective on every split at the same weights, the latent interpolation."""
+recall and AUROC of an OOD set, the objective on every split at the same weights, the latent interpolation."""
 
 from __future__ import annotations
 
@@ -12,19 +12,29 @@ from omegaconf import OmegaConf
 from src.data.lines import Lines2x2DataModule
 from src.evaluation.base import EvaluationContext
 from src.evaluation.interpolation import LatentInterpolation, interpolate
-from src.evaluation.ood import recall_by_class
+from src.evaluation.ood import by_class
 from src.evaluation.split_losses import SplitLosses
 from src.models.vae import VariationalAutoencoder
 
 NET = {"_target_": "src.models.nets.DenseNet", "hidden_dims": [4]}
 
 
-def test_recall_by_class_counts_each_class_apart() -> None:
-    flagged = torch.tensor([True, False, True, True, False, False])
+def test_each_class_of_an_ood_set_gets_its_recall_and_auroc() -> None:
+    in_scores = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    out_scores = torch.tensor([0.5, 0.5, 5.0, 4.0, 2.5, 0.5])
     labels = torch.tensor([0, 0, 1, 1, 2, 0])
-    assert recall_by_class(flagged, labels, ["T-shirt/top", "Trouser", "Bag"]) == pytest.approx(
-        {"T-shirt-top": 1 / 3, "Trouser": 1.0, "Bag": 0.0}
-    )
+    measured = by_class(in_scores, out_scores, 1.5, labels, ["T-shirt/top", "Trouser", "Bag"])
+    assert measured == {
+        # 0.5 beats one of four in-distribution scores; 2.5 beats three; 4 and 5 beat all
+        "T-shirt-top": {"recall": 0.0, "auroc": pytest.approx(0.25)},
+        "Trouser": {"recall": 1.0, "auroc": pytest.approx(1.0)},
+        "Bag": {"recall": 1.0, "auroc": pytest.approx(0.75)},
+    }
+    # The set's AUROC is the class-size-weighted mean of the classes'.
+    from src.evaluation.detection import auroc
+
+    weighted = (3 * 0.25 + 2 * 1.0 + 0.75) / 6
+    assert auroc(in_scores, out_scores) == pytest.approx(weighted)
 
 
 def test_identical_splits_give_identical_losses_even_when_the_objective_samples(tmp_path: Path) -> None:
