@@ -24,6 +24,7 @@ from src.evaluation.detection import (
     detection_metrics,
     labelled,
 )
+from src.evaluation.neighbours import NEIGHBOUR_SCORES, TrainingNeighbours
 from src.evaluation.scoring import LIKELIHOOD_SCORES, latent_codes, png_lengths, score_images
 from src.evaluation.typicality import NOT_STATISTICS, default_statistics, dose_scores
 from src.models.base import ReconstructionModel
@@ -81,13 +82,17 @@ class OODDetection:
         return evaluate(settings, model, datamodule, context.run_dir, context.figures, background)
 
 
-def score_names(anomaly_scores: tuple[str, ...], background: bool = False) -> list[str]:
+def score_names(
+    anomaly_scores: tuple[str, ...], background: bool = False, neighbours: bool = False
+) -> list[str]:
     """Every score the OOD evaluation can compute for a model with these anomaly scores (those that
     cost extra, such as neg_elbo_iw and likelihood_regret, when their settings ask for them), with
-    `likelihood_ratio` when a background model is given."""
+    `likelihood_ratio` when a background model is given and the training-neighbour baselines when
+    ood.neighbours.k > 0."""
     twins = [f"{name}_ic" for name in LIKELIHOOD_SCORES if name in anomaly_scores]
     ratio = ["likelihood_ratio"] if background and "neg_elbo" in anomaly_scores else []
-    return [*anomaly_scores, *twins, *ratio, "png_bits", "dose"]
+    nearest = list(NEIGHBOUR_SCORES) if neighbours else []
+    return [*anomaly_scores, *twins, *ratio, "png_bits", *nearest, "dose"]
 
 
 # metrics.json keys of each score's cost: seconds per 1000 images (wall-clock time: "time" marks
@@ -110,6 +115,8 @@ def score_costs(
     for name in names:
         if name == "png_bits":
             costs[name] = timings["png_bits"]
+        elif name in NEIGHBOUR_SCORES:
+            costs[name] = timings["neighbours"]
         elif name == "dose":
             used = statistics if statistics is not None else default_statistics(dict.fromkeys(names))
             costs[name] = (
@@ -169,7 +176,17 @@ def check_settings(cfg: Mapping[str, Any], anomaly_scores: tuple[str, ...], data
         raise ConfigValueError(
             f"ood.regret_steps must be a whole number >= 0 (0 skips it), got {regret_steps!r}"
         )
-    score, names = cfg["score"], score_names(anomaly_scores, cfg.get("background") is not None)
+    neighbours = cfg.get("neighbours") or {}
+    k, references = neighbours.get("k", 0), neighbours.get("reference_images")
+    if not isinstance(k, int) or k < 0:
+        raise ConfigValueError(f"ood.neighbours.k must be a whole number >= 0 (0 skips them), got {k!r}")
+    if references is not None and (not isinstance(references, int) or references <= k):
+        raise ConfigValueError(
+            f"ood.neighbours.reference_images must be a whole number above k={k} (or null: every "
+            f"training image), got {references!r}"
+        )
+    score = cfg["score"]
+    names = score_names(anomaly_scores, cfg.get("background") is not None, k > 0)
     # What each costly score needs to be computed at all, and the setting that gives it.
     needs = {
         "neg_elbo_iw": (samples, "latent samples: set ood.samples=16 (or more)"),
@@ -265,6 +282,14 @@ def evaluate(
     for name, values in dose.items():
         scored[name]["dose"] = values
     timings["dose"] = time.perf_counter() - started
+    neighbours = cfg.get("neighbours") or {}
+    if neighbours.get("k", 0) > 0:  # model-free: the training images' own neighbourhoods
+        started = time.perf_counter()
+        reference = evenly_spaced(datamodule.images("train"), neighbours.get("reference_images"))
+        nearest = TrainingNeighbours(reference.to(model.device), neighbours["k"])
+        for name, images in {**in_sets, **out_sets}.items():
+            scored[name].update(nearest(images))
+        timings["neighbours"] = time.perf_counter() - started
     counted = sum(len(next(iter(values.values()))) for values in scored.values())
     started = time.perf_counter()
     timed_images = in_sets["test"][:1000]

@@ -15,7 +15,7 @@ import torch
 from scipy.stats import gaussian_kde
 
 # Scores that are no statistic of the model's fit to an image.
-NOT_STATISTICS = ("png_bits", "dose")
+NOT_STATISTICS = ("png_bits", "pixel_knn", "pixel_lof", "dose")
 # The densities are fitted on at most this many validation images (evenly spaced): their cost grows
 # with the product of fitted and scored images.
 MAX_FITTED = 2000

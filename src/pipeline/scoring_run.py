@@ -15,12 +15,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
+from src.data.ood_sets import evenly_spaced
 from src.errors import ConfigValueError
+from src.evaluation.neighbours import TrainingNeighbours
 from src.evaluation.ood import likelihood_ratio
 from src.evaluation.scoring import score_images
 from src.evaluation.typicality import default_statistics, dose_scores
 from src.models.base import ReconstructionModel
 from src.pipeline.checkpoints import CheckpointError, load_model, run_folder
+from src.pipeline.config import build
 from src.pipeline.run import read_run
 from src.reporting.tables import read_scores_csv
 
@@ -173,6 +176,10 @@ def score_file(
         except CheckpointError as error:
             raise ScoreInputError(f"the run's ood.background cannot be loaded: {error}") from None
         scores["likelihood_ratio"] = likelihood_ratio(scores, score_images(background, images, batch_size))
+    neighbours = settings.get("neighbours") or {}
+    if neighbours.get("k", 0) > 0:  # the training images the run's OOD evaluation searched
+        reference = evenly_spaced(build(cfg.data).images("train"), neighbours.get("reference_images"))
+        scores.update(TrainingNeighbours(reference, neighbours["k"])(images))
     validation = validation_scores(run_folder(ckpt_path))
     if validation:  # DoSE's densities come from the run's own validation scores
         statistics = settings.get("dose_statistics") or default_statistics(validation)

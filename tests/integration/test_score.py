@@ -23,9 +23,11 @@ from tests.helpers import FAST, PROJECT_ROOT
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A VAE trained for two epochs on 64 line images, with its OOD threshold in metrics.json."""
+    """A VAE trained for two epochs on 64 line images, with its OOD threshold in metrics.json and
+    the neighbour baselines."""
     folder = tmp_path_factory.mktemp("score") / "run"
     overrides = ["model=vae", *FAST, "data.n_train=64", "data.n_val=32", "data.n_test=32", "ood.plots=false"]
+    overrides += ["ood.neighbours.k=3"]
     train(compose_config([*overrides, "ood.score=neg_elbo"], folder), folder)
     return folder
 
@@ -59,6 +61,26 @@ def test_scores_a_npy_with_the_runs_score_and_threshold(run_dir: Path, tmp_path:
     np.save(tmp_path / "f.npy", images[:, None].astype(np.float32) / 255)
     score_file(run_dir / "checkpoints" / "last.ckpt", tmp_path / "f.npy", tmp_path / "f.csv")
     assert [row["score"] for row in _read(tmp_path / "f.csv")] == [row["score"] for row in rows]
+
+
+def test_new_images_get_the_neighbour_baselines_of_the_runs_training_images(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    from src.evaluation.neighbours import TrainingNeighbours
+    from src.pipeline.config import build
+
+    images = _lines()
+    np.save(tmp_path / "x.npy", images)
+    score_file(run_dir / "checkpoints" / "last.ckpt", tmp_path / "x.npy", tmp_path / "out.csv")
+    rows = _read(tmp_path / "out.csv")
+    _, _, cfg = load_run(run_dir / "checkpoints" / "last.ckpt")
+    training = build(cfg.data).images("train")
+    assert len(training) == 64  # fewer than reference_images: every training image is searched
+    expected = TrainingNeighbours(training, 3)(torch.from_numpy(images).float().div(255).unsqueeze(1))
+    for name in ("pixel_knn", "pixel_lof"):
+        got = torch.tensor([float(row[name]) for row in rows], dtype=torch.float64)
+        assert torch.allclose(got, expected[name], rtol=1e-5), name
+    assert float(expected["pixel_knn"].min()) > 0  # blob defects are no training images
 
 
 def test_scores_a_folder_of_pngs_from_the_command_line(run_dir: Path, tmp_path: Path) -> None:

@@ -113,9 +113,9 @@ def test_a_background_model_trains_on_mutated_pixels_only() -> None:
     assert torch.equal(next(iter(datamodule.val_dataloader()))[0], datamodule.images("val")[:128])
 
 
-def test_the_ood_evaluation_adds_the_ratio_dose_and_regret_for_every_set(tmp_path) -> None:  # noqa: ANN001
+def test_the_ood_evaluation_adds_the_ratio_dose_regret_and_neighbours_for_every_set(tmp_path) -> None:  # noqa: ANN001
     """With the model as its own background the ratio is 0 everywhere; DoSE and the regret are
-    scored for every set and saved; the ratio can decide."""
+    scored for every set and saved; the ratio can decide; a training image is its own neighbour."""
     from src.data.lines import Lines2x2DataModule
     from src.evaluation.ood import evaluate
     from src.reporting.tables import read_scores_csv
@@ -130,14 +130,17 @@ def test_the_ood_evaluation_adds_the_ratio_dose_and_regret_for_every_set(tmp_pat
         "threshold": {"method": "percentile", "percentile": 99.0},
         "background": "itself",
         "regret_steps": 5,
+        "neighbours": {"k": 1, "reference_images": None},
     }
     result = evaluate(settings, model, datamodule, tmp_path, figures=False, background=model)
     scores = read_scores_csv(tmp_path / "scores.csv")
     for name in ("val", "test", "hflip", "invert"):
         assert scores[name]["likelihood_ratio"] == [0.0] * 4
         assert len(scores[name]["dose"]) == 4 and min(scores[name]["likelihood_regret"]) >= 0
+    # Every test image of the 2x2 data is a training image: its nearest neighbour is itself.
+    assert scores["test"]["pixel_knn"] == [0.0] * 4 and scores["test"]["pixel_lof"] == [0.0] * 4
     assert result.metrics["ood/score"] == "likelihood_ratio"
-    assert "ood/invert/auroc_dose" in result.metrics
+    assert "ood/invert/auroc_dose" in result.metrics and "ood/hflip/auroc_pixel_lof" in result.metrics
     costs = {
         key.removeprefix("ood/time_per_1000_images/"): value
         for key, value in result.metrics.items()
@@ -150,6 +153,8 @@ def test_the_ood_evaluation_adds_the_ratio_dose_and_regret_for_every_set(tmp_pat
         "likelihood_ratio",
         "dose",
         "png_bits",
+        "pixel_knn",
+        "pixel_lof",
     }
     # Each score costs the pass, and the regret, the ratio and DoSE cost more on top of it.
     assert min(costs.values()) > 0 and costs["recon_mse"] == costs["neg_elbo"]
