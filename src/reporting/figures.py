@@ -129,7 +129,9 @@ def sweep_summary(groups: dict[str, dict], path: Path) -> Path:
             else:
                 continue
             positions = [i + (offset - (len(groups) - 1) / 2) * width for i in range(len(labels))]
-            ax.bar(positions, heights, width, yerr=errors, capsize=3, label=f"{name} (n={group['n_jobs']})")
+            # "$" escaped: an override such as ood.background=.../${seed}/... is no mathtext.
+            label = f"{name} (n={group['n_jobs']})".replace("$", r"\$")
+            ax.bar(positions, heights, width, yerr=errors, capsize=3, label=label)
             ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
         ax.set_title(key)
     axes[0, 0].legend(fontsize=7)

@@ -75,3 +75,15 @@ def test_table2_over_seeds_lists_each_class_and_set_with_intervals() -> None:
         )
         is None
     )
+
+
+def test_a_group_named_by_an_interpolating_override_is_drawn(tmp_path) -> None:  # noqa: ANN001
+    from src.reporting.figures import sweep_summary
+
+    jobs = [
+        {"dir": str(i), "overrides": ["ood.background=runs/${data.name}_${seed}/last.ckpt", f"seed={i}"]}
+        | {"metrics": {"test/loss": float(i)}}
+        for i in range(3)
+    ]
+    groups = {"ood.background=runs/${data.name}_${seed}/last.ckpt": summarise(jobs)}
+    assert sweep_summary(groups, tmp_path / "summary.png").stat().st_size > 1000
