@@ -144,7 +144,8 @@ def oodbench_table(metrics: dict[str, dict], decision: str | None = None) -> lis
     """One row per score: its AUROC on each OOD set (mean [95% t interval] over seeds) and its
     cost in seconds per 1000 images (mean over seeds), from a sweep summary's metrics; with the
     `decision` score's name, the F1 of the OOD class at its validation threshold on each set too."""
-    found = [key.split("/") for key in metrics if key.startswith("ood/") and "/auroc_" in key]
+    # ood/<set>/auroc_<score>; not ood/<set>/auroc_by_class/<class>.
+    found = [parts for key in metrics if len(parts := key.split("/")) == 3 and parts[2].startswith("auroc_")]
     sets = sorted({parts[1] for parts in found})
     scores = sorted({parts[2].removeprefix("auroc_") for parts in found})
     rows = []

@@ -208,12 +208,13 @@ def test_the_ood_benchmark_table_gives_each_score_on_each_set_with_its_cost() ->
         "ood/time_per_1000_images/dose": {"mean": 1.25, "ci95": [1.2, 1.3], "n": 3},
         "ood/hflip/auroc": {"mean": 0.8, "ci95": [0.79, 0.81], "n": 3},
         "ood/hflip/f1_ood": {"mean": 0.5, "ci95": [0.4, 0.6], "n": 3},
+        "ood/hflip/auroc_by_class/one": {"mean": 0.4, "ci95": [0.3, 0.5], "n": 3},
     }
     lines = oodbench_table(metrics)
     assert lines[0].startswith("seeds: 3")
     assert "| dose | 0.910 [0.900, 0.920] | 0.970 [0.960, 0.980] | 1.25 |" in lines
     assert "| recon_mse | 0.800 [0.790, 0.810] | – | – |" in lines
-    assert not any("F1" in line for line in lines)
+    assert not any("F1" in line or "by_class" in line for line in lines)
     with_decision = oodbench_table(metrics, "dose")
     assert with_decision[: len(lines)] == lines
     assert "| dose | 0.500 [0.400, 0.600] | – |" in with_decision
