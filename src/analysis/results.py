@@ -168,6 +168,20 @@ def oodbench_table(metrics: dict[str, dict], decision: str | None = None) -> lis
             "",
             *markdown_table(["score", *sets], [[decision, *f1]], "l" + "r" * len(sets)),
         ]
+        by_class = [key.split("/") for key in metrics if "/auroc_by_class/" in key]
+        classed = sorted({parts[1] for parts in by_class})
+        classes = list(dict.fromkeys(parts[3] for parts in by_class))
+        if classed:
+            rows = [
+                [name, *(_mean_interval(metrics.get(f"ood/{name}/auroc_by_class/{c}")) for c in classes)]
+                for name in classed
+            ]
+            lines += [
+                "",
+                f"`{decision}`: AUROC of each class's OOD images (a shift keeps its source image's class)",
+                "",
+                *markdown_table(["set", *classes], rows, "l" + "r" * len(classes)),
+            ]
     return lines
 
 

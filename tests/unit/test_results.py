@@ -218,3 +218,4 @@ def test_the_ood_benchmark_table_gives_each_score_on_each_set_with_its_cost() ->
     with_decision = oodbench_table(metrics, "dose")
     assert with_decision[: len(lines)] == lines
     assert "| dose | 0.500 [0.400, 0.600] | – |" in with_decision
+    assert "| hflip | 0.400 [0.300, 0.500] |" in with_decision
