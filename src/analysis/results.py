@@ -168,19 +168,21 @@ def oodbench_table(metrics: dict[str, dict], decision: str | None = None) -> lis
             "",
             *markdown_table(["score", *sets], [[decision, *f1]], "l" + "r" * len(sets)),
         ]
-        by_class = [key.split("/") for key in metrics if "/auroc_by_class/" in key]
-        classed = sorted({parts[1] for parts in by_class})
-        classes = list(dict.fromkeys(parts[3] for parts in by_class))
-        if classed:
+        # One table per class list: the other dataset's classes, and the training set's (shifts).
+        classes: dict[str, list[str]] = {}
+        for parts in (key.split("/") for key in metrics if "/auroc_by_class/" in key):
+            classes.setdefault(parts[1], []).append(parts[3])
+        for names in dict.fromkeys(tuple(listed) for listed in classes.values()):
             rows = [
-                [name, *(_mean_interval(metrics.get(f"ood/{name}/auroc_by_class/{c}")) for c in classes)]
-                for name in classed
+                [name, *(_mean_interval(metrics[f"ood/{name}/auroc_by_class/{c}"]) for c in names)]
+                for name in sorted(classes)
+                if tuple(classes[name]) == names
             ]
             lines += [
                 "",
                 f"`{decision}`: AUROC of each class's OOD images (a shift keeps its source image's class)",
                 "",
-                *markdown_table(["set", *classes], rows, "l" + "r" * len(classes)),
+                *markdown_table(["set", *names], rows, "l" + "r" * len(names)),
             ]
     return lines
 
