@@ -217,3 +217,11 @@ def test_model_scores_of_a_vae_pass_the_check(make_config, tmp_path: Path) -> No
     for score in ("neg_elbo", "neg_elbo_ic", "kl", "png_bits"):
         Run(make_config("model=vae", f"ood.score={score}"), tmp_path).check_evaluations()
     Run(make_config("model=vae", "ood.score=neg_elbo_iw_ic", "ood.samples=4"), tmp_path).check_evaluations()
+
+
+@pytest.mark.parametrize("data", ["mnist", "fashion_mnist"])
+def test_the_benchmark_scores_the_held_back_sets_only_in_its_final_stage(make_config, data: str) -> None:
+    development = make_config("experiment=oodbench", f"data={data}").ood.sets
+    final = make_config("experiment=oodbench", f"data={data}", "near_ood.stage=final").ood.sets
+    assert list(final) == ["cyrillic", "symbols"]
+    assert not set(final) & set(development) and {"hflip", "rot180", "latin"} <= set(development)
