@@ -109,13 +109,20 @@ def shifted(
     return (images + noise).clamp(0, 1)
 
 
+def evenly_spaced_indices(total: int, count: int | None) -> torch.Tensor:
+    """The indices `evenly_spaced` keeps of `total` items."""
+    if count is None or count >= total:
+        return torch.arange(total)
+    return torch.linspace(0, total - 1, count).round().long()
+
+
 def evenly_spaced(items: torch.Tensor, count: int | None) -> torch.Tensor:
     """At most `count` of `items` (all when None), evenly spaced over the first dimension: a prefix
     would be biased where a dataset is ordered (MNIST's test set puts its two writer populations in
     its two halves)."""
     if count is None or count >= len(items):
         return items
-    return items[torch.linspace(0, len(items) - 1, count).round().long()]
+    return items[evenly_spaced_indices(len(items), count)]
 
 
 def ood_sets(
@@ -186,3 +193,22 @@ def ood_set_classes(
                 list(getattr(torchvision.datasets, datamodule.dataset).classes),
             )
     return classes
+
+
+def ood_set_indices(names: list[str], datamodule: Any, count: int | None) -> dict[str, torch.Tensor]:
+    """For each named set, the index of each of its images (as `ood_sets` gives them) in its
+    source: the other dataset's test set, the in-distribution test set a shift was made from, or
+    the draw of a generated set (glyphs, line defects)."""
+    test_count = len(datamodule.images("test"))
+    indices = {}
+    for name in names:
+        if name in TORCHVISION_SETS:
+            source = load_torchvision_images(
+                TORCHVISION_SETS[name], datamodule.root, train=False, download=datamodule.download
+            )
+            indices[name] = evenly_spaced_indices(len(source.tensors[0]), count)
+        elif name in SHIFTS:
+            indices[name] = evenly_spaced_indices(test_count, count)
+        else:
+            indices[name] = torch.arange(min(count, test_count) if count else test_count)
+    return indices

@@ -13,7 +13,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from src.data.memory import InMemoryDataModule
-from src.data.ood_sets import KNOWN_SETS, TORCHVISION_SETS, evenly_spaced, ood_set_classes, ood_sets
+from src.data.ood_sets import (
+    KNOWN_SETS,
+    TORCHVISION_SETS,
+    evenly_spaced,
+    evenly_spaced_indices,
+    ood_set_classes,
+    ood_set_indices,
+    ood_sets,
+)
 from src.data.torchvision_sets import data_root, load_torchvision_images
 from src.errors import ConfigValueError
 from src.evaluation.base import EvaluationContext, EvaluationResult
@@ -355,7 +363,11 @@ def evaluate(
             {key.removeprefix(COST): value for key, value in metrics.items() if key.startswith(COST)},
         )
     )
-    write_scores_csv(run_dir / "scores.csv", scored, labels)
+    indices = {
+        split: evenly_spaced_indices(len(datamodule.images(split)), count) for split in ("val", "test")
+    }
+    indices |= ood_set_indices(list(out_sets), datamodule, count)
+    write_scores_csv(run_dir / "scores.csv", scored, labels, indices)
 
     if not (figures and cfg.get("plots", True)):
         return EvaluationResult(metrics)

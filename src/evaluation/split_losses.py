@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from src.data.memory import InMemoryDataModule
+from src.data.ood_sets import evenly_spaced
 from src.evaluation.base import EvaluationContext, EvaluationResult
 from src.models.base import ReconstructionModel
 
@@ -18,7 +19,7 @@ SPLITS = ("train", "val", "test")
 
 
 class SplitLosses:
-    """The `split_losses` evaluation on the first `max_images` images of each split, in batches
+    """The `split_losses` evaluation on `max_images` images of each split (evenly spaced), in batches
     of `batch_size`, with the random draws of every split starting from `seed`."""
 
     def __init__(self, max_images: int | None = 10000, batch_size: int = 500, seed: int = 0) -> None:
@@ -39,7 +40,7 @@ class SplitLosses:
             totals: dict[str, float] = {}
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(self.seed)
-                for batch in images[:count].split(self.batch_size):
+                for batch in evenly_spaced(images, count).split(self.batch_size):
                     loss, terms = model.training_loss(batch.to(model.device))
                     for name, value in {"loss": loss, **terms}.items():
                         totals[name] = totals.get(name, 0.0) + float(value) * len(batch)

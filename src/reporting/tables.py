@@ -20,16 +20,21 @@ def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], align:
 
 
 def write_scores_csv(
-    path: Path, scored: Mapping[str, Mapping[str, torch.Tensor]], labels: Mapping[str, int]
+    path: Path,
+    scored: Mapping[str, Mapping[str, torch.Tensor]],
+    labels: Mapping[str, int],
+    indices: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
-    """One row per image: set, label (0 in-distribution, 1 OOD), index in its set, every score."""
+    """One row per image: set, label (0 in-distribution, 1 OOD), index (the image's index in its
+    source, from `indices`; without them, its position in its set), every score."""
     names = list(dict.fromkeys(name for scores in scored.values() for name in scores))
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["set", "label", "index", *names])
         for set_name, scores in scored.items():
             columns = [scores[name].tolist() for name in names]
-            for index, row in enumerate(zip(*columns, strict=True)):
+            positions = indices[set_name].tolist() if indices is not None else range(len(columns[0]))
+            for index, row in zip(positions, zip(*columns, strict=True), strict=True):
                 writer.writerow([set_name, labels[set_name], index, *(f"{value:.17g}" for value in row)])
     return path
 
