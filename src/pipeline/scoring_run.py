@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
 from src.data.ood_sets import evenly_spaced
-from src.errors import ConfigValueError
+from src.errors import ConfigValueError, MissingFileError
 from src.evaluation.neighbours import TrainingNeighbours
 from src.evaluation.ood import likelihood_ratio
 from src.evaluation.scoring import score_images
@@ -178,7 +178,13 @@ def score_file(
         scores["likelihood_ratio"] = likelihood_ratio(scores, score_images(background, images, batch_size))
     neighbours = settings.get("neighbours") or {}
     if neighbours.get("k", 0) > 0:  # the training images the run's OOD evaluation searched
-        reference = evenly_spaced(build(cfg.data).images("train"), neighbours.get("reference_images"))
+        try:
+            training = build(cfg.data).images("train")
+        except MissingFileError as error:
+            raise ScoreInputError(
+                f"the run's pixel_knn/pixel_lof search its training images, which cannot be read: {error}"
+            ) from None
+        reference = evenly_spaced(training, neighbours.get("reference_images"))
         scores.update(TrainingNeighbours(reference, neighbours["k"])(images))
     validation = validation_scores(run_folder(ckpt_path))
     if validation:  # DoSE's densities come from the run's own validation scores
