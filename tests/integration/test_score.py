@@ -27,7 +27,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     the neighbour baselines."""
     folder = tmp_path_factory.mktemp("score") / "run"
     overrides = ["model=vae", *FAST, "data.n_train=64", "data.n_val=32", "data.n_test=32", "ood.plots=false"]
-    overrides += ["ood.neighbours.k=3"]
+    overrides += ["ood.neighbours.k=3", "ood.neighbours.reference_images=40"]
     train(compose_config([*overrides, "ood.score=neg_elbo"], folder), folder)
     return folder
 
@@ -63,24 +63,25 @@ def test_scores_a_npy_with_the_runs_score_and_threshold(run_dir: Path, tmp_path:
     assert [row["score"] for row in _read(tmp_path / "f.csv")] == [row["score"] for row in rows]
 
 
-def test_new_images_get_the_neighbour_baselines_of_the_runs_training_images(
+def test_new_images_get_the_neighbour_baselines_the_run_gave_its_own_images(
     run_dir: Path, tmp_path: Path
 ) -> None:
-    from src.evaluation.neighbours import TrainingNeighbours
+    """src.score on the run's own test images gives the pixel_knn/pixel_lof its OOD evaluation
+    wrote (scores.csv), searching the same 40 of its 64 training images."""
     from src.pipeline.config import build
+    from src.reporting.tables import read_scores_csv
 
-    images = _lines()
-    np.save(tmp_path / "x.npy", images)
-    score_file(run_dir / "checkpoints" / "last.ckpt", tmp_path / "x.npy", tmp_path / "out.csv")
-    rows = _read(tmp_path / "out.csv")
     _, _, cfg = load_run(run_dir / "checkpoints" / "last.ckpt")
-    training = build(cfg.data).images("train")
-    assert len(training) == 64  # fewer than reference_images: every training image is searched
-    expected = TrainingNeighbours(training, 3)(torch.from_numpy(images).float().div(255).unsqueeze(1))
+    test_images = build(cfg.data).images("test")
+    np.save(tmp_path / "test.npy", test_images.numpy())
+    score_file(run_dir / "checkpoints" / "last.ckpt", tmp_path / "test.npy", tmp_path / "out.csv")
+    rows = _read(tmp_path / "out.csv")
+    written = read_scores_csv(run_dir / "scores.csv")["test"]
+    assert written["index"] == list(range(32))  # 32 test images, fewer than the cap: all of them
     for name in ("pixel_knn", "pixel_lof"):
         got = torch.tensor([float(row[name]) for row in rows], dtype=torch.float64)
-        assert torch.allclose(got, expected[name], rtol=1e-5), name
-    assert float(expected["pixel_knn"].min()) > 0  # blob defects are no training images
+        assert torch.allclose(got, torch.tensor(written[name], dtype=torch.float64), rtol=1e-5), name
+    assert min(written["pixel_knn"]) > 0  # test images are not among the training images searched
 
 
 def test_scores_a_folder_of_pngs_from_the_command_line(run_dir: Path, tmp_path: Path) -> None:
