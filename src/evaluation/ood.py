@@ -388,12 +388,13 @@ def evaluate(
 
     def latent() -> Path:
         codes = {
-            name: latent_codes(model, images[:limit]) for name, images in {**in_sets, **out_sets}.items()
+            name: latent_codes(model, evenly_spaced(images, limit))
+            for name, images in {**in_sets, **out_sets}.items()
         }
         predicted = {
             name: (
-                (in_test[score][:limit] > thresholds[name]).numpy(),
-                (scored[name][score][:limit] > thresholds[name]).numpy(),
+                (evenly_spaced(in_test[score], limit) > thresholds[name]).numpy(),
+                (evenly_spaced(scored[name][score], limit) > thresholds[name]).numpy(),
             )
             for name in out_sets
         }
