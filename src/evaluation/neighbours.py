@@ -1,7 +1,8 @@
 """Model-free baselines from the training images themselves: an image's Euclidean pixel distance to
-its k-th nearest training image (`pixel_knn`), and the simplified local outlier factor
-(`pixel_lof`; Schubert et al. 2014, after Breunig et al. 2000): that distance over the mean k-th
-neighbour distance of its k nearest training images. The ratio keeps images of a dense region (the
+its k-th nearest training image (`pixel_knn`), and a local outlier factor (`pixel_lof`; after
+Breunig et al. 2000): that distance over the mean k-th neighbour distance of its k nearest
+training images. (The simplified LOF of Schubert et al. 2014 takes the mean of the k ratios
+instead of the ratio to the mean.) The ratio keeps images of a dense region (the
 simple 1s of MNIST, whose flips lie close to many training 1s) from looking typical merely for
 having many neighbours. A detector worth its cost should beat both."""
 
