@@ -54,8 +54,10 @@ from torch import nn
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _timed_sweep(seeds: int, experiment: str, *overrides: str) -> float:
-    """Wall-clock seconds of one sweep of `experiment` over `seeds` seeds, started as a user would."""
+def timed_sweep(seeds: int, experiment: str, *overrides: str) -> dict[str, float]:
+    """One sweep of `experiment` over `seeds` seeds, started as a user would: its wall-clock seconds
+    (`seconds`) and, for a batched sweep, its chunks' training and finishing seconds (`train_s`,
+    `finish_s`, from each chunk's timing.json)."""
     with tempfile.TemporaryDirectory() as output_root:
         command = [
             sys.executable,
@@ -75,26 +77,47 @@ def _timed_sweep(seeds: int, experiment: str, *overrides: str) -> float:
             text=True,
             env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
         )
+        seconds = time.perf_counter() - started
         if process.returncode:
             raise RuntimeError(f"{' '.join(command)} failed:\n{process.stderr[-3000:]}")
-        return time.perf_counter() - started
+        chunks = [
+            json.loads(path.read_text())
+            for path in Path(output_root).glob("multiruns/*/batched/*/timing.json")
+        ]
+    figures = {"seconds": seconds}
+    if chunks:
+        figures["train_s"] = sum(chunk["train_s"] for chunk in chunks)
+        figures["finish_s"] = sum(chunk["finish_s"] for chunk in chunks)
+        figures["finish_ms_per_member"] = (
+            1e3 * figures["finish_s"] / sum(chunk["written"] for chunk in chunks)
+        )
+    return figures
 
 
 def _sweep_rates(
     repeats: int, batched_seeds: int, per_run_seeds: int, experiment: str, *overrides: str
 ) -> dict[str, Any]:
-    """Seeds per second of a sweep batched and one job at a time, the runs of a repeat side by side."""
+    """Seeds per second of a sweep batched and one job at a time, the runs of a repeat side by side,
+    and the batched sweep's phases (medians)."""
     batched, per_run = [], []
     for _ in range(repeats):
-        batched.append(_timed_sweep(batched_seeds, experiment, *overrides, "hydra/launcher=batched"))
-        per_run.append(_timed_sweep(per_run_seeds, experiment, *overrides))
-    batched_rate = batched_seeds / statistics.median(batched)
+        batched.append(timed_sweep(batched_seeds, experiment, *overrides, "hydra/launcher=batched"))
+        per_run.append(timed_sweep(per_run_seeds, experiment, *overrides)["seconds"])
+    batched_seconds = [run["seconds"] for run in batched]
+    batched_rate = batched_seeds / statistics.median(batched_seconds)
     per_run_rate = per_run_seeds / statistics.median(per_run)
+    phases = {
+        f"batched_{key}": statistics.median(run[key] for run in batched)
+        for key in ("train_s", "finish_s", "finish_ms_per_member")
+        if key in batched[0]
+    }
     return {
         "batched_seeds_per_s": batched_rate,
         "per_run_seeds_per_s": per_run_rate,
         "batched_over_per_run": batched_rate / per_run_rate,
-        "batched_seconds": batched,
+        "batched_end_to_end_s": statistics.median(batched_seconds),
+        **phases,
+        "batched_seconds": batched_seconds,
         "per_run_seconds": per_run,
         "batched_seeds": batched_seeds,
         "per_run_seeds": per_run_seeds,
@@ -311,13 +334,14 @@ def framework_interleaved(images: torch.Tensor, epochs: int) -> dict[str, float]
     hand-loop step after every step (InterleavedHandSteps): drift-free step times of the framework
     against the hand loop."""
     from src.pipeline.config import compose_config
+    from src.pipeline.run import Run
     from src.pipeline.training import train
 
     steps = InterleavedHandSteps(images)
     with tempfile.TemporaryDirectory() as output_root:
         run_dir = Path(output_root) / "run"
         cfg = compose_config([*EXAMPLE_VAE, *_training_only(epochs, output_root)], run_dir)
-        train(cfg, run_dir, callbacks=[steps])
+        train(Run(cfg, run_dir), callbacks=[steps])
     return steps.figures()
 
 

@@ -15,6 +15,7 @@ seeds that costs more than training a thousand tiny models, so the project's swe
 # where dataclasses cannot resolve string annotations.
 import copy
 import functools
+import json
 import logging
 import sys
 import time
@@ -144,22 +145,62 @@ class BatchedLauncher(Launcher):
     def train_chunk(
         self, template: DictConfig, label: str, chunk: list[tuple[int, Sequence[str], int | None]]
     ) -> dict[int, JobReturn]:
-        """Train the seeds of `chunk` together and write their job folders."""
-        from src.pipeline.batched import train_members
+        """Train the seeds of `chunk` together, finish them together and write their job folders
+        (those a resumed sweep has not written already)."""
+        from src.pipeline.batched import member_jobs, train_members
+        from src.pipeline.config import MemberConfigs
+        from src.pipeline.run import read_run, run_job
 
-        configs = [self._task_config(template, seed) for _, _, seed in chunk]
+        configs = MemberConfigs(self._task_config(template, None), [seed for _, _, seed in chunk])
         chunk_dir = Path(str(self.config.hydra.sweep.dir)) / "batched" / f"{chunk[0][0]}-{chunk[-1][0]}"
         log.info("Batched launcher: training %d seeds of [%s] together", len(chunk), label)
         members = train_members(configs, chunk_dir)
-        log.info("Batched launcher: trained in %.1f s; writing the job folders", members.seconds)
         started = time.perf_counter()
-        returns = {}
-        for member, ((index, overrides, _), cfg) in enumerate(zip(chunk, configs, strict=True)):
-            returns[index] = self._record(template, cfg, overrides, index, members, member)
+        # What the jobs' configs resolve through Hydra (e.g. ${hydra:runtime.choices.model}) is the
+        # same for every member: set once, not per job.
+        HydraConfig.instance().set_config(self._set_job(template, chunk[0][1], chunk[0][0]))
+        returns, pending = {}, []
+        for member, (index, overrides, _) in enumerate(chunk):
+            result, run_dir = self._job_folder(template, configs, member, overrides, index)
+            returns[index] = result
+            if (record := read_run(run_dir)).finished:  # a resumed sweep keeps what it had written
+                result.return_value = record.metrics.get("val/loss")
+            else:
+                pending.append((member, index, run_dir))
+        jobs = member_jobs(
+            members, configs, [member for member, *_ in pending], [run_dir for *_, run_dir in pending]
+        )
+        for job, (member, index, run_dir) in zip(
+            jobs, self._progress(pending, f"writing {len(pending)} job folders"), strict=True
+        ):
+            returns[index].return_value = run_job(job, configs[member], run_dir, in_sweep=True, quiet=True)
+        finished = time.perf_counter() - started
+        # The chunk's phases, for benchmarks and for a user asking where a sweep's time went.
+        (chunk_dir / "timing.json").write_text(
+            json.dumps(
+                {
+                    "members": len(chunk),
+                    "train_s": members.seconds,
+                    "finish_s": finished,
+                    "written": len(pending),
+                }
+            )
+        )
         log.info(
-            "Batched launcher: wrote %d job folders in %.1f s", len(chunk), time.perf_counter() - started
+            "Batched launcher: trained %d seeds in %.1f s, finished and wrote %d job folders in %.1f s",
+            len(chunk),
+            members.seconds,
+            len(pending),
+            finished,
         )
         return returns
+
+    @staticmethod
+    def _progress(items: list, description: str) -> Any:
+        """`items`, with one progress bar over them on a terminal (none in a log file)."""
+        from tqdm import tqdm
+
+        return tqdm(items, desc=description, unit="job", disable=not sys.stderr.isatty(), leave=False)
 
     @staticmethod
     def _task_config(template: DictConfig, seed: int | None) -> DictConfig:
@@ -196,25 +237,23 @@ class BatchedLauncher(Launcher):
             job_subdir_key="hydra.sweep.subdir",
         )
 
-    def _record(self, template, cfg, overrides, index, members, member) -> JobReturn:
-        """A lighter run_job for batched members: the job folder, .hydra/, and the run's files."""
-        from src.pipeline.batched import record_member
-        from src.pipeline.config import save_config
-        from src.pipeline.run import read_run, run_job
+    def _job_folder(
+        self, template: DictConfig, configs: Any, member: int, overrides: Sequence[str], index: int
+    ) -> tuple[JobReturn, Path]:
+        """A batched member's job folder with its .hydra/ (Hydra's own job runner writes these for
+        the jobs it runs) and its JobReturn; the folder is resolved with the member's own seed
+        (hydra.sweep.subdir=${seed})."""
+        from src.pipeline.config import write_config_values
 
         self._set_job(template, overrides, index)
-        # The member's seed, for a job folder that names it (hydra.sweep.subdir=${seed}).
+        cfg = configs[member]
         with read_write(template), open_dict(template):
             template.seed = cfg.seed
-        HydraConfig.instance().set_config(template)
         run_dir = Path(str(template.hydra.sweep.dir)) / str(template.hydra.sweep.subdir)
         result = JobReturn(overrides=list(overrides), cfg=cfg, working_dir=str(Path.cwd()))
         result.status = JobStatus.COMPLETED
-        if (record := read_run(run_dir)).finished:  # a resumed sweep keeps what it had written
-            result.return_value = record.metrics.get("val/loss")
-            return result
-        (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / ".hydra" / "config.yaml", resolve=False)
-        (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
-        result.return_value = run_job(record_member(members, member), cfg, run_dir, in_sweep=True)
-        return result
+        if not (run_dir / ".hydra" / "config.yaml").is_file():
+            (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+            write_config_values(configs.unresolved(member), run_dir / ".hydra" / "config.yaml")
+            (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
+        return result, run_dir

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torchvision.datasets
 
 from src.data.glyphs import GLYPH_SETS, glyph_images
 from src.data.lines import line_images
@@ -88,7 +90,6 @@ LINE_DEFECTS: dict[str, Callable[[int, int, torch.Generator], torch.Tensor]] = {
     "circle": circles,
 }
 SHIFTS = ("hflip", "vflip", "rot90", "rot180", "rot270", "invert", "noise")
-KNOWN_SETS = (*TORCHVISION_SETS, *SHIFTS, *GLYPH_SETS, *LINE_DEFECTS)
 
 
 def shifted(
@@ -125,90 +126,110 @@ def evenly_spaced(items: torch.Tensor, count: int | None) -> torch.Tensor:
     return items[evenly_spaced_indices(len(items), count)]
 
 
+@dataclass
+class OODSet:
+    """One OOD set as the OOD evaluation uses it: its images (N, 1, H, W) in [0, 1], each image's
+    index in its source (the other dataset's test set, the in-distribution test set a shift was
+    made from, or the draw of a generated set), and, where its images have classes, each image's
+    class label and the class names."""
+
+    images: torch.Tensor
+    indices: torch.Tensor
+    classes: tuple[torch.Tensor, list[str]] | None = None
+
+
+@dataclass
+class SetRequest:
+    """What building a set needs: the in-distribution datamodule, the cap on images per set, the
+    set's own generator (one per set, so adding or removing a set leaves the others unchanged) and
+    the amplitude of the `noise` shift."""
+
+    datamodule: Any
+    count: int | None
+    generator: torch.Generator
+    noise_amplitude: float
+
+    def test_images(self) -> torch.Tensor:
+        return evenly_spaced(self.datamodule.images("test"), self.count)
+
+    def test_indices(self) -> torch.Tensor:
+        return evenly_spaced_indices(len(self.datamodule.images("test")), self.count)
+
+    def source_classes(self) -> tuple[torch.Tensor, list[str]] | None:
+        """The in-distribution test images' classes, for a torchvision training set."""
+        if not isinstance(self.datamodule, TorchvisionDataModule):
+            return None
+        names = list(getattr(torchvision.datasets, self.datamodule.dataset).classes)
+        return evenly_spaced(self.datamodule.labels("test"), self.count), names
+
+
+def other_dataset(name: str, request: SetRequest) -> OODSet:
+    """The other torchvision dataset's official test set, read from the datamodule's data root."""
+    datamodule = request.datamodule
+    if name == datamodule.name:
+        raise ConfigValueError(f"ood.sets holds {name!r}, the training dataset itself; remove it")
+    if not isinstance(datamodule, TorchvisionDataModule):
+        raise ConfigValueError(
+            f"OOD set {name!r} needs 28x28 images; remove it from ood.sets for {datamodule.name}"
+        )
+    dataset = TORCHVISION_SETS[name]
+    source = load_torchvision_images(dataset, datamodule.root, train=False, download=datamodule.download)
+    images, labels = source.tensors[0], source.tensors[1]
+    expected = datamodule.images("test").shape[-2:]
+    if images.shape[-2:] != expected:
+        raise ConfigValueError(
+            f"OOD set {name!r} has {tuple(images.shape[-2:])} images but the model takes "
+            f"{tuple(expected)}; remove it from ood.sets"
+        )
+    return OODSet(
+        evenly_spaced(images, request.count),
+        evenly_spaced_indices(len(images), request.count),
+        (evenly_spaced(labels, request.count), list(getattr(torchvision.datasets, dataset).classes)),
+    )
+
+
+def shift_set(name: str, request: SetRequest) -> OODSet:
+    """A shift of the in-distribution test set; each image keeps its source's class (a flipped 1
+    is a 1 flipped) and index."""
+    images = shifted(request.test_images(), name, request.generator, request.noise_amplitude)
+    return OODSet(images, request.test_indices(), request.source_classes())
+
+
+def glyph_set(name: str, request: SetRequest) -> OODSet:
+    """Glyphs drawn from matplotlib's fonts at the datamodule's image size, one per test image."""
+    test = request.test_images()
+    return OODSet(glyph_images(name, len(test), test.shape[-1], request.generator), torch.arange(len(test)))
+
+
+def defect_set(name: str, request: SetRequest) -> OODSet:
+    """Defective line images (or images that are not lines), one per test image."""
+    test = request.test_images()
+    return OODSet(LINE_DEFECTS[name](len(test), test.shape[-1], request.generator), torch.arange(len(test)))
+
+
+# Every OOD set by name: the function that builds it (the set families above).
+OOD_SETS: dict[str, Callable[[str, SetRequest], OODSet]] = {
+    **dict.fromkeys(TORCHVISION_SETS, other_dataset),
+    **dict.fromkeys(SHIFTS, shift_set),
+    **dict.fromkeys(GLYPH_SETS, glyph_set),
+    **dict.fromkeys(LINE_DEFECTS, defect_set),
+}
+KNOWN_SETS = tuple(OOD_SETS)
+
+
 def ood_sets(
     names: list[str], datamodule: Any, count: int | None, seed: int = 0, noise_amplitude: float = 0.5
-) -> dict[str, torch.Tensor]:
-    """The OOD images (N, 1, H, W) in [0, 1] of each named set: `mnist`/`fashion_mnist` (that
-    dataset's official test set, read from the datamodule's data root), a shift of the in-distribution
-    test set (`hflip`, `vflip`, `rot90`, `rot180`, `rot270`, `invert`, `noise`), glyphs (`latin`,
-    `greek`, `cyrillic`, `symbols`, `typed_digits`), or a line defect (`blob`, `scratch`,
-    `crossing`, `circle`); glyphs and defects at the datamodule's image size. `count` caps each set
-    (evenly spaced images)."""
-    test_images = evenly_spaced(datamodule.images("test"), count)
-    size = test_images.shape[-1]
-    sets = {}
-    for index, name in enumerate(names):
-        # One generator per set, so adding or removing a set leaves the others unchanged.
-        generator = torch.Generator().manual_seed(seed + index)
-        if name in TORCHVISION_SETS:
-            if name == datamodule.name:
-                raise ConfigValueError(f"ood.sets holds {name!r}, the training dataset itself; remove it")
-            if not isinstance(datamodule, TorchvisionDataModule):
-                raise ConfigValueError(
-                    f"OOD set {name!r} needs 28x28 images; remove it from ood.sets for {datamodule.name}"
-                )
-            images = load_torchvision_images(
-                TORCHVISION_SETS[name], datamodule.root, train=False, download=datamodule.download
-            ).tensors[0]
-            if images.shape[-2:] != test_images.shape[-2:]:
-                raise ConfigValueError(
-                    f"OOD set {name!r} has {tuple(images.shape[-2:])} images but the model takes "
-                    f"{tuple(test_images.shape[-2:])}; remove it from ood.sets"
-                )
-            sets[name] = evenly_spaced(images, count)
-        elif name in SHIFTS:
-            sets[name] = shifted(test_images, name, generator, noise_amplitude)
-        elif name in GLYPH_SETS:
-            sets[name] = glyph_images(name, len(test_images), size, generator)
-        elif name in LINE_DEFECTS:
-            sets[name] = LINE_DEFECTS[name](len(test_images), size, generator)
-        else:
-            raise ConfigValueError(f"ood.sets: unknown set {name!r}; choose from {list(KNOWN_SETS)}")
-    return sets
-
-
-def ood_set_classes(
-    names: list[str], datamodule: Any, count: int | None
-) -> dict[str, tuple[torch.Tensor, list[str]]]:
-    """For each named set whose images have classes: the class label of each of its images as
-    `ood_sets` gives them, and the class names. Those are the other dataset (`mnist`,
-    `fashion_mnist`) and, for a torchvision training set, the shifts of its test set (each image
-    keeps its source's class: a flipped 1 is a 1 flipped)."""
-    import torchvision.datasets
-
-    classes = {}
-    for name in names:
-        if name in TORCHVISION_SETS and name != datamodule.name:
-            dataset = TORCHVISION_SETS[name]
-            test_set = load_torchvision_images(
-                dataset, datamodule.root, train=False, download=datamodule.download
-            )
-            classes[name] = (
-                evenly_spaced(test_set.tensors[1], count),
-                list(getattr(torchvision.datasets, dataset).classes),
-            )
-        elif name in SHIFTS and isinstance(datamodule, TorchvisionDataModule):
-            classes[name] = (
-                evenly_spaced(datamodule.labels("test"), count),
-                list(getattr(torchvision.datasets, datamodule.dataset).classes),
-            )
-    return classes
-
-
-def ood_set_indices(names: list[str], datamodule: Any, count: int | None) -> dict[str, torch.Tensor]:
-    """For each named set, the index of each of its images (as `ood_sets` gives them) in its
-    source: the other dataset's test set, the in-distribution test set a shift was made from, or
-    the draw of a generated set (glyphs, line defects)."""
-    test_count = len(datamodule.images("test"))
-    indices = {}
-    for name in names:
-        if name in TORCHVISION_SETS:
-            source = load_torchvision_images(
-                TORCHVISION_SETS[name], datamodule.root, train=False, download=datamodule.download
-            )
-            indices[name] = evenly_spaced_indices(len(source.tensors[0]), count)
-        elif name in SHIFTS:
-            indices[name] = evenly_spaced_indices(test_count, count)
-        else:
-            indices[name] = torch.arange(min(count, test_count) if count else test_count)
-    return indices
+) -> dict[str, OODSet]:
+    """The named OOD sets (`OOD_SETS`): `mnist`/`fashion_mnist` (that dataset's test set), a shift
+    of the in-distribution test set (`hflip`, `vflip`, `rot90`, `rot180`, `rot270`, `invert`,
+    `noise`), glyphs (`latin`, `greek`, `cyrillic`, `symbols`, `typed_digits`) or a line defect
+    (`blob`, `scratch`, `crossing`, `circle`). `count` caps each set (evenly spaced images)."""
+    unknown = [name for name in names if name not in OOD_SETS]
+    if unknown:
+        raise ConfigValueError(f"ood.sets: unknown set(s) {unknown}; choose from {list(KNOWN_SETS)}")
+    return {
+        name: OOD_SETS[name](
+            name, SetRequest(datamodule, count, torch.Generator().manual_seed(seed + index), noise_amplitude)
+        )
+        for index, name in enumerate(names)
+    }

@@ -11,11 +11,13 @@ Outcomes, checked in this order on the deterministic outputs (the VAE uses z = m
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from src.data.lines import LINES_2X2
 from src.data.memory import InMemoryDataModule
-from src.evaluation.base import EvaluationContext, EvaluationResult
+from src.evaluation.base import EvaluationContext, EvaluationResult, MemberSet
 from src.models.base import ReconstructionModel
 
 OUTCOMES = ("all_gray", "optimal", "one_merged_pair", "two_merged_pairs", "other")
@@ -61,14 +63,15 @@ def why_identical(activations: list[tuple[str, torch.Tensor]], images: list[int]
     return "outputs close, no identical layer"
 
 
-@torch.no_grad()
-def outcome_metrics(model: ReconstructionModel, images: torch.Tensor) -> dict[str, str | int]:
-    """`test/outcome` for the 2x2 images, `test/gray_pixels` (outputs within 0.1 of 0.5, of 16),
-    and for merges or gray outputs, `test/merged_images` and `test/merge_reason` (the layer where
-    the merged images became identical)."""
-    model.eval()
-    images = images.to(model.device)
-    inputs, outputs = images.flatten(1), model.reconstruct(images).flatten(1)
+def outcome_readings(
+    inputs: torch.Tensor,
+    outputs: torch.Tensor,
+    activations: Callable[[], list[tuple[str, torch.Tensor]]],
+) -> dict[str, str | int]:
+    """`test/outcome` for the 2x2 images (`inputs`, `outputs`: (images, pixels)), `test/gray_pixels`
+    (outputs within 0.1 of 0.5, of 16), and for merges or gray outputs, `test/merged_images` and
+    `test/merge_reason` (the layer where the merged images became identical, from the model's
+    `activations`, asked for only then)."""
     outcome = classify_outcome(inputs, outputs)
     # Gray pixels tell "other" apart: e.g. two images exact and two with their ambiguous pixels at 0.5.
     metrics: dict[str, str | int] = {
@@ -76,15 +79,28 @@ def outcome_metrics(model: ReconstructionModel, images: torch.Tensor) -> dict[st
         "test/gray_pixels": int((outputs - 0.5).abs().lt(GRAY_TOLERANCE).sum()),
     }
     if outcome == "all_gray":
-        groups = [list(range(len(images)))]
+        groups = [list(range(len(inputs)))]
     elif outcome in ("one_merged_pair", "two_merged_pairs"):
         groups = merged_groups(outputs)
     else:
         return metrics
-    activations = model.layer_activations(images)
+    layers = activations()
     metrics["test/merged_images"] = " ".join("=".join(LINES_2X2[i] for i in group) for group in groups)
-    metrics["test/merge_reason"] = " / ".join(sorted({why_identical(activations, group) for group in groups}))
+    metrics["test/merge_reason"] = " / ".join(sorted({why_identical(layers, group) for group in groups}))
     return metrics
+
+
+@torch.no_grad()
+def outcome_metrics(model: ReconstructionModel, images: torch.Tensor) -> dict[str, str | int]:
+    """`outcome_readings` of one model on the 2x2 images."""
+    model.eval()
+    images = images.to(model.device)
+    outputs = model.reconstruct(images).flatten(1)
+    return outcome_readings(images.flatten(1), outputs, lambda: model.layer_activations(images))
+
+
+def _reconstructions(model: ReconstructionModel, images: torch.Tensor) -> torch.Tensor:
+    return model.reconstruct(images).flatten(1)
 
 
 class CensusOutcome:
@@ -94,3 +110,26 @@ class CensusOutcome:
         self, model: ReconstructionModel, datamodule: InMemoryDataModule, context: EvaluationContext
     ) -> EvaluationResult:
         return EvaluationResult(outcome_metrics(model, datamodule.images("test")))
+
+    @torch.no_grad()
+    def evaluate_members(
+        self, members: MemberSet, datamodule: InMemoryDataModule, contexts: list[EvaluationContext]
+    ) -> list[EvaluationResult]:
+        """Every member's outcome from one pass of the images through all members' weights."""
+        final = members.final
+        images = datamodule.images("test").to(final.device)
+        outputs = final.call(_reconstructions, images)
+        names = final.template.layer_names()
+        layers = final.call(ReconstructionModel.layer_outputs, images)
+        return [
+            EvaluationResult(
+                outcome_readings(
+                    images.flatten(1),
+                    outputs[index],
+                    lambda index=index: [
+                        (name, values[index]) for name, values in zip(names, layers, strict=True)
+                    ],
+                )
+            )
+            for index in range(len(contexts))
+        ]

@@ -37,7 +37,7 @@ from scipy.spatial import ConvexHull, HalfspaceIntersection
 
 from src.data.lines import LINES_2X2
 from src.data.memory import InMemoryDataModule
-from src.evaluation.base import EvaluationContext, EvaluationResult
+from src.evaluation.base import EvaluationContext, EvaluationResult, MemberSet
 from src.evaluation.census import IDENTICAL_TOLERANCE
 from src.models.base import ReconstructionModel
 from src.models.nets import DenseNet
@@ -66,14 +66,15 @@ def applies(cfg: DictConfig) -> bool:
     )
 
 
-def relu_layer(model: ReconstructionModel, images: torch.Tensor, part: str) -> torch.Tensor:
+def relu_of(layers: list[tuple[str, torch.Tensor]], part: str) -> torch.Tensor:
     """The activations (images, units) of the first ReLU layer of `part` (`encoder`: L1, `decoder`:
-    L3), on the images as the net sees them."""
-    return next(
-        values
-        for name, values in model.layer_activations(images)
-        if name.startswith(f"{part}.") and "ReLU" in name
-    )
+    L3) among a model's `layer_activations`."""
+    return next(values for name, values in layers if name.startswith(f"{part}.") and "ReLU" in name)
+
+
+def relu_layer(model: ReconstructionModel, images: torch.Tensor, part: str) -> torch.Tensor:
+    """The activations of the first ReLU layer of `part` on the images as the net sees them."""
+    return relu_of(model.layer_activations(images), part)
 
 
 def dead_inputs(model: ReconstructionModel, images: torch.Tensor) -> torch.Tensor:
@@ -81,11 +82,10 @@ def dead_inputs(model: ReconstructionModel, images: torch.Tensor) -> torch.Tenso
     return relu_layer(model, images, "encoder").abs().amax(1).eq(0)
 
 
-def sign_config(model: ReconstructionModel) -> str:
-    """Footnote 7's configuration of a 1-unit bottleneck: the signs of the weights into it (L2)
-    against those out of it into the decoder's first layer (L3)."""
-    into = model.code_layer().weight.flatten()
-    out = model.net.decoder[0].weight.flatten()
+def signs_of(into: torch.Tensor, out: torch.Tensor) -> str:
+    """Footnote 7's configuration of a 1-unit bottleneck from the weights into it (L2) and out of it
+    into the decoder's first layer (L3)."""
+    into, out = into.flatten(), out.flatten()
     if (into < 0).all() and (out > 0).all():
         return SIGN_CONFIGS[0]
     if (into > 0).all() and (out < 0).all():
@@ -93,26 +93,44 @@ def sign_config(model: ReconstructionModel) -> str:
     return SIGN_CONFIGS[2]
 
 
-def first_identical_layer(model: ReconstructionModel, images: torch.Tensor) -> str:
-    """The first layer after which some two different images have the same activations, or
-    `none` (repeated images, as a training set of line images has, are counted once)."""
-    distinct = torch.unique(images.flatten(1), dim=0).view(-1, *images.shape[1:])
-    for name, values in model.layer_activations(distinct):
+def sign_config(model: ReconstructionModel) -> str:
+    """Footnote 7's configuration of a model's 1-unit bottleneck (`signs_of`)."""
+    return signs_of(model.code_layer().weight, model.net.decoder[0].weight)
+
+
+def first_identical(layers: list[tuple[str, torch.Tensor]]) -> str:
+    """The first of the layers after which some two of the (distinct) images have the same
+    activations, or `none`."""
+    for name, values in layers:
         if len(values) > 1 and torch.pdist(values.double(), p=math.inf).min() <= IDENTICAL_TOLERANCE:
             return name
     return "none"
 
 
-@torch.no_grad()
-def initial_state_metrics(
-    initial: ReconstructionModel, trained: ReconstructionModel, images: torch.Tensor
+def distinct_images(images: torch.Tensor) -> torch.Tensor:
+    """The images with repeats counted once (a training set of line images has them)."""
+    return torch.unique(images.flatten(1), dim=0).view(-1, *images.shape[1:])
+
+
+def first_identical_layer(model: ReconstructionModel, images: torch.Tensor) -> str:
+    """The first layer after which some two different images have the same activations, or
+    `none` (repeated images are counted once)."""
+    return first_identical(model.layer_activations(distinct_images(images)))
+
+
+def initial_state_readings(
+    initial: list[tuple[str, torch.Tensor]],
+    trained: list[tuple[str, torch.Tensor]],
+    initial_on_distinct: list[tuple[str, torch.Tensor]],
+    signs: str | None,
 ) -> dict[str, str | int]:
-    """The metrics of the module docstring for the initial and the trained model on `images`."""
-    initial = initial.to(images.device).eval()
-    l1 = relu_layer(initial, images, "encoder")
+    """The metrics of the module docstring from the initial and the trained model's layer
+    activations on the images, the initial model's on the distinct images, and (for a 1-unit
+    bottleneck) its sign configuration."""
+    l1 = relu_of(initial, "encoder")
     dead_at_start = l1.abs().amax(1).eq(0)
-    dead_at_end = dead_inputs(trained, images)
-    dead, count = int(dead_at_start.sum()), len(images)
+    dead_at_end = relu_of(trained, "encoder").abs().amax(1).eq(0)
+    dead, count = int(dead_at_start.sum()), len(l1)
     if count <= CATEGORICAL_COUNTS:
         dead_class = str(dead)
     else:
@@ -121,14 +139,32 @@ def initial_state_metrics(
         "init/dead_inputs": dead,
         "init/dead_inputs_class": dead_class,
         "init/inputs_with_a_negative_unit": int(l1.eq(0).any(1).sum()),
-        "init/decoder_dead": "yes" if relu_layer(initial, images, "decoder").abs().max() == 0 else "no",
-        "init/identical_layer": first_identical_layer(initial, images),
+        "init/decoder_dead": "yes" if relu_of(initial, "decoder").abs().max() == 0 else "no",
+        "init/identical_layer": first_identical(initial_on_distinct),
         "test/dead_inputs": int(dead_at_end.sum()),
         "test/revived_inputs": int((dead_at_start & ~dead_at_end).sum()),
     }
-    if initial.hparams.latent_dim == 1:
-        metrics["init/l2_l3_signs"] = sign_config(initial)
+    if signs is not None:
+        metrics["init/l2_l3_signs"] = signs
     return metrics
+
+
+@torch.no_grad()
+def initial_state_metrics(
+    initial: ReconstructionModel, trained: ReconstructionModel, images: torch.Tensor
+) -> dict[str, str | int]:
+    """The metrics of the module docstring for the initial and the trained model on `images`."""
+    initial = initial.to(images.device).eval()
+    return initial_state_readings(
+        initial.layer_activations(images),
+        trained.layer_activations(images),
+        initial.layer_activations(distinct_images(images)),
+        sign_config(initial) if initial.hparams.latent_dim == 1 else None,
+    )
+
+
+def _named(names: list[str], layers: list[torch.Tensor], index: int) -> list[tuple[str, torch.Tensor]]:
+    return [(name, values[index]) for name, values in zip(names, layers, strict=True)]
 
 
 class InitialState:
@@ -146,6 +182,35 @@ class InitialState:
             return EvaluationResult()
         images = datamodule.images("train")[: self.max_images].to(model.device)
         return EvaluationResult(initial_state_metrics(initial_model(context.config), model, images))
+
+    @torch.no_grad()
+    def evaluate_members(
+        self, members: MemberSet, datamodule: InMemoryDataModule, contexts: list[EvaluationContext]
+    ) -> list[EvaluationResult]:
+        """Every member's readings at once, from the initial weights its training started from."""
+        config = contexts[0].config
+        if members.initial is None or config.seed is None or not applies(config):
+            return [self(members.model(index), datamodule, context) for index, context in enumerate(contexts)]
+        initial, final = members.initial, members.final
+        images = datamodule.images("train")[: self.max_images].to(final.device)
+        template = final.template
+        names = template.layer_names()
+        at_start = initial.call(ReconstructionModel.layer_outputs, images)
+        at_end = final.call(ReconstructionModel.layer_outputs, images)
+        on_distinct = initial.call(ReconstructionModel.layer_outputs, distinct_images(images))
+        code = next(name for name, module in template.named_modules() if module is template.code_layer())
+        into, out = initial.parameters[f"{code}.weight"], initial.parameters["net.decoder.0.weight"]
+        return [
+            EvaluationResult(
+                initial_state_readings(
+                    _named(names, at_start, index),
+                    _named(names, at_end, index),
+                    _named(names, on_distinct, index),
+                    signs_of(into[index], out[index]) if template.hparams.latent_dim == 1 else None,
+                )
+            )
+            for index in range(len(contexts))
+        ]
 
 
 # --- exact probabilities -----------------------------------------------------------------------

@@ -115,7 +115,12 @@ class LineOutcomes:
         }
         inputs_by_set = {
             "test": datamodule.images("test"),
-            **ood_sets(self.sets, datamodule, None, self.seed, self.noise_amplitude),
+            **{
+                name: ood_set.images
+                for name, ood_set in ood_sets(
+                    self.sets, datamodule, None, self.seed, self.noise_amplitude
+                ).items()
+            },
         }
         for name, images in inputs_by_set.items():
             outputs = (model.encode_pass(images.to(model.device)).logits > 0).to(logits.dtype).flatten(1)

@@ -18,12 +18,14 @@ and writes `solution.md`, the tables as the report draws them.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 
 from src.data.lines import LINES_2X2
 from src.data.memory import InMemoryDataModule
-from src.evaluation.base import EvaluationContext, EvaluationResult
+from src.evaluation.base import EvaluationContext, EvaluationResult, MemberSet
 from src.evaluation.initial_state import applies
 from src.models.base import ReconstructionModel
 from src.reporting.tables import markdown_table
@@ -81,6 +83,37 @@ def solution_markdown(codes: dict[str, float], tables: list[tuple[list[float], l
     return "\n".join(lines) + "\n"
 
 
+def solution_readings(
+    codes: list[float], outputs: torch.Tensor, tables: list[tuple[list[float], list[int]]], run_dir: Path
+) -> dict[str, float | str | bool]:
+    """The metrics of the module docstring from each image's bottleneck value, the Heaviside
+    outputs (images, pixels) and the output tables; writes solution.md into `run_dir`."""
+    names = [LINES_2X2[i] for i in range(len(codes))]
+    metrics: dict[str, float | str | bool] = {
+        f"test/solution/bottleneck/{name}": code for name, code in zip(names, codes, strict=True)
+    }
+    for index, (thresholds, regions) in enumerate(tables, start=1):
+        for rank, threshold in enumerate(thresholds, start=1):
+            metrics[f"test/solution/thresholds/output{index}/{rank}"] = threshold
+        metrics[f"test/solution/outputs/output{index}"] = " ".join(map(str, regions))
+    read = torch.tensor(
+        [[regions[_region(code, thresholds)] for thresholds, regions in tables] for code in codes],
+        dtype=outputs.dtype,
+    )
+    metrics["test/solution/consistent"] = "yes" if torch.equal(read, outputs) else "no"
+    (run_dir / "solution.md").write_text(solution_markdown(dict(zip(names, codes, strict=True)), tables))
+    return metrics
+
+
+def _codes_and_steps(model: ReconstructionModel, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return model.code(images).flatten(), model.reconstruct(images, "heaviside").flatten(1)
+
+
+def _report_architecture(cfg: DictConfig) -> bool:
+    # Report 000's 4-w-1-w-4: one ReLU hidden layer each side, a 1-unit bottleneck.
+    return applies(cfg) and cfg.model.latent_dim == 1 and len(cfg.model.net.hidden_dims) == 1
+
+
 class Solution:
     """The `solution` evaluation (module docstring) on the four 2x2 images; it reports nothing for
     other architectures than report 000's (a wider bottleneck, more hidden layers)."""
@@ -89,28 +122,33 @@ class Solution:
     def __call__(
         self, model: ReconstructionModel, datamodule: InMemoryDataModule, context: EvaluationContext
     ) -> EvaluationResult:
-        cfg = context.config
-        # Report 000's 4-w-1-w-4: one ReLU hidden layer each side, a 1-unit bottleneck.
-        if not (applies(cfg) and cfg.model.latent_dim == 1 and len(cfg.model.net.hidden_dims) == 1):
+        if not _report_architecture(context.config):
             return EvaluationResult()
-        images = datamodule.images("test").to(model.device)
-        codes = model.code(images).flatten().double().cpu().tolist()
-        outputs = model.reconstruct(images, "heaviside").flatten(1).cpu()
-        tables = output_thresholds(model)
-        names = [LINES_2X2[i] for i in range(len(images))]
-        metrics: dict[str, float | str | bool] = {
-            f"test/solution/bottleneck/{name}": code for name, code in zip(names, codes, strict=True)
-        }
-        for index, (thresholds, regions) in enumerate(tables, start=1):
-            for rank, threshold in enumerate(thresholds, start=1):
-                metrics[f"test/solution/thresholds/output{index}/{rank}"] = threshold
-            metrics[f"test/solution/outputs/output{index}"] = " ".join(map(str, regions))
-        read = torch.tensor(
-            [[regions[_region(code, thresholds)] for thresholds, regions in tables] for code in codes],
-            dtype=outputs.dtype,
+        codes, outputs = _codes_and_steps(model, datamodule.images("test").to(model.device))
+        return EvaluationResult(
+            solution_readings(
+                codes.double().cpu().tolist(), outputs.cpu(), output_thresholds(model), context.run_dir
+            )
         )
-        metrics["test/solution/consistent"] = "yes" if torch.equal(read, outputs) else "no"
-        (context.run_dir / "solution.md").write_text(
-            solution_markdown(dict(zip(names, codes, strict=True)), tables)
-        )
-        return EvaluationResult(metrics)
+
+    @torch.no_grad()
+    def evaluate_members(
+        self, members: MemberSet, datamodule: InMemoryDataModule, contexts: list[EvaluationContext]
+    ) -> list[EvaluationResult]:
+        """The members' bottleneck values and outputs in one pass; each one's tables off its weights."""
+        if not _report_architecture(contexts[0].config):
+            return [EvaluationResult() for _ in contexts]
+        images = datamodule.images("test").to(members.final.device)
+        codes, outputs = members.final.call(_codes_and_steps, images)
+        codes, outputs = codes.double().cpu(), outputs.cpu()
+        return [
+            EvaluationResult(
+                solution_readings(
+                    codes[index].tolist(),
+                    outputs[index],
+                    output_thresholds(members.model(index)),
+                    context.run_dir,
+                )
+            )
+            for index, context in enumerate(contexts)
+        ]

@@ -221,19 +221,34 @@ class ReconstructionModel(TrainingTermsLog):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.reconstruct(images)
 
+    def _layers(self) -> list[tuple[str, nn.Module]]:
+        stages = [("encoder", self.net.encoder), ("", [self.code_layer()]), ("decoder", self.net.decoder)]
+        return [
+            (f"{prefix}.{index} {type(layer).__name__}" if prefix else "bottleneck", layer)
+            for prefix, layers in stages
+            for index, layer in enumerate(layers)
+        ]
+
+    def layer_names(self) -> list[str]:
+        """The names of `layer_activations`' layers, in order."""
+        return [name for name, _ in self._layers()]
+
+    def layer_outputs(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The activation (images, units) after every layer from input to output logits,
+        deterministic path (`layer_names` names them)."""
+        outputs, current = [], self.standardized(images)
+        for _, layer in self._layers():
+            current = layer(current)
+            outputs.append(current.flatten(1))
+        return outputs
+
     def layer_activations(self, images: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
         """(name, activation) after every layer from input to output logits, deterministic path."""
-        stages = [("encoder", self.net.encoder), ("", [self.code_layer()]), ("decoder", self.net.decoder)]
-        activations, current = [], self.standardized(images)
-        for prefix, layers in stages:
-            for index, layer in enumerate(layers):
-                current = layer(current)
-                name = f"{prefix}.{index} {type(layer).__name__}" if prefix else "bottleneck"
-                activations.append((name, current.flatten(1)))
-        return activations
+        return list(zip(self.layer_names(), self.layer_outputs(images), strict=True))
 
-    def latent_statistics(self, images: torch.Tensor) -> dict[str, float | int]:
-        """Statistics of the bottleneck over a set of images; none for a deterministic code."""
+    def latent_statistics(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Statistics of the bottleneck over a set of images (0-d tensors, so that members can be
+        read at once); none for a deterministic code."""
         return {}
 
     # --- scores ----------------------------------------------------------------------------------
@@ -272,10 +287,13 @@ class ReconstructionModel(TrainingTermsLog):
         """A model's own per-image scores beside the reconstruction errors."""
         return {}
 
-    def evaluation_metrics(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def evaluation_metrics(
+        self, images: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Batch means of the training objective, its terms and the scores: what the validation and
-        test stages report (as `val/<name>`, `test/<name>`)."""
-        loss, terms = self.training_loss(images)
+        test stages report (as `val/<name>`, `test/<name>`). A model that samples takes its `noise`
+        as `training_loss` does."""
+        loss, terms = self.training_loss(images, noise)
         scores = {name: value.mean() for name, value in self.scores(images).items()}
         return {"loss": loss, **terms, **scores}
 

@@ -98,19 +98,19 @@ class VariationalAutoencoder(ReconstructionModel):
             scores["neg_elbo_iw"] = self.importance_weighted_nll(images, samples)
         return scores
 
-    def latent_statistics(self, images: torch.Tensor) -> dict[str, float | int]:
+    def latent_statistics(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Report 000's bottleneck statistics over a set: mean and spread of mu, the posterior sigma,
         and the active dimensions (Var over images of mu > 0.01, Burda et al. 2016; 0 means
         posterior collapse)."""
         evaluated = self.encode_pass(images)
         mu, sigma = evaluated.code, evaluated.sigma
         return {
-            "mu_mean": mu.mean().item(),
-            "mu_std": mu.std().item(),
-            "sigma_mean": sigma.mean().item(),
-            "sigma_min": sigma.min().item(),
-            "sigma_max": sigma.max().item(),
-            "active_dims": int((mu.var(0) > 0.01).sum()),
+            "mu_mean": mu.mean(),
+            "mu_std": mu.std(),
+            "sigma_mean": sigma.mean(),
+            "sigma_min": sigma.min(),
+            "sigma_max": sigma.max(),
+            "active_dims": (mu.var(0) > 0.01).sum(),
         }
 
     def importance_weighted_nll(

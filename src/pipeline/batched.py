@@ -1,10 +1,14 @@
 """Many seeds of one CA or VAE trained together in one process, through the same Lightning Trainer
-as a single run.
+as a single run, then finished together.
 
 Each member is the model a single run with that seed builds (same initial weights). The members'
-parameters and buffers are stacked along a leading dimension (`MemberEnsemble`) and every step runs
-the model's own `training_loss` for all of them at once with `torch.func.vmap` over
-`functional_call`. Each member sees its single run's minibatches (its own `EpochShuffle` order,
+parameters and buffers are stacked along a leading dimension (`MemberEnsemble`, on
+src/models/members.py) and every step runs the model's own `training_loss` for all of them at
+once with `torch.func.vmap` over `functional_call`. After training, the members' test stage and
+evaluations run for all of them at once too (`member_jobs`), and each member's job only writes its
+folder through the same `finish` as a single run.
+
+Each member sees its single run's minibatches (its own `EpochShuffle` order,
 `member_train_dataloader`), draws its VAE noise from its own generator, which starts in the state
 its single run's global generator has after building the model, and keeps its own batch-norm
 statistics. The optimisers used here (Adam, SGD, ...) update each element independently, so every
@@ -12,10 +16,11 @@ member follows its own trajectory; only floating-point summation order differs."
 
 from __future__ import annotations
 
-import copy
+import contextlib
+import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,15 +30,17 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
 
 from src.data.memory import InMemoryDataModule
+from src.evaluation.base import MemberSet
 from src.models.base import ReconstructionModel
 from src.models.ca import ClassicalAutoencoder
+from src.models.members import MemberModels
 from src.models.vae import VariationalAutoencoder
-from src.pipeline.callbacks import History, LastCheckpoint, WhereInterrupted
+from src.pipeline.callbacks import LastCheckpoint, WhereInterrupted, history_stride, keeps_epoch
 from src.pipeline.checkpoints import save_weights
-from src.pipeline.config import build, check_config
+from src.pipeline.config import MemberConfigs, build, check_config
+from src.pipeline.finishing import finish, finishings_of_members
 from src.pipeline.process import prepare_training_process
 from src.pipeline.run import Run
 from src.pipeline.training import seeded_model
@@ -61,23 +68,17 @@ def _is_matrix(stacked: torch.Tensor) -> bool:
     return stacked.dim() == 3
 
 
-class _Objective(nn.Module):
-    """Calls the model's own training loss, so that functional_call can run it with member weights."""
-
-    def __init__(self, model: ReconstructionModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self, images: torch.Tensor, noise: torch.Tensor | None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.model.training_loss(images, noise)
+def _training_loss(
+    model: ReconstructionModel, images: torch.Tensor, noise: torch.Tensor | None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    return model.training_loss(images, noise)
 
 
 class MemberEnsemble(pl.LightningModule):
     """Members of one architecture as one LightningModule: stacked parameters (what the optimiser
     updates), stacked buffers, one generator per member for its noise, and per-member epoch means
-    of the training and validation terms (`member_rows`, each member's history)."""
+    of the training and validation terms (`member_rows`, each member's history, thinned as a single
+    run's History thins it)."""
 
     def __init__(
         self,
@@ -85,49 +86,54 @@ class MemberEnsemble(pl.LightningModule):
         cpu_states: Sequence[torch.Tensor],
         seeds: Sequence[int],
         compile: bool = False,
+        history_rows: int | None = None,
     ) -> None:
         super().__init__()
-        params, buffers = stack_module_state(list(models))
-        # Named as the objective's (`model.<name>`), which functional_call fills in.
-        self.parameter_names = [f"model.{name}" for name in params]
-        self.buffer_names = [f"model.{name}" for name in buffers]
+        members = MemberModels.stack(models)
+        # The weights training starts from, kept apart (the optimiser updates the stacked ones in place).
+        self.initial = MemberModels(
+            members.template,
+            {name: value.clone() for name, value in members.parameters.items()},
+            {name: value.clone() for name, value in members.buffers.items()},
+        )
+        object.__setattr__(self, "members", members)  # its template is structure only, no submodule
+        self.parameter_names, self.buffer_names = list(members.parameters), list(members.buffers)
         # Under vmap a linear layer's weight gradient comes out of the batched product as
         # (members, in, out); a contiguous (members, out, in) weight would copy it on every step, so
         # weight matrices are kept (and optimised) transposed, contiguous (`member_weights`).
-        self.transposed = [_is_matrix(value) for value in params.values()]
+        self.transposed = [_is_matrix(value) for value in members.parameters.values()]
         self.stacked = nn.ParameterList(
             [
-                nn.Parameter(value.detach().transpose(1, 2).contiguous() if flip else value.detach())
-                for value, flip in zip(params.values(), self.transposed, strict=True)
+                nn.Parameter(value.transpose(1, 2).contiguous() if flip else value)
+                for value, flip in zip(members.parameters.values(), self.transposed, strict=True)
             ]
         )
-        for index, value in enumerate(buffers.values()):
+        for index, value in enumerate(members.buffers.values()):
             self.register_buffer(f"stacked_buffer_{index}", value)
-        # The template only gives functional_call its structure: on the meta device it holds no weights.
-        object.__setattr__(self, "objective", _Objective(copy.deepcopy(models[0])).to("meta"))
         self.optimizer_config = dict(models[0].hparams.optimizer)
         self.noise_shape = models[0].noise_shape
-        self.members = len(models)
+        self.count = len(models)
+        self.history_rows = history_rows
         # A single run draws its noise next from its global generator of the training device: on the
         # CPU it is in the state left after building the model; a GPU's is seeded with the seed alone.
         self.cpu_states, self.seeds = [state.clone() for state in cpu_states], list(seeds)
         self.restored_states: list[torch.Tensor] | None = None
         self.generators: list[torch.Generator] = []
-        # Per finished epoch: (epoch, step, {metric: every member's epoch mean}), kept on the device
+        # Per kept epoch: (epoch, step, {metric: every member's epoch mean}), kept on the device
         # (no host synchronisation per epoch) until `member_rows` reads them once at the end.
         self.epochs: list[tuple[int, int, dict[str, torch.Tensor]]] = []
         self._sums: dict[str, dict[str, torch.Tensor]] = {}
         self._last_val: dict[str, torch.Tensor] = {}
         # The members' step is many small element-wise passes over (members, batch, pixels):
         # torch.compile fuses them (`compile`), for the training steps, where the time goes.
-        self._losses_of = {shared: self._vmapped(shared) for shared in (False, True)}
-        if compile:
-            self._losses_of[False] = torch.compile(self._losses_of[False])
+        self.compile = compile
+        self._losses_of: dict[tuple[bool, bool], Callable[..., Any]] = {}
 
     # --- the members' computation ----------------------------------------------------------------
-    def _member_generators(self) -> list[torch.Generator]:
+    def member_generators(self) -> list[torch.Generator]:
+        """Each member's generator of its noise, in the state its single run's global one has."""
         if not self.generators:
-            for index in range(self.members):
+            for index in range(self.count):
                 generator = torch.Generator(self.device)
                 if self.restored_states is not None:
                     generator.set_state(self.restored_states[index])
@@ -143,7 +149,7 @@ class MemberEnsemble(pl.LightningModule):
         if shape is None:
             return None
         return torch.stack(
-            [torch.randn(shape, generator=g, device=self.device) for g in self._member_generators()]
+            [torch.randn(shape, generator=g, device=self.device) for g in self.member_generators()]
         )
 
     def member_losses(
@@ -152,29 +158,36 @@ class MemberEnsemble(pl.LightningModule):
         """Every member's loss and terms (shape (members,)) on its own images (members, batch, ...),
         or on the same images for all (`shared`)."""
         # Batch norm follows the template's mode; Lightning sets this module's own flag directly.
-        self.objective.train(self.training)
+        self.members.template.train(self.training)
         noise = self._noise(images.shape[0 if shared else 1])
-        state = {name: getattr(self, f"stacked_buffer_{i}") for i, name in enumerate(self.buffer_names)}
-        return self._losses_of[shared](self.member_weights(), state, images, noise)
+        key = (shared, noise is not None)
+        if key not in self._losses_of:
+            losses = self.members.vmapped(_training_loss, batched=[not shared, noise is not None])
+            self._losses_of[key] = torch.compile(losses) if self.compile and not shared else losses
+        return self._losses_of[key](self.member_weights(), self.member_buffers(), images, noise)
 
     def member_weights(self) -> dict[str, torch.Tensor]:
-        """The stacked parameters by the objective's names, each in its model's own shape."""
+        """The stacked parameters by the model's names, each in its model's own shape."""
         return {
             name: value.transpose(1, 2) if flip else value
             for name, value, flip in zip(self.parameter_names, self.stacked, self.transposed, strict=True)
         }
 
-    def _vmapped(self, shared: bool) -> Callable[..., Any]:
-        """The members' losses at once: vmap over the model's loss with each member's weights."""
+    def member_buffers(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, f"stacked_buffer_{i}") for i, name in enumerate(self.buffer_names)}
 
-        def member(w: dict, b: dict, x: torch.Tensor, eps: torch.Tensor | None) -> Any:
-            return functional_call(self.objective, (w, b), (x, eps))
+    def trained_members(self) -> MemberModels:
+        """The members with their current weights (views of the trained ones)."""
+        return MemberModels(
+            self.members.template,
+            {name: value.detach() for name, value in self.member_weights().items()},
+            self.member_buffers(),
+        )
 
-        def losses(w: dict, b: dict, x: torch.Tensor, eps: torch.Tensor | None) -> Any:
-            in_dims = (0, 0, None if shared else 0, None if eps is None else 0)
-            return vmap(member, in_dims=in_dims, randomness="error")(w, b, x, eps)
-
-        return losses
+    def _keeps(self, epoch: int) -> bool:
+        trainer = self.trainer
+        stride = history_stride(trainer.max_epochs, self.history_rows)
+        return keeps_epoch(epoch, stride, trainer.max_epochs, trainer.check_val_every_n_epoch)
 
     def _accumulate(self, stage: str, loss: torch.Tensor, terms: dict[str, torch.Tensor], count: int) -> None:
         sums = self._sums.setdefault(stage, {})
@@ -191,7 +204,8 @@ class MemberEnsemble(pl.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
         images = batch[0]
         loss, terms = self.member_losses(images, shared=False)
-        self._accumulate("train", loss, terms, images.shape[1])
+        if self._keeps(self.current_epoch):  # an epoch the history leaves out needs no means
+            self._accumulate("train", loss, terms, images.shape[1])
         # Members are independent, so the gradient of the sum is each member's own gradient.
         return {"loss": loss.sum(), "member_losses": loss.detach()}
 
@@ -201,12 +215,12 @@ class MemberEnsemble(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         if self.trainer.sanity_checking:  # Lightning isolates the sanity check's random draws
-            self._before_sanity_check = [g.get_state() for g in self._member_generators()]
+            self._before_sanity_check = [g.get_state() for g in self.member_generators()]
 
     def on_validation_epoch_end(self) -> None:
         means = self._epoch_means("val")
         if self.trainer.sanity_checking:
-            for generator, state in zip(self._member_generators(), self._before_sanity_check, strict=True):
+            for generator, state in zip(self.member_generators(), self._before_sanity_check, strict=True):
                 generator.set_state(state)
             return
         if not means:
@@ -215,19 +229,20 @@ class MemberEnsemble(pl.LightningModule):
         self.log("val/loss", means["val/loss"].mean(), prog_bar=True)
 
     def on_train_epoch_end(self) -> None:
-        self.epochs.append(
-            (self.current_epoch, self.global_step, {**self._epoch_means("train"), **self._last_val})
-        )
+        if self._keeps(self.current_epoch):
+            self.epochs.append(
+                (self.current_epoch, self.global_step, {**self._epoch_means("train"), **self._last_val})
+            )
 
     def member_rows(self) -> Callable[[int], list[dict[str, float]]]:
-        """Member m's history (one row per epoch: epoch, step, train/* and val/* means), read off
-        the device once for all members; rows are built only when a member's folder is written."""
+        """Member m's history (one row per kept epoch: epoch, step, train/* and val/* means), read
+        off the device once for all members; rows are built only when a member's folder is written."""
         keys = list(dict.fromkeys(key for _, _, means in self.epochs for key in means))
         columns = (
             {
                 key: torch.stack(
                     [
-                        means.get(key, torch.full((self.members,), float("nan"), device=self.device))
+                        means.get(key, torch.full((self.count,), float("nan"), device=self.device))
                         for *_, means in self.epochs
                     ]
                 ).T.tolist()
@@ -255,25 +270,12 @@ class MemberEnsemble(pl.LightningModule):
         return instantiate(self.optimizer_config, params=self.parameters())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["member_generators"] = [g.get_state() for g in self._member_generators()]
+        checkpoint["member_generators"] = [g.get_state() for g in self.member_generators()]
         checkpoint["member_epochs"] = self.epochs
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.generators, self.restored_states = [], checkpoint["member_generators"]
         self.epochs = checkpoint["member_epochs"]
-
-    # --- the members as models -------------------------------------------------------------------
-    @torch.no_grad()
-    def unstack_into(self, models: Sequence[ReconstructionModel]) -> None:
-        """Copy each member's trained parameters and buffers into its own model."""
-        stacked = {
-            **self.member_weights(),
-            **{name: getattr(self, f"stacked_buffer_{i}") for i, name in enumerate(self.buffer_names)},
-        }
-        for index, model in enumerate(models):
-            model.load_state_dict(
-                {name.removeprefix("model."): value[index].cpu() for name, value in stacked.items()}
-            )
 
 
 class MemberData(pl.LightningDataModule):
@@ -295,19 +297,46 @@ class MemberData(pl.LightningDataModule):
 
 @dataclass
 class TrainedMembers:
-    """The outcome of `train_members`: each member's model (on the CPU), history (`rows(member)`)
-    and generator state after training, the datamodule, the steps and epochs run and the training
-    time."""
+    """The outcome of `train_members`: the members' final and initial weights (on the device they
+    trained on), each member's history (`rows(member)`) and generator, the datamodule, the steps
+    and epochs run, the validation batches and the training time."""
 
+    final: MemberModels
+    initial: MemberModels
     models: list[ReconstructionModel]
     rows: Callable[[int], list[dict[str, float]]]
-    generator_states: list[torch.Tensor]
-    device: torch.device
+    generators: list[torch.Generator]
     datamodule: InMemoryDataModule
     epochs: int
     steps: int
     val_batches: int
     seconds: float
+
+    def model(self, index: int) -> ReconstructionModel:
+        """Member `index` as a model of its own, with its trained weights, on the training device."""
+        model = self.models[index]
+        model.load_state_dict(self.final.state_dict(index))
+        return model.to(self.final.device).eval()
+
+    def member_set(self) -> MemberSet:
+        return MemberSet(self.final, self.initial.to(self.final.device), self.model)
+
+
+@contextlib.contextmanager
+def lightning_quiet() -> Iterator[None]:
+    """Lightning's start-up lines (GPU/TPU available, tips) left out: a sweep prints its own progress."""
+    loggers = [
+        logging.getLogger(name)
+        for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero")
+    ]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def train_members(
@@ -326,28 +355,35 @@ def train_members(
         cpu_states.append(torch.get_rng_state())
     datamodule: InMemoryDataModule = build(cfgs[0].data)
     datamodule.setup()
-    ensemble = MemberEnsemble(models, cpu_states, [cfg.seed for cfg in cfgs], compile=bool(cfgs[0].compile))
+    ensemble = MemberEnsemble(
+        models,
+        cpu_states,
+        [cfg.seed for cfg in cfgs],
+        compile=bool(cfgs[0].compile),
+        history_rows=OmegaConf.select(cfgs[0], "callbacks.history.max_rows", default=None),
+    )
     last = chunk_dir / "last.ckpt"
     # As often as a single run writes its own last.ckpt (conf/callbacks/default.yaml).
     every = OmegaConf.select(cfgs[0], "callbacks.last_checkpoint.every_n_epochs", default=1)
-    trainer: pl.Trainer = build(
-        cfgs[0].trainer,
-        logger=False,
-        callbacks=[LastCheckpoint(chunk_dir, every_n_epochs=every), WhereInterrupted(), *callbacks],
-        default_root_dir=str(chunk_dir),
-        enable_model_summary=False,
-    )
-    seeds = [int(cfg.data.shuffle_seed) for cfg in cfgs]
-    started = time.perf_counter()
-    resume = str(last) if last.is_file() else None
-    trainer.fit(ensemble, datamodule=MemberData(datamodule, seeds), ckpt_path=resume)
-    elapsed = time.perf_counter() - started
-    ensemble.unstack_into(models)
+    with lightning_quiet():
+        trainer: pl.Trainer = build(
+            cfgs[0].trainer,
+            logger=False,
+            callbacks=[LastCheckpoint(chunk_dir, every_n_epochs=every), WhereInterrupted(), *callbacks],
+            default_root_dir=str(chunk_dir),
+            enable_model_summary=False,
+        )
+        seeds = [int(cfg.data.shuffle_seed) for cfg in cfgs]
+        started = time.perf_counter()
+        resume = str(last) if last.is_file() else None
+        trainer.fit(ensemble, datamodule=MemberData(datamodule, seeds), ckpt_path=resume)
+        elapsed = time.perf_counter() - started
     return TrainedMembers(
+        final=ensemble.trained_members(),
+        initial=ensemble.initial,
         models=models,
         rows=ensemble.member_rows(),
-        generator_states=[g.get_state() for g in ensemble._member_generators()],
-        device=ensemble.device,
+        generators=ensemble.member_generators(),
         datamodule=datamodule,
         epochs=trainer.current_epoch,
         steps=trainer.global_step,
@@ -356,78 +392,79 @@ def train_members(
     )
 
 
-@torch.no_grad()
-def score_means(
-    model: ReconstructionModel, images: torch.Tensor, batch_size: int, batches: int
-) -> dict[str, float]:
-    """The means of the model's per-image scores over the first `batches` batches of `images`, as
-    Lightning's epoch means of the validation batches give them."""
-    model.eval()
-    totals: dict[str, float] = {}
-    count = 0
-    for batch in images.split(batch_size)[:batches]:
-        count += len(batch)
-        for name, values in model.scores(batch).items():
-            totals[name] = totals.get(name, 0.0) + float(values.sum())
-    return {name: total / count for name, total in totals.items()}
+def member_jobs(
+    members: TrainedMembers, cfgs: MemberConfigs, indices: Sequence[int], run_dirs: Sequence[Path]
+) -> list[Callable[[Run], dict[str, Any]]]:
+    """The jobs (as `run_job` runs them) that write the run folders `run_dirs` of the members
+    `indices` as their single runs would. The per-image work of these members (validation scores,
+    test stage, evaluations) is done first, for all of them at once (`finishings_of_members`); the
+    jobs only write. Should that shared work fail, every member's job fails with its error."""
+    for run_dir in run_dirs:
+        run_dir.mkdir(parents=True, exist_ok=True)  # evaluations may write files (solution.md)
+    try:
+        shared: tuple | BaseException = finishings_of_members(
+            members.member_set().select(indices),
+            [members.generators[index] for index in indices],
+            members.datamodule,
+            [cfgs[index] for index in indices],
+            run_dirs,
+            members.val_batches,
+        )
+    except Exception as error:  # each job reports it, in its own error.txt
+        shared = error
+    return [_member_job(members, cfgs, index, position, shared) for position, index in enumerate(indices)]
 
 
-def record_member(members: TrainedMembers, index: int) -> Callable[[DictConfig, Path], dict[str, Any]]:
-    """A job (as `src.pipeline.run.run_job` runs it) that writes member `index`'s run folder as its
-    single run would: history.csv, checkpoints/last.ckpt, then the test stage and the rest through
-    the Run, with the global generator in the state the member's training left its own."""
+def _member_job(
+    members: TrainedMembers, cfgs: MemberConfigs, index: int, position: int, shared: tuple | BaseException
+) -> Callable[[Run], dict[str, Any]]:
+    """Member `index`'s job; `position`: its place among the members finished together."""
 
-    def write(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-        model, rows, datamodule = members.models[index], members.rows(index), members.datamodule
-        run = Run(cfg, run_dir)
-        run.start()
+    def write(run: Run) -> dict[str, Any]:
+        if isinstance(shared, BaseException):
+            raise shared
+        val_scores, finishings = shared
+        cfg, run_dir, rows = cfgs[index], run.dir, members.rows(index)
+        run.start(resolved=lambda: cfgs.resolved(index))
         last_epoch = rows[-1] if rows else {}
         metrics: dict[str, Any] = {
-            "train/time_s": members.seconds / len(members.models),
+            "train/time_s": members.seconds / members.final.count,
             **{key: value for key, value in last_epoch.items() if key.startswith(("train/", "val/"))},
         }
         if "val/loss" in metrics:
-            val_scores = score_means(
-                model, datamodule.images("val"), datamodule.batch_size, members.val_batches
-            )
-            metrics.update({f"val/{name}": value for name, value in val_scores.items()})
-        diverged = [key for key, value in metrics.items() if not torch.isfinite(torch.tensor(value))]
+            metrics.update(val_scores[position])
+        diverged = [key for key, value in metrics.items() if not math.isfinite(value)]
         if diverged:
             raise FloatingPointError(f"Training of this seed diverged: {', '.join(diverged)} not finite.")
+        state = members.final.state_dict(index)
         metrics.update(
             seed=cfg.seed,
             epochs=members.epochs,
             steps=members.steps,
-            parameters=sum(p.numel() for p in model.parameters()),
+            parameters=sum(
+                value.numel() for name, value in state.items() if name in members.final.parameters
+            ),
         )
-        history = History(run_dir / "history.csv")
-        history.rows = rows
-        history.write()
-        save_weights(model, run_dir / "checkpoints" / "last.ckpt", members.steps, members.epochs)
+        save_weights(
+            state,
+            dict(members.final.hparams),
+            run_dir / "checkpoints" / "last.ckpt",
+            members.steps,
+            members.epochs,
+        )
         metrics["checkpoint"] = "checkpoints/last.ckpt"  # the weights every metric was measured on
-        state = members.generator_states[index]
-        if members.device.type == "cpu":
-            torch.set_rng_state(state)
-        else:
-            torch.cuda.set_rng_state(state, members.device)
-        every = cfg.trainer.get("check_val_every_n_epoch") or 1
-        for row in rows:  # the member's epoch curves; val/* only where it validated (rows carry it on)
-            validated = (int(row["epoch"]) + 1) % every == 0
-            logged = {
-                key: value
-                for key, value in row.items()
-                if key != "step" and math.isfinite(value) and (validated or not key.startswith("val/"))
-            }
-            for logger in run.loggers:
-                logger.log_metrics(logged, step=int(row["step"]))
-        trainer: pl.Trainer = build(
-            cfg.trainer,
-            logger=run.loggers or False,
-            callbacks=[],
-            default_root_dir=str(run_dir),
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
-        return run.test_and_record(trainer, model, datamodule, metrics, rows)
+        if run.loggers:
+            every = cfg.trainer.get("check_val_every_n_epoch") or 1
+            for row in rows:  # the member's epoch curves; val/* only where it validated (rows carry it on)
+                validated = (int(row["epoch"]) + 1) % every == 0
+                logged = {
+                    key: value
+                    for key, value in row.items()
+                    if key != "step" and math.isfinite(value) and (validated or not key.startswith("val/"))
+                }
+                for logger in run.loggers:
+                    logger.log_metrics(logged, step=int(row["step"]))
+        model = members.model(index) if cfg.figures else members.models[index]
+        return finish(run, model, members.datamodule, metrics, rows, finishings[position])
 
     return write

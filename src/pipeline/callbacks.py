@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import random
 import time
 from pathlib import Path
@@ -25,15 +26,38 @@ def epoch_metrics(trainer: pl.Trainer) -> dict[str, float]:
     }
 
 
+def history_stride(max_epochs: int | None, max_rows: int | None) -> int:
+    """Every how many epochs a history keeps a row so that it has about `max_rows` rows: 1 (every
+    epoch) when the run has no more epochs than that, when `max_rows` is null, or when the number
+    of epochs is open (max_epochs -1 or null)."""
+    if not max_rows or max_epochs is None or max_epochs < 0:
+        return 1
+    return max(1, math.ceil(max_epochs / max_rows))
+
+
+def keeps_epoch(epoch: int, stride: int, max_epochs: int | None, validate_every: int | None) -> bool:
+    """Whether a thinned history keeps `epoch`: every `stride`-th epoch from the first, every epoch
+    that validated (every `validate_every`-th), and the last."""
+    return (
+        epoch % stride == 0
+        or (bool(validate_every) and (epoch + 1) % validate_every == 0)
+        or (max_epochs is not None and epoch == max_epochs - 1)
+    )
+
+
 class History(Callback):
     """Epoch-level metrics in history.csv: kept in memory, written at most every few seconds and
     when training ends or fails, so a crash keeps what was done without O(epochs^2) rewriting.
-    Adds the training throughput `train/images_per_s`: images over the seconds from the epoch's
-    start to its last training batch's end (data loading included, validation excluded)."""
+    A run of more than `max_rows` epochs keeps every k-th epoch's row (`history_stride`), every
+    validated epoch's and the last (thousands of full-batch epochs would otherwise fill a sweep
+    with rows nobody reads). Adds the training throughput `train/images_per_s`: images over the
+    seconds from the epoch's start to its last training batch's end (data loading included,
+    validation excluded)."""
 
-    def __init__(self, path: str | Path, write_every_s: float = 10.0) -> None:
+    def __init__(self, path: str | Path, write_every_s: float = 10.0, max_rows: int | None = 100) -> None:
         self.path = Path(path)
         self.write_every_s = write_every_s
+        self.max_rows = max_rows
         self.rows: list[dict[str, float]] = []
         self._written_at = time.monotonic()
         self._epoch_started = self._epoch_seconds = 0.0
@@ -55,6 +79,11 @@ class History(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
+        stride = history_stride(trainer.max_epochs, self.max_rows)
+        if not keeps_epoch(
+            trainer.current_epoch, stride, trainer.max_epochs, trainer.check_val_every_n_epoch
+        ):
+            return
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step, **epoch_metrics(trainer)}
         if self._epoch_seconds > 0:
             row["train/images_per_s"] = self._epoch_images / self._epoch_seconds
@@ -69,14 +98,24 @@ class History(Callback):
         self.write()
 
     def write(self) -> None:
-        if not self.rows:
-            return
-        columns = list(dict.fromkeys(key for row in self.rows for key in row))
-        with self.path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
+        write_history(self.path, self.rows)
         self._written_at = time.monotonic()
+
+
+def write_history(path: Path, rows: list[dict[str, float]]) -> None:
+    """history.csv: one row per kept epoch, the union of the rows' keys as columns, floats to nine
+    significant digits (nothing is written when there are no rows)."""
+    if not rows:
+        return
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        # Nine significant digits give back every float32 exactly (the metrics are float32 means).
+        writer.writerows(
+            {key: f"{value:.9g}" if isinstance(value, float) else value for key, value in row.items()}
+            for row in rows
+        )
 
 
 class RandomState(Callback):

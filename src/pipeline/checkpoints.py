@@ -100,15 +100,21 @@ def load_model(ckpt_path: Path, cfg: DictConfig | None = None) -> tuple[Reconstr
     return model.eval(), checkpoint
 
 
-def save_weights(model: ReconstructionModel, path: Path, global_step: int, epoch: int) -> Path:
-    """A checkpoint of a model trained outside a Trainer (the batched launcher's members), in
+def save_weights(
+    state_dict: dict[str, torch.Tensor],
+    hyper_parameters: dict[str, Any],
+    path: Path,
+    global_step: int,
+    epoch: int,
+) -> Path:
+    """A checkpoint of weights trained outside a Trainer (the batched launcher's members), in
     Lightning's layout (state_dict, hyper_parameters, global_step, epoch): `load_model` reads both."""
     import pytorch_lightning as pl
 
     path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = {
-        "state_dict": model.state_dict(),
-        "hyper_parameters": dict(model.hparams),
+        "state_dict": state_dict,
+        "hyper_parameters": hyper_parameters,
         "global_step": global_step,
         "epoch": epoch,
         "pytorch-lightning_version": pl.__version__,

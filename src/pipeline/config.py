@@ -3,11 +3,13 @@ objects from `_target_` entries, checks made before anything is built, and savin
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import os
 import re
 import secrets
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from src.errors import ConfigValueError
 
@@ -186,11 +188,12 @@ def check_config(cfg: DictConfig) -> None:
         )
 
 
-def build(config: DictConfig | dict, **kwargs: Any) -> Any:
-    """hydra.utils.instantiate, re-raising a constructor's own error (e.g. a bad config value) with
-    its message intact instead of Hydra's nested wrappers."""
+@contextlib.contextmanager
+def constructor_errors() -> Iterator[None]:
+    """Within the block, Hydra's instantiation errors are re-raised as the constructor's own error
+    (e.g. a bad config value), its message intact instead of Hydra's nested wrappers."""
     try:
-        return instantiate(config, **kwargs)
+        yield
     except InstantiationException as error:
         cause: BaseException = error
         while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
@@ -198,10 +201,81 @@ def build(config: DictConfig | dict, **kwargs: Any) -> Any:
         raise cause from None
 
 
+def build(config: DictConfig | dict, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, with the constructor's own errors (`constructor_errors`)."""
+    with constructor_errors():
+        return instantiate(config, **kwargs)
+
+
 def save_config(cfg: DictConfig, path: Path, resolve: bool = True) -> None:
-    """The config as YAML, written with libyaml's emitter (OmegaConf's pure-Python one is too slow
-    for a thousand job folders: docs/performance.md)."""
-    container = OmegaConf.to_container(cfg, resolve=resolve)
-    path.write_text(
-        yaml.dump(container, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False)
-    )
+    """The config as YAML (`write_config_values`), resolved unless `resolve` is false."""
+    write_config_values(OmegaConf.to_container(cfg, resolve=resolve), path)
+
+
+def write_config_values(values: dict[str, Any], path: Path) -> None:
+    """Plain config values as YAML, written with libyaml's emitter (OmegaConf's pure-Python one is
+    too slow for a thousand job folders: docs/performance.md)."""
+    path.write_text(yaml.dump(values, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False))
+
+
+def _interpolated_keys(values: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of a raw (unresolved) config container whose values interpolate."""
+    if isinstance(values, dict):
+        return [
+            key for name, value in values.items() for key in _interpolated_keys(value, f"{prefix}{name}.")
+        ]
+    key = prefix.removesuffix(".")
+    if isinstance(values, str) and "${" in values:
+        return [key]
+    if isinstance(values, list) and "${" in repr(values):
+        return [key]
+    return []
+
+
+class MemberConfigs(Sequence[DictConfig]):
+    """The configs of jobs that differ only in `seed` (a batched chunk's members), without a config
+    object per job: item i is the one task config switched to seed i (so use it before asking for
+    the next), and `resolved(i)` its resolved values, from one full resolution plus the keys that
+    interpolate (a thousand full resolutions and copies of a large config cost more than training
+    the members)."""
+
+    def __init__(self, task: DictConfig, seeds: Sequence[int | None]) -> None:
+        self.task, self.seeds = task, list(seeds)
+        self._raw = OmegaConf.to_container(task, resolve=False)
+        self._interpolated = _interpolated_keys(self._raw)
+        self._resolved: dict[str, Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def __getitem__(self, index: int) -> DictConfig:  # type: ignore[override]
+        if not -len(self.seeds) <= index < len(self.seeds):
+            raise IndexError(index)
+        with read_write(self.task), open_dict(self.task):
+            self.task.seed = self.seeds[index]
+        return self.task
+
+    def unresolved(self, index: int) -> dict[str, Any]:
+        """Job i's config as written, interpolations kept (Hydra's .hydra/config.yaml)."""
+        self._raw["seed"] = self.seeds[index]
+        return self._raw
+
+    def resolved(self, index: int) -> dict[str, Any]:
+        """Job i's resolved config (the task config's current values of every other key)."""
+        task = self[index]
+        if self._resolved is None:
+            self._resolved = OmegaConf.to_container(task, resolve=True)
+            return self._resolved
+        self._resolved["seed"] = self.seeds[index]
+        for key in self._interpolated:
+            *parents, name = key.split(".")
+            node = self._resolved
+            for parent in parents:
+                node = node[parent]
+            value = OmegaConf.select(task, key)
+            node[name] = (
+                OmegaConf.to_container(value, resolve=True)
+                if isinstance(value, DictConfig | ListConfig)
+                else value
+            )
+        return self._resolved

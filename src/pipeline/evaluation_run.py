@@ -1,5 +1,5 @@
-"""Re-running the test stage of a saved model into a new run folder, through the same Run as
-training: the model, data, trainer and seed come from the config its run saved (config.yaml)."""
+"""Re-running the test stage of a saved model into a new run folder, through the same finishing path
+as training: the model, data and seed come from the config its run saved (config.yaml)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig
 
 from src.pipeline.checkpoints import load_model, run_config, run_folder
 from src.pipeline.config import build
+from src.pipeline.finishing import finish
 from src.pipeline.run import Run
 
 
@@ -23,8 +23,10 @@ def read_history(path: Path) -> list[dict[str, float]]:
         return [{key: float(value) for key, value in row.items() if value} for row in csv.DictReader(handle)]
 
 
-def evaluate_checkpoint(eval_cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Load `eval_cfg.ckpt_path` into the model its run configured, test it and write `run_dir`."""
+def evaluate_checkpoint(run: Run) -> dict[str, Any]:
+    """The job of `src.eval` (run.cfg: conf/eval.yaml's keys): load `ckpt_path` into the model its
+    run configured and finish it into this run's folder, as training finishes a run."""
+    eval_cfg = run.cfg
     ckpt_path = Path(eval_cfg.ckpt_path).expanduser()
     cfg = run_config(ckpt_path)
     # The new folder records which checkpoint was evaluated; the test stage is the point of it.
@@ -44,16 +46,12 @@ def evaluate_checkpoint(eval_cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             logger_cfg.job_type = "eval"
             logger_cfg.name = f"eval {logger_cfg.get('name') or ''}".strip()
             logger_cfg.group = None
-    run = Run(cfg, run_dir)
+    run.cfg = cfg  # from here on the run is the evaluated model's, as its config.yaml will say
     run.start()
     model, checkpoint = load_model(ckpt_path, cfg)
     if cfg.seed is not None:  # the VAE's sampled test/loss: the same numbers on every evaluation
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build(cfg.data)
-    # One process: testing needs no distributed strategy, whatever the training run used.
-    trainer: pl.Trainer = build(
-        cfg.trainer, strategy="auto", devices=1, logger=run.loggers or False, default_root_dir=str(run_dir)
-    )
     metrics: dict[str, Any] = {
         "seed": cfg.seed,
         # The optimiser steps the model had (its epoch count depends on the hook that saved it).
@@ -63,4 +61,4 @@ def evaluate_checkpoint(eval_cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "checkpoint": str(ckpt_path.resolve()),
     }
     history = read_history(run_folder(ckpt_path) / "history.csv")
-    return run.test_and_record(trainer, model, datamodule, metrics, history)
+    return finish(run, model, datamodule, metrics, history)

@@ -1,7 +1,8 @@
-"""The Run: the one owner of a run folder. Training, src.eval and the batched launcher's members
-write through it (the resolved config, the loggers, the post-test evaluations declared in the
-config, metrics.json, the figures, the closing line and, on failure, error.txt), and whatever reads
-run folders (src.score, sweep summaries, results pages) reads them through `read_run`."""
+"""The Run: the one owner of a run folder. `run_job` creates a job's Run and hands it to the job
+(training, src.eval, a batched member), which writes through it (the resolved config, the loggers,
+metrics.json, the closing line and, on failure, error.txt; src/pipeline/finishing.py finishes every
+kind of run through it), and whatever reads run folders (src.score, sweep summaries, results pages)
+reads them through `read_run`."""
 
 from __future__ import annotations
 
@@ -15,25 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import yaml
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from pytorch_lightning.loggers import Logger
 
-from src.data.memory import InMemoryDataModule
 from src.errors import UserError
-from src.evaluation.base import EvaluationContext, EvaluationResult
 from src.models.base import ReconstructionModel
-from src.pipeline.callbacks import epoch_metrics
 from src.pipeline.checkpoints import load_checkpoint, load_model
-from src.pipeline.config import build, save_config
+from src.pipeline.config import build, save_config, write_config_values
 from src.pipeline.loggers import build_loggers
 from src.pipeline.process import Interrupted, interrupt_on_signals, prepare_training_process
-from src.reporting import tensorboard as tensorboard_reporting
 from src.reporting import wandb as wandb_reporting
-from src.reporting.figures import run_figures
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +60,18 @@ class Run:
         self.cfg, self.dir = cfg, run_dir
         self._loggers: list[Logger] | None = None
 
-    def start(self, show: bool = False) -> None:
+    def start(self, show: bool = False, resolved: Callable[[], dict[str, Any]] | None = None) -> None:
         """Create the folder and write the resolved config.yaml; print it as a tree with `show`.
-        `paths.run_dir`, where callbacks write, is set to this folder."""
+        `paths.run_dir`, where callbacks write, is set to this folder. `resolved` gives the resolved
+        values when the caller has a faster way to them (a batched chunk's `MemberConfigs`)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         if "paths" in self.cfg:
-            with open_dict(self.cfg):
+            with read_write(self.cfg), open_dict(self.cfg):
                 self.cfg.paths.run_dir = str(self.dir)
-        save_config(self.cfg, self.dir / "config.yaml")
+        if resolved is None:
+            save_config(self.cfg, self.dir / "config.yaml")
+        else:
+            write_config_values(resolved(), self.dir / "config.yaml")
         if show:
             print_config_tree(self.cfg)
 
@@ -93,56 +92,9 @@ class Run:
             if hasattr(evaluation, "check"):
                 evaluation.check(self.cfg, model_class)
 
-    def evaluate(self, model: ReconstructionModel, datamodule: InMemoryDataModule) -> EvaluationResult:
-        """Every evaluation the config declares (conf/evaluations/), in order, merged."""
-        merged = EvaluationResult()
-        model.eval()
-        context = EvaluationContext(self.dir, bool(self.cfg.figures), self.cfg, loaded_model)
-        for spec in (self.cfg.get("evaluations") or {}).values():
-            result = build(spec)(model, datamodule, context)
-            merged.metrics.update(result.metrics)
-            merged.figures += result.figures
-        return merged
-
-    def test_and_record(
-        self,
-        trainer: pl.Trainer,
-        model: ReconstructionModel,
-        datamodule: InMemoryDataModule,
-        metrics: dict[str, Any],
-        history: list[dict[str, float]],
-    ) -> dict[str, Any]:
-        """The test stage (when `test`) and everything after it, for a model just trained or loaded
-        from a checkpoint: one code path, so every post-test evaluation reaches every kind of run."""
-        if self.cfg.test:
-            trainer.test(model, datamodule=datamodule, verbose=False)
-            metrics.update(epoch_metrics(trainer))
-        if not trainer.is_global_zero:
-            return metrics
-        return self.record(model, datamodule, metrics, history)
-
-    def record(
-        self,
-        model: ReconstructionModel,
-        datamodule: InMemoryDataModule,
-        metrics: dict[str, Any],
-        history: list[dict[str, float]] | None = None,
-    ) -> dict[str, Any]:
-        """The end of every run: the declared evaluations (when `test`), metrics.json, the figures,
-        the results and figures to TensorBoard and W&B (whose run is then finished)."""
-        figures = []
-        # What Lightning logged as the run went (the rest reaches the loggers here).
-        logged = {key for key in metrics if key.startswith(("val/", "test/"))}
-        if self.cfg.test:
-            evaluated = self.evaluate(model, datamodule)
-            metrics.update(evaluated.metrics)
-            figures += evaluated.figures
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        """metrics.json: the run's results (written once, when it has finished)."""
         (self.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        if self.cfg.figures:
-            figures = run_figures(model, datamodule.images("test"), history or [], self.dir) + figures
-        tensorboard_reporting.log_results(self.loggers, metrics, figures, logged)
-        wandb_reporting.finish_runs(self.loggers, metrics, figures, self.dir)
-        return metrics
 
     def headline(self, metrics: dict[str, Any]) -> str:
         """The closing line: the run folder and the metrics named by `headline` (glob patterns)."""
@@ -238,19 +190,20 @@ def read_run(run_dir: Path) -> RunRecord:
 
 
 def run_job(
-    job: Callable[[DictConfig, Path], dict[str, Any]], cfg: DictConfig, run_dir: Path, in_sweep: bool
+    job: Callable[[Run], dict[str, Any]], cfg: DictConfig, run_dir: Path, in_sweep: bool, quiet: bool = False
 ) -> float | None:
-    """Run `job` into `run_dir`. A failure leaves error.txt beside whatever the run already wrote;
-    a single run then raises, while a sweep job returns None so that the other jobs go on and the
-    sweep summary counts it as failed. A user error (src/errors.py) is one line on stderr and exit
-    status 2, its traceback in error.txt. A SIGTERM or SIGINT stops the job, and a sweep with it, with
-    error.txt saying where and how to resume, and exit status 143 or 130. Returns the validation
-    loss, which sweepers such as Optuna minimise."""
+    """Run `job` on the Run of `run_dir`. A failure leaves error.txt beside whatever the run already
+    wrote; a single run then raises, while a sweep job returns None so that the other jobs go on and
+    the sweep summary counts it as failed. A user error (src/errors.py) is one line on stderr and
+    exit status 2, its traceback in error.txt. A SIGTERM or SIGINT stops the job, and a sweep with
+    it, with error.txt saying where and how to resume, and exit status 143 or 130. The closing line
+    is logged unless `quiet` (a batched sweep's members: the sweep has its own). Returns the
+    validation loss, which sweepers such as Optuna minimise."""
     prepare_training_process()
     run = Run(cfg, run_dir)
     try:
         with interrupt_on_signals():
-            metrics = job(cfg, run_dir)
+            metrics = job(run)
     except UserError as error:
         error_file = run.fail()
         wandb_reporting.finish_open_run(exit_code=2)
@@ -272,5 +225,6 @@ def run_job(
         log.error("Job %s failed (%s: %s); see %s", run_dir, type(error).__name__, error, error_file)
         return None
     wandb_reporting.finish_open_run(exit_code=0)  # a logger the run did not finish (none should be left)
-    log.info(run.headline(metrics))
+    if not quiet:
+        log.info(run.headline(metrics))
     return metrics.get("val/loss")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
-from src.data.ood_sets import evenly_spaced
 from src.errors import ConfigValueError, MissingFileError
-from src.evaluation.neighbours import TrainingNeighbours
-from src.evaluation.ood import likelihood_ratio
-from src.evaluation.scoring import score_images
-from src.evaluation.typicality import default_statistics, dose_scores
+from src.evaluation.scorer import OODSettings, Scorer
 from src.models.base import ReconstructionModel
 from src.pipeline.checkpoints import CheckpointError, load_model, run_folder
 from src.pipeline.config import build
@@ -161,38 +158,36 @@ def score_file(
                 f"ckpt_path={ckpt_path.parent.parent / measured_on}, or give threshold=<number>."
             )
         threshold = metrics["ood/threshold"]
-    # The run's own K for neg_elbo_iw and its regret steps, so that its threshold applies (0: skipped).
-    settings = cfg.get("ood", {})
-    scores = score_images(
-        model,
-        images,
-        batch_size=batch_size,
-        samples=settings.get("samples", 0),
-        regret_steps=settings.get("regret_steps", 0),
-    )
-    if settings.get("background") is not None:  # the run's background model, on the same images
+    # The run's own OOD settings (K for neg_elbo_iw, regret steps, background, neighbours, DoSE's
+    # statistics), so that a new image gets the scores the run gave its own and its threshold applies.
+    try:
+        settings = replace(
+            OODSettings.of(OmegaConf.to_container(cfg.get("ood") or {}, resolve=True)), batch_size=batch_size
+        )
+    except ConfigValueError as error:
+        raise ScoreInputError(f"the run's ood settings: {error}") from None
+    background = None
+    if settings.background is not None:  # the run's background model, on the same images
         try:
-            background, _ = load_model(Path(str(settings.background)))
+            background, _ = load_model(Path(settings.background))
         except CheckpointError as error:
             raise ScoreInputError(f"the run's ood.background cannot be loaded: {error}") from None
-        scores["likelihood_ratio"] = likelihood_ratio(scores, score_images(background, images, batch_size))
-    neighbours = settings.get("neighbours") or {}
-    if neighbours.get("k", 0) > 0:  # the training images the run's OOD evaluation searched
+    training = None
+    if settings.neighbours.k > 0:  # the training images the run's OOD evaluation searched
         try:
             training = build(cfg.data).images("train")
         except MissingFileError as error:
             raise ScoreInputError(
                 f"the run's pixel_knn/pixel_lof search its training images, which cannot be read: {error}"
             ) from None
-        reference = evenly_spaced(training, neighbours.get("reference_images"))
-        scores.update(TrainingNeighbours(reference, neighbours["k"])(images))
+    scorer = Scorer(model, settings, background, training)
+    scores = scorer(images)
     validation = validation_scores(run_folder(ckpt_path))
     if validation:  # DoSE's densities come from the run's own validation scores
-        statistics = settings.get("dose_statistics") or default_statistics(validation)
-        missing = [name for name in statistics if name not in scores]
-        if missing:
-            raise ScoreInputError(f"the run's dose score models {missing}, which were not computed here")
-        scores["dose"] = dose_scores(validation, {"new": scores}, statistics)[1]["new"]
+        try:
+            scores["dose"] = scorer.dose(validation, {"new": scores})[1]["new"]
+        except ConfigValueError as error:
+            raise ScoreInputError(str(error)) from None
     if score not in scores:
         raise ScoreInputError(f"score={score!r} is not a score of this model; choose from {list(scores)}")
     decision = scores[score] > threshold if threshold is not None else None

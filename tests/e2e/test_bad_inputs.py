@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from src.pipeline.config import compose_config
+from src.pipeline.run import Run
 from src.pipeline.scoring_run import command as score_command
 from src.pipeline.training import train
 from tests.helpers import FAST, SHARED_DATASETS, needs_shared_mnist
@@ -33,7 +34,7 @@ def _fingerprint(root: Path) -> dict[str, str]:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished CA run on the 2x2 images, the witness whose files must survive every failure."""
     run = tmp_path_factory.mktemp("witness") / "runs" / "finished"
-    train(compose_config(["data=lines2x2", *FAST, "trainer.max_epochs=2"], run), run)
+    train(Run(compose_config(["data=lines2x2", *FAST, "trainer.max_epochs=2"], run), run))
     return run
 
 

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from src.pipeline.checkpoints import load_model
-from tests.helpers import SHARED_DATASETS, SMALL_DATA, needs_shared_mnist, src_run, src_run_started
+from tests.helpers import (
+    PROJECT_ROOT,
+    SHARED_DATASETS,
+    SMALL_DATA,
+    TINY_LINES,
+    needs_shared_mnist,
+    src_run,
+    src_run_started,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -198,3 +209,47 @@ def test_a_bad_value_in_a_batched_sweep_is_one_line_and_exit_status_2(tmp_path: 
     assert process.returncode == 2, process.stderr[-3000:]
     assert "error: model.reconstruction must be one of" in process.stderr
     assert "Traceback" not in process.stderr
+
+
+def _entry(module: str, *arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *arguments],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        timeout=600,
+    )
+
+
+def test_a_batched_sweep_is_quiet_and_its_members_work_with_src_eval_and_src_score(tmp_path: Path) -> None:
+    """A 20-seed batched sweep prints a few lines, not Lightning's banner per member; a member's
+    folder is an ordinary run: src.eval reproduces its test metrics through the single-model path,
+    and src.score scores images with its OOD threshold."""
+    sweep = [*TINY_LINES, "model=vae", "seed=range(0,20)", "trainer.max_epochs=2", "hydra/launcher=batched"]
+    process, sweep_dir = _multirun(tmp_path, *sweep, "logger=none", "figures=false", "print_config=false")
+    assert process.returncode == 0, process.stderr[-3000:]
+    lines = (process.stdout + process.stderr).splitlines()
+    assert len(lines) <= 8, lines
+    assert not any(banner in line for line in lines for banner in ("GPU available", "TPU available", "Tip:"))
+    member = sweep_dir / "7"
+    metrics = json.loads((member / "metrics.json").read_text())
+    assert metrics["seed"] == 7 and "ood/threshold" in metrics
+    evaluated = _entry(
+        "src.eval", f"ckpt_path={member / 'checkpoints' / 'last.ckpt'}", "figures=false",
+        f"paths.output_root={tmp_path / 'eval'}",
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    (eval_dir,) = (tmp_path / "eval" / "runs").iterdir()
+    again = json.loads((eval_dir / "metrics.json").read_text())
+    # Deterministic test metrics (those that do not sample) agree with the batched members' own.
+    for key in ("test/recon_mse", "test/recon_bce", "test/kl", "test/neg_elbo", "ood/threshold"):
+        assert abs(again[key] - metrics[key]) <= 1e-5 * max(1.0, abs(metrics[key])), key
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 8, 8), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", images)
+    scored = _entry(
+        "src.score", f"ckpt_path={member / 'checkpoints' / 'last.ckpt'}", f"input={tmp_path / 'x.npy'}",
+        f"output={tmp_path / 'scores.csv'}",
+    )  # fmt: skip
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    assert len((tmp_path / "scores.csv").read_text().splitlines()) == 1 + 5

@@ -21,8 +21,10 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from hydra_plugins.batched_launcher.batched_launcher import BatchedLauncher
-from src.pipeline.batched import record_member, train_members
-from src.pipeline.config import compose_config
+from src.pipeline.batched import member_jobs, train_members
+from src.pipeline.config import MemberConfigs, compose_config
+from src.pipeline.evaluation_run import read_history
+from src.pipeline.run import Run
 from src.pipeline.training import seeded_model, train
 from tests.helpers import SHARED_DATASETS, needs_shared_mnist
 
@@ -48,21 +50,33 @@ def _compare(
     for seed in SEEDS:
         recorder = StepLosses()
         singles[seed] = train(
-            compose_config([*base, f"seed={seed}"], tmp_path), tmp_path / f"single{seed}", [recorder]
+            Run(compose_config([*base, f"seed={seed}"], tmp_path), tmp_path / f"single{seed}"), [recorder]
         )
         single_steps[seed] = torch.stack(recorder.losses)
     template = compose_config(base, tmp_path)
-    cfgs = [BatchedLauncher._task_config(template, seed) for seed in SEEDS]
+    cfgs = MemberConfigs(BatchedLauncher._task_config(template, None), SEEDS)
     recorder = StepLosses()
     members = train_members(cfgs, tmp_path / "chunk", [recorder])
     member_steps = torch.stack(recorder.losses)  # (steps, members)
+    folders = [tmp_path / f"member{seed}" for seed in SEEDS]
+    # Every member is tested and evaluated at once, then each folder written by its own job.
+    jobs = member_jobs(members, cfgs, range(len(SEEDS)), folders)
     compared = 0
-    for index, (seed, cfg) in enumerate(zip(SEEDS, cfgs, strict=True)):
+    for index, seed in enumerate(SEEDS):
         torch.testing.assert_close(
             member_steps[:first_steps, index], single_steps[seed][:first_steps], rtol=step_tolerance, atol=0
         )
-        metrics = record_member(members, index)(cfg, tmp_path / f"member{seed}")
+        metrics = jobs[index](Run(cfgs[index], folders[index]))
         single = singles[seed]
+        # The same history: the same epochs kept, the same curves.
+        member_history = read_history(folders[index] / "history.csv")
+        single_history = read_history(tmp_path / f"single{seed}" / "history.csv")
+        assert [row["epoch"] for row in member_history] == [row["epoch"] for row in single_history]
+        for member_row, single_row in zip(member_history, single_history, strict=True):
+            for key in member_row.keys() & single_row.keys() - {"train/images_per_s"}:
+                assert math.isclose(
+                    member_row[key], single_row[key], rel_tol=end_tolerance, abs_tol=end_tolerance
+                ) or (math.isnan(member_row[key]) and math.isnan(single_row[key])), (seed, key)
         assert metrics["steps"] == single["steps"] and metrics["epochs"] == single["epochs"]
         for key, value in single.items():
             if not isinstance(value, float) or "time" in key or "per_s" in key or key not in metrics:
@@ -81,7 +95,7 @@ def test_members_start_from_the_single_runs_weights_on_every_net(tmp_path: Path)
         template = compose_config(overrides, tmp_path)
         for seed in SEEDS:
             single = seeded_model(compose_config([*overrides, f"seed={seed}"], tmp_path))
-            member = seeded_model(BatchedLauncher._task_config(template, seed))
+            member = seeded_model(MemberConfigs(BatchedLauncher._task_config(template, None), [seed])[0])
             for (name, a), (_, b) in zip(
                 single.state_dict().items(), member.state_dict().items(), strict=True
             ):

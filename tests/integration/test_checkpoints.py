@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from src.pipeline.checkpoints import CheckpointError, load_checkpoint, load_model
 from src.pipeline.evaluation_run import evaluate_checkpoint
+from src.pipeline.run import Run
 from src.pipeline.training import train
 from tests.helpers import FAST
 
@@ -21,7 +22,7 @@ def test_last_checkpoint_is_the_last_epoch_even_when_validation_is_rare(make_con
         "data=lines2x2", *FAST, "trainer.max_epochs=7", "trainer.check_val_every_n_epoch=5",
         "callbacks.last_checkpoint.every_n_epochs=1",
     )  # fmt: skip
-    metrics = train(cfg, run)
+    metrics = train(Run(cfg, run))
     last, best = (load_checkpoint(run / "checkpoints" / name) for name in ("last.ckpt", "best.ckpt"))
     assert (last["epoch"], last["global_step"]) == (6, 7) and best["global_step"] == 5
     assert metrics["checkpoint"] == "checkpoints/last.ckpt" and metrics["steps"] == 7
@@ -38,7 +39,7 @@ class _RunsCode:
 
 def test_a_checkpoint_that_would_run_code_is_refused(make_config, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    train(make_config("data=lines2x2", *FAST, "trainer.max_epochs=2"), run)
+    train(Run(make_config("data=lines2x2", *FAST, "trainer.max_epochs=2"), run))
     crafted, marker = run / "checkpoints" / "crafted.ckpt", tmp_path / "code-ran"
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     checkpoint["payload"] = _RunsCode(marker)
@@ -46,7 +47,9 @@ def test_a_checkpoint_that_would_run_code_is_refused(make_config, tmp_path: Path
     with pytest.raises(CheckpointError, match=r"crafted.ckpt holds more than tensors.*could run code"):
         load_checkpoint(crafted)
     with pytest.raises(CheckpointError, match="could run code"):
-        evaluate_checkpoint(OmegaConf.create({"ckpt_path": str(crafted), "figures": False}), tmp_path / "e")
+        evaluate_checkpoint(
+            Run(OmegaConf.create({"ckpt_path": str(crafted), "figures": False}), tmp_path / "e")
+        )
     assert not marker.exists()
 
 
@@ -55,7 +58,7 @@ def test_a_sparse_last_checkpoint_still_holds_the_final_state(make_config, tmp_p
     cfg = make_config(
         "data=lines2x2", *FAST, "trainer.max_epochs=7", "callbacks.last_checkpoint.every_n_epochs=5"
     )
-    metrics = train(cfg, run)
+    metrics = train(Run(cfg, run))
     last = load_checkpoint(run / "checkpoints" / "last.ckpt")
     assert last["global_step"] == metrics["steps"] == 7 and metrics["checkpoint"] == "checkpoints/last.ckpt"
     assert make_config("data=lines2x2").callbacks.last_checkpoint.every_n_epochs == 500
@@ -75,7 +78,9 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path
         ("lines", ["data=lines", "data.image_size=8", "data.n_train=16", "data.n_val=8", "data.n_test=8"]),
     ]:
         folder = root / name
-        train(compose_config([*overrides, *FAST, "trainer.max_epochs=2", "figures=false"], folder), folder)
+        train(
+            Run(compose_config([*overrides, *FAST, "trainer.max_epochs=2", "figures=false"], folder), folder)
+        )
         runs.append(folder)
     return tuple(runs)
 

@@ -12,7 +12,7 @@ import yaml
 from src.analysis.sweep import summarise_sweep
 from src.errors import ConfigValueError, MissingFileError, UserError
 from src.pipeline.config import path_safe
-from src.pipeline.run import read_run
+from src.pipeline.run import Run, read_run
 from src.pipeline.training import train
 from src.reporting import figures
 from tests.helpers import FAST
@@ -56,7 +56,7 @@ def test_a_figure_that_cannot_be_drawn_does_not_fail_the_run(
 
     monkeypatch.setattr(figures, "bottleneck_distribution", degenerate)
     run = tmp_path / "run"
-    metrics = train(make_config("data=lines2x2", *FAST, "trainer.max_epochs=2"), run)
+    metrics = train(Run(make_config("data=lines2x2", *FAST, "trainer.max_epochs=2"), run))
     assert "test/outcome" in metrics and (run / "metrics.json").is_file()
     assert "autodetected range" in (run / figures.FIGURE_ERRORS).read_text()
     assert (run / "reconstructions.png").is_file() and not (run / "bottleneck.png").exists()

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from src.pipeline.config import compose_config
 from src.pipeline.evaluation_run import evaluate_checkpoint
+from src.pipeline.run import Run
 from src.pipeline.training import train
 from tests.helpers import FAST, TINY_LINES
 
@@ -26,12 +27,12 @@ def test_resumed_training_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     loops and the random streams to reproduce the uninterrupted run exactly."""
     base = ["model=vae", *TINY_LINES, *FAST, "figures=false", "test=false"]
     whole = tmp_path / "whole"
-    expected = train(compose_config([*base, "trainer.max_epochs=4"], whole), whole)
+    expected = train(Run(compose_config([*base, "trainer.max_epochs=4"], whole), whole))
     half = tmp_path / "half"
-    train(compose_config([*base, "trainer.max_epochs=2"], half), half)
+    train(Run(compose_config([*base, "trainer.max_epochs=2"], half), half))
     resumed = tmp_path / "resumed"
     ckpt = half / "checkpoints" / "last.ckpt"
-    got = train(compose_config([*base, "trainer.max_epochs=4", f"ckpt_path={ckpt}"], resumed), resumed)
+    got = train(Run(compose_config([*base, "trainer.max_epochs=4", f"ckpt_path={ckpt}"], resumed), resumed))
     assert got["epochs"] == expected["epochs"] == 4 and got["steps"] == expected["steps"] == 16
     for key in ("train/loss", "val/loss", "train/kl"):
         assert got[key] == expected[key], key
@@ -44,15 +45,15 @@ def test_resumed_training_equals_an_uninterrupted_run(tmp_path: Path) -> None:
 def test_missing_resume_checkpoint_names_the_fix(make_config, tmp_path: Path) -> None:
     cfg = make_config("data=lines2x2", *FAST, f"ckpt_path={tmp_path / 'nope.ckpt'}")
     with pytest.raises(FileNotFoundError, match="does not exist.*ckpt_path=null"):
-        train(cfg, tmp_path / "run")
+        train(Run(cfg, tmp_path / "run"))
 
 
 def test_eval_reruns_the_test_of_a_saved_model(make_config, tmp_path: Path) -> None:
     trained = tmp_path / "trained"
-    original = train(make_config("data=lines2x2", *FAST, "trainer.max_epochs=3"), trained)
+    original = train(Run(make_config("data=lines2x2", *FAST, "trainer.max_epochs=3"), trained))
     again = tmp_path / "again"
     ckpt = trained / "checkpoints" / "last.ckpt"
-    metrics = evaluate_checkpoint(OmegaConf.create({"ckpt_path": str(ckpt), "figures": True}), again)
+    metrics = evaluate_checkpoint(Run(OmegaConf.create({"ckpt_path": str(ckpt), "figures": True}), again))
     assert json.loads((again / "metrics.json").read_text()) == metrics
     test_keys = {key for key in original if key.startswith("test/")}
     assert test_keys and {key for key in metrics if key.startswith("test/")} == test_keys
@@ -67,7 +68,7 @@ def test_eval_reruns_the_test_of_a_saved_model(make_config, tmp_path: Path) -> N
 
 def test_eval_overrides_change_the_evaluation_not_the_model(make_config, tmp_path: Path) -> None:
     trained = tmp_path / "trained"
-    original = train(make_config(*TINY_LINES, *FAST, "figures=false"), trained)
+    original = train(Run(make_config(*TINY_LINES, *FAST, "figures=false"), trained))
     assert original["ood/score"] == "recon_mse"
     again = tmp_path / "again"
     eval_cfg = {
@@ -75,7 +76,7 @@ def test_eval_overrides_change_the_evaluation_not_the_model(make_config, tmp_pat
         "figures": False,
         "overrides": {"ood": {"score": "recon_bce"}},
     }
-    metrics = evaluate_checkpoint(OmegaConf.create(eval_cfg), again)
+    metrics = evaluate_checkpoint(Run(OmegaConf.create(eval_cfg), again))
     assert metrics["ood/score"] == OmegaConf.load(again / "config.yaml").ood.score == "recon_bce"
     assert metrics["test/recon_mse"] == pytest.approx(original["test/recon_mse"], rel=1e-6)
 
@@ -85,10 +86,12 @@ def test_eval_without_the_runs_config_names_the_fix(tmp_path: Path) -> None:
     stray.parent.mkdir(parents=True)
     stray.write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="config.yaml not found.*copy that run's config.yaml"):
-        evaluate_checkpoint(OmegaConf.create({"ckpt_path": str(stray), "figures": False}), tmp_path / "eval")
+        evaluate_checkpoint(
+            Run(OmegaConf.create({"ckpt_path": str(stray), "figures": False}), tmp_path / "eval")
+        )
     with pytest.raises(FileNotFoundError, match="does not exist"):
         evaluate_checkpoint(
-            OmegaConf.create({"ckpt_path": str(tmp_path / "no.ckpt"), "figures": False}), tmp_path / "e"
+            Run(OmegaConf.create({"ckpt_path": str(tmp_path / "no.ckpt"), "figures": False}), tmp_path / "e")
         )
 
 
@@ -113,7 +116,7 @@ def test_bf16_mixed_precision_and_compile_train_on_cpu(
         "trainer.check_val_every_n_epoch=1",
         "compile=true",
     )
-    metrics = train(cfg, tmp_path / "run")
+    metrics = train(Run(cfg, tmp_path / "run"))
     assert len(compiled) == 1
     assert metrics["steps"] == 2 and torch.isfinite(torch.tensor(metrics["val/loss"]))
     # Checkpoints keep the plain parameter names, loadable without compiling.
@@ -123,7 +126,7 @@ def test_bf16_mixed_precision_and_compile_train_on_cpu(
 def test_training_throughput_is_recorded_per_epoch(make_config, tmp_path: Path) -> None:
     """train/images_per_s per epoch in history.csv, their median after the warm-up epoch in metrics."""
     cfg = make_config(*TINY_LINES, *FAST, "figures=false", "test=false", "trainer.max_epochs=3")
-    metrics = train(cfg, tmp_path / "run")
+    metrics = train(Run(cfg, tmp_path / "run"))
     with (tmp_path / "run" / "history.csv").open() as handle:
         rates = [float(row["train/images_per_s"]) for row in csv.DictReader(handle)]
     assert len(rates) == 3 and all(rate > 0 for rate in rates)
@@ -139,7 +142,7 @@ def test_training_terms_logged_lean_match_their_steps(make_config, tmp_path: Pat
         "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
     )  # fmt: skip
     run_dir = tmp_path / "run"
-    train(cfg, run_dir)
+    train(Run(cfg, run_dir))
     with next(run_dir.glob("**/metrics.csv")).open() as handle:
         steps = [row for row in csv.DictReader(handle) if row.get("train/loss_step")]
     with (run_dir / "history.csv").open() as handle:
@@ -154,7 +157,7 @@ def test_training_terms_logged_lean_match_their_steps(make_config, tmp_path: Pat
         assert losses != [losses[0]] * 5
 
     cfg.trainer.log_every_n_steps = 3
-    train(cfg, tmp_path / "sparse")
+    train(Run(cfg, tmp_path / "sparse"))
     with next((tmp_path / "sparse").glob("**/metrics.csv")).open() as handle:
         logged = [int(row["step"]) for row in csv.DictReader(handle) if row.get("train/loss_step")]
     assert logged == [2, 5, 8]

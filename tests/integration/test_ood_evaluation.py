@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from src.evaluation import detection
+from src.pipeline.run import Run
 from src.pipeline.training import train
 from tests.helpers import FAST
 
@@ -18,7 +19,7 @@ TINY_LINES = ["data.n_train=64", "data.n_val=32", "data.n_test=32", "trainer.max
 
 def test_training_run_evaluates_ood_and_writes_its_files(make_config, tmp_path: Path) -> None:
     cfg = make_config("model=vae", *FAST, *TINY_LINES, "ood.score=neg_elbo")
-    metrics = train(cfg, tmp_path / "run")
+    metrics = train(Run(cfg, tmp_path / "run"))
     run = tmp_path / "run"
     for name in ("blob", "scratch", "crossing", "circle", "noise"):
         for key in ("auroc", "aupr", "fpr95", "precision_in", "recall_in", "f1_in", "precision_ood"):
@@ -40,11 +41,11 @@ def test_training_run_evaluates_ood_and_writes_its_files(make_config, tmp_path: 
 
 def test_best_f1_is_named_an_upper_bound_and_ood_can_be_switched_off(make_config, tmp_path: Path) -> None:
     cfg = make_config(*FAST, *TINY_LINES, "ood.threshold.method=best_f1", "ood.plots=false")
-    metrics = train(cfg, tmp_path / "run")
+    metrics = train(Run(cfg, tmp_path / "run"))
     assert "ood/threshold" not in metrics and "ood/blob/threshold_best_f1_upper_bound" in metrics
     assert "upper bound" in (tmp_path / "run" / "ood.md").read_text()
     cfg = make_config(*FAST, *TINY_LINES, "ood.enabled=false")
-    assert not any(key.startswith("ood/") for key in train(cfg, tmp_path / "off"))
+    assert not any(key.startswith("ood/") for key in train(Run(cfg, tmp_path / "off")))
     with pytest.raises(ValueError, match="ood.score='kl' is not a score of this model"):
-        train(make_config(*FAST, *TINY_LINES, "ood.score=kl"), tmp_path / "bad")
+        train(Run(make_config(*FAST, *TINY_LINES, "ood.score=kl"), tmp_path / "bad"))
     assert not (tmp_path / "bad" / "checkpoints").exists()  # refused before training

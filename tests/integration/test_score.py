@@ -16,6 +16,7 @@ from PIL import Image
 from src.data import ood_sets
 from src.evaluation import scoring
 from src.pipeline.config import compose_config
+from src.pipeline.run import Run
 from src.pipeline.scoring_run import ScoreInputError, command, load_images, load_run, score_file
 from src.pipeline.training import train
 from tests.helpers import FAST, PROJECT_ROOT
@@ -28,7 +29,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("score") / "run"
     overrides = ["model=vae", *FAST, "data.n_train=64", "data.n_val=32", "data.n_test=32", "ood.plots=false"]
     overrides += ["ood.neighbours.k=3", "ood.neighbours.reference_images=40"]
-    train(compose_config([*overrides, "ood.score=neg_elbo"], folder), folder)
+    train(Run(compose_config([*overrides, "ood.score=neg_elbo"], folder), folder))
     return folder
 
 
@@ -152,7 +153,7 @@ def test_the_iw_bound_uses_the_runs_k(tmp_path: Path) -> None:
     applies): the same values as the run's evaluation with that K."""
     folder = tmp_path / "run"
     overrides = ["model=vae", *FAST, "data.n_train=32", "data.n_val=16", "data.n_test=16", "ood.plots=false"]
-    train(compose_config([*overrides, "ood.score=neg_elbo_iw", "ood.samples=3"], folder), folder)
+    train(Run(compose_config([*overrides, "ood.score=neg_elbo_iw", "ood.samples=3"], folder), folder))
     images = _lines(4)
     np.save(tmp_path / "x.npy", images)
     score_file(folder / "checkpoints" / "last.ckpt", tmp_path / "x.npy", tmp_path / "out.csv")

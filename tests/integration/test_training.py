@@ -45,9 +45,9 @@ def test_every_model_net_and_dataset_trains(
     cfg = make_config(*overrides)
     if net == "conv" and data == "lines2x2":
         with pytest.raises(ValueError, match="divisible by 4; this dataset's images are 2x2"):
-            train(cfg, tmp_path / "run")
+            train(Run(cfg, tmp_path / "run"))
         return
-    metrics = train(cfg, tmp_path / "run")
+    metrics = train(Run(cfg, tmp_path / "run"))
     expected = TEST_KEYS | {"ca": set(), "vae": VAE_KEYS, "vaegan": VAEGAN_KEYS}[model]
     assert expected <= metrics.keys()
     assert all(torch.isfinite(torch.tensor(metrics[key])) for key in expected)
@@ -88,7 +88,7 @@ def test_seed_fixes_the_initial_weights_and_zero_is_a_seed(make_config, tmp_path
 def test_checkpoint_reloads_with_plain_hparams(make_config, tmp_path: Path) -> None:
 
     cfg = make_config("model=vae", *FAST, *SMALL_DATA["lines"])
-    train(cfg, tmp_path / "run")
+    train(Run(cfg, tmp_path / "run"))
     model = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt")[0]
     assert model.hparams.net == {
         "_target_": "src.models.nets.DenseNet",
@@ -107,7 +107,7 @@ def test_callbacks_from_config_really_run(make_config, tmp_path: Path) -> None:
         "+callbacks.lr_monitor._target_=pytorch_lightning.callbacks.LearningRateMonitor",
         "+callbacks.lr_monitor.logging_interval=step",
     )  # fmt: skip
-    train(cfg, tmp_path / "run")
+    train(Run(cfg, tmp_path / "run"))
     assert probe.read_text().split() == ["0", "1", "2"]
     with (tmp_path / "run" / "csv" / "metrics.csv").open() as handle:
         rates = [float(row["lr-Adam"]) for row in csv.DictReader(handle) if row.get("lr-Adam")]
@@ -115,13 +115,15 @@ def test_callbacks_from_config_really_run(make_config, tmp_path: Path) -> None:
 
 
 def test_dropping_a_default_callback_drops_its_file(make_config, tmp_path: Path) -> None:
-    train(make_config(*FAST, *SMALL_DATA["lines"], "figures=false", "~callbacks.history"), tmp_path / "run")
+    train(
+        Run(make_config(*FAST, *SMALL_DATA["lines"], "figures=false", "~callbacks.history"), tmp_path / "run")
+    )
     assert not (tmp_path / "run" / "history.csv").exists()
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_debug_fast_runs_the_whole_pipeline_on_one_batch(make_config, tmp_path: Path) -> None:
-    metrics = train(make_config("model=vae", "debug=fast", *FAST[1:], "figures=false"), tmp_path / "run")
+    metrics = train(Run(make_config("model=vae", "debug=fast", *FAST[1:], "figures=false"), tmp_path / "run"))
     assert metrics["steps"] == 1 and "test/neg_elbo" in metrics and "ood/noise/auroc" in metrics
 
 

@@ -16,6 +16,7 @@ from src.models.vaegan import (
     VAEGAN,
 )
 from src.pipeline.checkpoints import load_model
+from src.pipeline.run import Run
 from src.pipeline.training import train
 from tests.helpers import FAST
 
@@ -111,7 +112,7 @@ def test_nan_stops_naming_the_term_and_keeps_the_last_good_checkpoint(tmp_path: 
 
 def test_training_logs_every_term_per_step_and_the_ood_score(make_config, tmp_path: Path) -> None:
     cfg = make_config("model=vaegan", *FAST[:-1], "logger=csv", *LINES)
-    metrics = train(cfg, tmp_path / "run")
+    metrics = train(Run(cfg, tmp_path / "run"))
     with (tmp_path / "run" / "csv" / "metrics.csv").open() as handle:
         columns = set(next(csv.reader(handle)))
     for term in ("kl", "feature_error", "pixel", "gan_decoder", "disc_loss", "loss"):

@@ -283,18 +283,17 @@ def test_a_capped_set_is_spread_over_the_whole_set() -> None:
 
 
 def test_a_shifted_test_image_keeps_its_source_class(tiny_mnist) -> None:
-    from src.data.ood_sets import ood_set_classes, ood_set_indices, ood_sets
+    from src.data.ood_sets import ood_sets
 
     root, _, _ = tiny_mnist
     dm = TorchvisionDataModule(root=str(root), download=False, n_val=2, batch_size=4)
     dm.setup()
-    flipped = ood_sets(["hflip"], dm, 3)["hflip"]
-    classes = ood_set_classes(["hflip", "latin"], dm, 3)
-    assert list(classes) == ["hflip"]  # glyphs have no classes of the training set
-    labels, names = classes["hflip"]
+    sets = ood_sets(["hflip", "latin"], dm, 3)
+    assert sets["latin"].classes is None  # glyphs have no classes of the training set
+    labels, names = sets["hflip"].classes
     assert labels.tolist() == [0, 2, 4] and names[4] == "4 - four"
-    for image, label in zip(flipped, labels, strict=True):
+    for image, label in zip(sets["hflip"].images, labels, strict=True):
         assert torch.equal(image.flip(-1), dm.images("test")[label])  # test image i has label i
     # scores.csv's index of each image: its source test image for a shift, its draw for glyphs.
-    indices = ood_set_indices(["hflip", "latin"], dm, 3)
+    indices = {name: ood_set.indices for name, ood_set in sets.items()}
     assert indices["hflip"].tolist() == [0, 2, 4] and indices["latin"].tolist() == [0, 1, 2]

@@ -142,7 +142,8 @@ def test_posterior_statistics_and_collapse() -> None:
         model.mu.weight[0, 0] = 1.0  # only the first latent dimension depends on the input
         model.logvar.bias.fill_(2 * math.log(0.01))  # sigma = 0.01, as report 000 observed
     images = torch.rand(200, 1, 2, 2, generator=torch.Generator().manual_seed(0)) * 4
-    stats = model.latent_statistics(images)
+    with torch.no_grad():
+        stats = {name: value.item() for name, value in model.latent_statistics(images).items()}
     assert stats["active_dims"] == 1
     assert stats["sigma_mean"] == pytest.approx(0.01) and stats["sigma_max"] == pytest.approx(0.01)
     with torch.no_grad():

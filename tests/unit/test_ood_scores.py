@@ -83,7 +83,7 @@ def test_dose_is_the_negative_log_density_of_the_validation_statistics() -> None
 
 
 def test_the_likelihood_ratio_against_the_model_itself_is_zero() -> None:
-    from src.evaluation.ood import likelihood_ratio
+    from src.evaluation.scorer import likelihood_ratio
 
     model = VariationalAutoencoder(NET, [1, 2, 2], latent_dim=1).eval()
     scores = score_images(model, IMAGES)
@@ -118,20 +118,23 @@ def test_the_ood_evaluation_adds_the_ratio_dose_regret_and_neighbours_for_every_
     scored for every set and saved; the ratio can decide; a training image is its own neighbour."""
     from src.data.lines import Lines2x2DataModule
     from src.evaluation.ood import evaluate
+    from src.evaluation.scorer import OODSettings
     from src.reporting.tables import read_scores_csv
 
     torch.manual_seed(0)
     model = VariationalAutoencoder(NET, [1, 2, 2], latent_dim=1).eval()
     datamodule = Lines2x2DataModule()
     datamodule.setup()
-    settings = {
-        "sets": ["hflip", "invert"],
-        "score": "likelihood_ratio",
-        "threshold": {"method": "percentile", "percentile": 99.0},
-        "background": "itself",
-        "regret_steps": 5,
-        "neighbours": {"k": 1, "reference_images": None},
-    }
+    settings = OODSettings.of(
+        {
+            "sets": ["hflip", "invert"],
+            "score": "likelihood_ratio",
+            "threshold": {"method": "percentile", "percentile": 99.0},
+            "background": "itself",
+            "regret_steps": 5,
+            "neighbours": {"k": 1, "reference_images": None},
+        }
+    )
     result = evaluate(settings, model, datamodule, tmp_path, figures=False, background=model)
     scores = read_scores_csv(tmp_path / "scores.csv")
     for name in ("val", "test", "hflip", "invert"):

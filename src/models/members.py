@@ -1,0 +1,117 @@
+"""Many members of one architecture (one model per seed) as stacked weights, and any of the
+model's own methods run for all of them at once with `torch.func.vmap` over `functional_call`.
+
+Training (src/pipeline/batched.py) vmaps the training loss with the weights it optimises; after
+training, the test stage and the evaluations call the same model methods (`evaluation_metrics`,
+`reconstruct`, `layer_activations`, ...) on the members' final (or initial) weights through `call`:
+one pass over the images for every member, on the device, instead of one model after another."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from src.models.base import ReconstructionModel
+
+
+class _Method(nn.Module):
+    """Runs `method(model, *args)`, so that functional_call can fill in a member's weights."""
+
+    def __init__(self, model: ReconstructionModel) -> None:
+        super().__init__()
+        self.model = model
+        self.method: Callable[..., Any] | None = None
+
+    def forward(self, *args: Any) -> Any:
+        return self.method(self.model, *args)
+
+
+class MemberModels:
+    """`count` members of `template`'s architecture: their parameters and buffers stacked along a
+    leading dimension, by the template's state-dict names. The template only gives the structure
+    (it lives on the meta device and holds no weights)."""
+
+    def __init__(
+        self,
+        template: ReconstructionModel,
+        parameters: dict[str, torch.Tensor],
+        buffers: dict[str, torch.Tensor],
+    ) -> None:
+        self.template = template
+        self.parameters, self.buffers = parameters, buffers
+        self.count = len(next(iter(parameters.values())))
+        self._wrapper = _Method(template)
+
+    @classmethod
+    def stack(cls, models: Sequence[ReconstructionModel]) -> MemberModels:
+        """The members `models` (one architecture), their weights copied into stacked tensors."""
+        parameters, buffers = stack_module_state(list(models))
+        template = copy.deepcopy(models[0]).to("meta")
+        return cls(
+            template,
+            {name: value.detach() for name, value in parameters.items()},
+            {name: value.detach() for name, value in buffers.items()},
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.parameters.values())).device
+
+    @property
+    def hparams(self) -> Any:
+        return self.template.hparams
+
+    def to(self, device: torch.device | str) -> MemberModels:
+        return MemberModels(
+            self.template,
+            {name: value.to(device) for name, value in self.parameters.items()},
+            {name: value.to(device) for name, value in self.buffers.items()},
+        )
+
+    def select(self, indices: Sequence[int]) -> MemberModels:
+        """The members `indices`, in that order."""
+        if list(indices) == list(range(self.count)):
+            return self
+        chosen = torch.as_tensor(list(indices), dtype=torch.long, device=self.device)
+        return MemberModels(
+            self.template,
+            {name: value[chosen] for name, value in self.parameters.items()},
+            {name: value[chosen] for name, value in self.buffers.items()},
+        )
+
+    def vmapped(self, method: Callable[..., Any], batched: Sequence[bool]) -> Callable[..., Any]:
+        """A pure function (parameters, buffers, *args) -> `method(model, *args)` for every member,
+        stacked; `batched[i]` says whether args[i] has a leading member dimension (else all
+        members get the same value). The model's own randomness is refused: pass noise in."""
+        wrapper = self._wrapper
+
+        def member(parameters: dict, buffers: dict, *args: Any) -> Any:
+            wrapper.method = method
+            prefixed = {f"model.{name}": value for name, value in {**parameters, **buffers}.items()}
+            return functional_call(wrapper, prefixed, args)
+
+        def members(parameters: dict, buffers: dict, *args: Any) -> Any:
+            in_dims = (0, 0, *(0 if each else None for each in batched))
+            return vmap(member, in_dims=in_dims, randomness="error")(parameters, buffers, *args)
+
+        return members
+
+    @torch.no_grad()
+    def call(self, method: Callable[..., Any], *args: Any, batched: Sequence[bool] | None = None) -> Any:
+        """`method(model, *args)` for every member at once, in evaluation mode, with these weights;
+        args shared by all members unless `batched` says otherwise."""
+        self.template.eval()
+        flags = batched if batched is not None else [False] * len(args)
+        return self.vmapped(method, flags)(self.parameters, self.buffers, *args)
+
+    def state_dict(self, index: int) -> dict[str, torch.Tensor]:
+        """Member `index`'s weights as its own model's state dict (on the CPU), each tensor its own
+        copy (a view would carry, and torch.save would write, every member's storage)."""
+        return {
+            name: value[index].clone().cpu() for name, value in {**self.parameters, **self.buffers}.items()
+        }
