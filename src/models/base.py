@@ -1,5 +1,6 @@
-"""The Lightning base of every autoencoder here: the net, decoding, the evaluation pass and its
-per-image scores, the optimiser and the logging. Each model adds its bottleneck and its loss."""
+"""The base of every autoencoder here, a plain `nn.Module`: the net, decoding, the evaluation pass
+and its per-image scores. Each model (ca.py, vae.py, vaegan.py) adds its bottleneck and its loss;
+src/models/lightning_module.py trains any of them."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from torchmetrics.functional.regression import cosine_similarity
 
 from src.errors import ConfigValueError
 from src.models.losses import RECONSTRUCTIONS, REDUCTIONS, gray_fraction, reconstruction_error
-from src.models.training_log import TrainingTermsLog
 
 OUTPUT_ACTIVATIONS = ("sigmoid", "heaviside")
 FINAL_ACTIVATIONS = ("sigmoid", "leaky_relu")
@@ -38,6 +38,17 @@ def plain(config: Mapping | DictConfig) -> dict:
     return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else dict(config)
 
 
+class Settings(dict):
+    """A model's constructor arguments (`model.hparams`), read as attributes: what its checkpoints
+    record beside the weights."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
 @dataclass
 class EvaluationPass:
     """One deterministic pass of images through a model: everything its scores, figures and
@@ -53,10 +64,11 @@ class EvaluationPass:
         return None if self.logvar is None else (0.5 * self.logvar).exp()
 
 
-class ReconstructionModel(TrainingTermsLog):
+class ReconstructionModel(nn.Module):
     """Base of every autoencoder. Subclasses define the bottleneck (`code_layer`, `encode_pass`)
     and `training_loss`; `scores` gives every per-image number, which become the test metrics
-    (means) and the anomaly scores (those named in `anomaly_scores`)."""
+    (means) and the anomaly scores (those named in `anomaly_scores`). `optimizer` is the training
+    recipe the model is trained with (src/models/lightning_module.py), kept with its settings."""
 
     # Scores in which higher means more anomalous: the candidates for OOD detection.
     anomaly_scores: ClassVar[tuple[str, ...]] = ("recon_mse", "recon_bce")
@@ -110,8 +122,21 @@ class ReconstructionModel(TrainingTermsLog):
                 )
         if latent_dim < 1:
             raise ConfigValueError(f"model.latent_dim must be at least 1, got {latent_dim}")
-        # The run's config, which holds these, is what the loggers are given (src/pipeline/loggers.py).
-        self.save_hyperparameters(logger=False)
+        self.hparams = Settings(
+            net=net,
+            image_shape=image_shape,
+            latent_dim=latent_dim,
+            reconstruction=reconstruction,
+            reduction=reduction,
+            output_activation=output_activation,
+            init=init,
+            optimizer=optimizer,
+            final_activation=final_activation,
+            final_negative_slope=final_negative_slope,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            standardize_inputs=standardize_inputs,
+        )
         self.image_shape = tuple(image_shape)
         self.net = instantiate(net, image_shape=image_shape, latent_dim=latent_dim)
         if reconstruction == "discretized_logistic":
@@ -128,17 +153,34 @@ class ReconstructionModel(TrainingTermsLog):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
     # --- the model -------------------------------------------------------------------------------
     def code_layer(self) -> nn.Module:
         """The layer on the encoder features that gives the deterministic bottleneck value."""
         raise NotImplementedError
 
     def training_loss(
-        self, images: torch.Tensor, noise: torch.Tensor | None = None
+        self, images: torch.Tensor, noise: torch.Tensor | None = None, step: int | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The objective minimised in training, and its named terms (batch means). A model that
-        samples takes its standard normal `noise` (shape `noise_shape`) as given, or draws it."""
+        samples takes its standard normal `noise` (shape `noise_shape`) as given, or draws it;
+        `step` is the training step (None outside training), for a loss whose weights follow a
+        schedule."""
         raise NotImplementedError
+
+    # --- how it is trained (src/models/lightning_module.py) --------------------------------------
+    def parts(self) -> dict[str, list[nn.Parameter]]:
+        """The parameters each optimiser updates: one part, every parameter, minimising
+        `training_loss`. A model of several parts (the VAE-GAN) trains each with its own optimiser
+        (`part_objectives`, `part_updates`)."""
+        return {"model": list(self.parameters())}
+
+    def optimizer_settings(self, part: str) -> dict[str, Any]:
+        """The optimiser of a part (a Hydra config: `_target_` and its arguments)."""
+        return dict(self.hparams.optimizer)
 
     def noise_shape(self, batch_size: int) -> tuple[int, ...] | None:
         """The shape of the noise `training_loss` draws for a batch (None: it draws none). Members
@@ -296,40 +338,3 @@ class ReconstructionModel(TrainingTermsLog):
         loss, terms = self.training_loss(images, noise)
         scores = {name: value.mean() for name, value in self.scores(images).items()}
         return {"loss": loss, **terms, **scores}
-
-    # --- Lightning -------------------------------------------------------------------------------
-    def _log_evaluation(self, stage: str, images: torch.Tensor) -> None:
-        """Validation and test terms through Lightning's epoch means."""
-        for name, value in self.evaluation_metrics(images).items():
-            self.log(
-                f"{stage}/{name}",
-                value,
-                on_epoch=True,
-                batch_size=len(images),
-                prog_bar=name == "loss",
-                sync_dist=True,
-            )
-
-    def check_finite(self, loss: torch.Tensor, terms: Mapping[str, Any], batch_idx: int) -> None:
-        if self.should_check_loss(batch_idx) and not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"The training loss of {type(self).__name__} became {loss.item()} at step {self.global_step} "
-                f"(terms: { {k: float(v) for k, v in terms.items()} }). Lower model.optimizer.lr, or use "
-                "model.reconstruction=bce; the checkpoints already in the run folder are kept."
-            )
-
-    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        images = batch[0]
-        loss, terms = self.training_loss(images)
-        self.check_finite(loss, terms, batch_idx)
-        self.log_training_terms({"loss": loss, **terms}, len(images), batch_idx)
-        return loss
-
-    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        self._log_evaluation("val", batch[0])
-
-    def test_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        self._log_evaluation("test", batch[0])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return instantiate(self.hparams.optimizer, params=self.parameters())

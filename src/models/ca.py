@@ -22,7 +22,7 @@ class ClassicalAutoencoder(ReconstructionModel):
         return self.bottleneck
 
     def training_loss(
-        self, images: torch.Tensor, noise: torch.Tensor | None = None
+        self, images: torch.Tensor, noise: torch.Tensor | None = None, step: int | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self.decode(self.code(images))
         recon = self.reconstruction_error(logits, images).mean()

@@ -8,7 +8,6 @@ one pass over the images for every member, on the device, instead of one model a
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,8 +32,8 @@ class _Method(nn.Module):
 
 class MemberModels:
     """`count` members of `template`'s architecture: their parameters and buffers stacked along a
-    leading dimension, by the template's state-dict names. The template only gives the structure
-    (it lives on the meta device and holds no weights)."""
+    leading dimension, by the template's state-dict names. The template (a plain model) only gives
+    the structure: its own weights are never read."""
 
     def __init__(
         self,
@@ -49,11 +48,11 @@ class MemberModels:
 
     @classmethod
     def stack(cls, models: Sequence[ReconstructionModel]) -> MemberModels:
-        """The members `models` (one architecture), their weights copied into stacked tensors."""
+        """The members `models` (one architecture), their weights copied into stacked tensors; the
+        first model is the template (functional_call replaces every weight it holds)."""
         parameters, buffers = stack_module_state(list(models))
-        template = copy.deepcopy(models[0]).to("meta")
         return cls(
-            template,
+            models[0],
             {name: value.detach() for name, value in parameters.items()},
             {name: value.detach() for name, value in buffers.items()},
         )

@@ -45,6 +45,7 @@ class VariationalAutoencoder(ReconstructionModel):
         if kl_warmup_steps < 0:
             raise ConfigValueError(f"model.kl_warmup_steps must be non-negative, got {kl_warmup_steps}")
         super().__init__(net, image_shape, latent_dim, **kwargs)
+        self.hparams.update(beta=beta, kl_warmup_steps=kl_warmup_steps)
         if not self.has_pixel_likelihood:
             self.anomaly_scores = tuple(
                 name for name in self.anomaly_scores if name not in self.likelihood_scores
@@ -68,20 +69,21 @@ class VariationalAutoencoder(ReconstructionModel):
         return (batch_size, self.hparams.latent_dim)
 
     def training_loss(
-        self, images: torch.Tensor, noise: torch.Tensor | None = None
+        self, images: torch.Tensor, noise: torch.Tensor | None = None, step: int | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mu, logvar = self.encode(images)
         logits = self.decode(reparameterise(mu, logvar, noise))
         recon = self.reconstruction_error(logits, images).mean()
         kl = gaussian_kl(mu, logvar).mean()
-        return recon + self.kl_weight() * kl, {"recon": recon, "kl": kl}
+        return recon + self.kl_weight(step) * kl, {"recon": recon, "kl": kl}
 
-    def kl_weight(self) -> float:
-        """beta, or during the warm-up's training steps beta * step / kl_warmup_steps."""
+    def kl_weight(self, step: int | None = None) -> float:
+        """beta, or during the warm-up's training steps (`step` given, in training mode) beta * step
+        / kl_warmup_steps."""
         warmup = self.hparams.kl_warmup_steps
-        if not (warmup and self.training and self._trainer is not None):
+        if not (warmup and self.training and step is not None):
             return self.hparams.beta
-        return self.hparams.beta * min(1.0, self.global_step / warmup)
+        return self.hparams.beta * min(1.0, step / warmup)
 
     def extra_scores(
         self, images: torch.Tensor, evaluated: EvaluationPass, samples: int

@@ -2,7 +2,8 @@
 a VAE whose decoder is also a GAN generator, with the reconstruction error measured in the feature
 space of the GAN's discriminator (Dis_l) instead of (or beside) pixel space.
 
-Three parts, three optimisers (Lightning manual optimisation), one forward pass per batch:
+Three parts, three optimisers (src/models/lightning_module.py trains a model of several parts with
+Lightning's manual optimisation), one forward pass per batch:
 - encoder:       KL + feature error (+ pixel term)
 - decoder:       gamma * (feature error (+ pixel term)) + GAN loss on reconstructions and prior samples
 - discriminator: GAN loss (real vs reconstructed and sampled)
@@ -12,7 +13,6 @@ GAN gradient and the discriminator is not trained to make reconstructions look a
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -111,7 +111,7 @@ class VAEGAN(VariationalAutoencoder):
         max_loss: float = 1.0e6,
         **kwargs: Any,
     ) -> None:
-        # Plain values before save_hyperparameters (in the base) records them.
+        # Plain values: the checkpoints record them.
         discriminator_net = plain(discriminator_net) if discriminator_net else None
         optimizers = {part: plain(value or {}) for part, value in (optimizers or {}).items()}
         if unknown := set(optimizers) - set(PARTS):
@@ -131,12 +131,22 @@ class VAEGAN(VariationalAutoencoder):
                 "set model.kl_warmup_steps=0"
             )
         super().__init__(net, image_shape, latent_dim, beta, **kwargs)
-        self.automatic_optimization = False
+        self.hparams.update(
+            discriminator_net=discriminator_net,
+            feature_layer=feature_layer,
+            gamma=gamma,
+            feature_weight=feature_weight,
+            pixel_weight=pixel_weight,
+            optimizers=optimizers,
+            equilibrium=equilibrium,
+            margin=margin,
+            max_loss=max_loss,
+        )
         self.discriminator = Discriminator(discriminator_net or self.hparams.net, image_shape, feature_layer)
         self._init_weights()  # again, now that the discriminator exists (the same seed, the same weights)
 
     def parts(self) -> dict[str, list[nn.Parameter]]:
-        """The parameters each optimiser updates."""
+        """The parameters each optimiser updates (three parts, three optimisers)."""
         encoder = [*self.net.encoder.parameters(), *self.mu.parameters(), *self.logvar.parameters()]
         return {
             "encoder": encoder,
@@ -182,64 +192,42 @@ class VAEGAN(VariationalAutoencoder):
         }
 
     def training_loss(
-        self, images: torch.Tensor, noise: torch.Tensor | None = None
+        self, images: torch.Tensor, noise: torch.Tensor | None = None, step: int | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Validation and test: the encoder objective, with every other term beside it. It draws its
-        own noise (it is never trained batched, so `noise_shape` stays None)."""
+        """The encoder objective, with every other term beside it (`adversarial_terms`). It draws
+        its own noise (it is never trained batched, so `noise_shape` stays None)."""
         terms = self.adversarial_terms(images)
         return terms.pop("loss"), terms
 
-    # --- training --------------------------------------------------------------------------------
-    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        images = batch[0]
-        terms = self.adversarial_terms(images)
-        losses = {k: v for k, v in terms.items() if not k.startswith("disc_acc")}
-        if bad := diverged_terms(losses, self.hparams.max_loss):
-            self._stop(f"loss terms {bad} (NaN, infinite or above model.max_loss={self.hparams.max_loss:g})")
+    # --- training (src/models/lightning_module.py) ----------------------------------------------
+    def part_objectives(self, terms: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each part's loss, in the order they are back-propagated (each into its own part only:
+        the GAN term never reaches the encoder)."""
+        return {
+            "discriminator": terms["disc_loss"],
+            "decoder": terms["decoder_loss"],
+            "encoder": terms["loss"],
+        }
+
+    def part_updates(self, terms: Mapping[str, torch.Tensor]) -> dict[str, bool]:
+        """Which parts step after this batch: the encoder always, the decoder and the discriminator
+        by the equilibrium rule (`equilibrium_updates`)."""
         hparams = self.hparams
         train_discriminator, train_decoder = equilibrium_updates(
             terms["disc_real"].item(), terms["disc_fake"].item(), hparams.equilibrium, hparams.margin
         )
-        optimizers = dict(zip(PARTS, self.optimizers(), strict=True))
-        parts = self.parts()
-        for optimizer in optimizers.values():
-            optimizer.zero_grad()
-        # `inputs` routes each loss into its own part only: the GAN term never reaches the encoder.
-        objectives = {"discriminator": "disc_loss", "decoder": "decoder_loss", "encoder": "loss"}
-        for index, (part, name) in enumerate(objectives.items()):
-            self.manual_backward(terms[name], inputs=parts[part], retain_graph=index < len(objectives) - 1)
-        for part, params in parts.items():
-            if any(p.grad is not None and not torch.isfinite(p.grad).all() for p in params):
-                self._stop(f"the {part}'s gradient (NaN or infinite)")
-        # All gradients come from the same weights: step only after every backward pass.
-        optimizers["encoder"].step()
-        if train_decoder:
-            optimizers["decoder"].step()
-        if train_discriminator:
-            optimizers["discriminator"].step()
-        updates = {"decoder_updated": float(train_decoder), "disc_updated": float(train_discriminator)}
-        self.log_training_terms({**terms, **updates}, len(images), batch_idx)
+        return {"encoder": True, "decoder": train_decoder, "discriminator": train_discriminator}
 
-    def _stop(self, what: str) -> None:
-        """Save the current (last good: every step so far was finite) weights and stop the run."""
-        callback = self.trainer.checkpoint_callback
-        folder = Path(callback.dirpath if callback and callback.dirpath else self.trainer.default_root_dir)
-        path = folder / "last_good.ckpt"
-        self.trainer.save_checkpoint(path)
-        raise FloatingPointError(
-            f"The VAE-GAN diverged at step {self.global_step} (epoch {self.current_epoch}): {what}. "
-            f"Training stopped before applying this step; the last good weights are in {path} (earlier "
-            "checkpoints there are kept). Try a lower model.optimizer.lr, model.equilibrium=0.68, or a "
-            "smaller model.gamma."
-        )
+    def divergence(self, terms: Mapping[str, torch.Tensor]) -> str | None:
+        """What diverged among the loss terms (NaN, infinite or above model.max_loss), or None."""
+        losses = {name: value for name, value in terms.items() if not name.startswith("disc_acc")}
+        if bad := diverged_terms(losses, self.hparams.max_loss):
+            return f"loss terms {bad} (NaN, infinite or above model.max_loss={self.hparams.max_loss:g})"
+        return None
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        """One optimiser per part: model.optimizer, updated by model.optimizers.<part>."""
-        parts, shared = self.parts(), self.hparams.optimizer
-        return [
-            instantiate({**shared, **self.hparams.optimizers.get(part, {})}, params=parts[part])
-            for part in PARTS
-        ]
+    def optimizer_settings(self, part: str) -> dict[str, Any]:
+        """model.optimizer, updated by model.optimizers.<part>."""
+        return {**self.hparams.optimizer, **self.hparams.optimizers.get(part, {})}
 
     # --- evaluation ------------------------------------------------------------------------------
     def extra_scores(

@@ -81,6 +81,15 @@ def check_belongs(ckpt_path: Path, checkpoint: dict[str, Any], model_cfg: DictCo
         )
 
 
+def model_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model's own state dict in a checkpoint: under `model.` (the Lightning module's, and the
+    batched members'), or unprefixed (written before the models were plain modules)."""
+    state = checkpoint["state_dict"]
+    if state and all(name.startswith("model.") for name in state):
+        return {name.removeprefix("model."): value for name, value in state.items()}
+    return state
+
+
 def load_model(ckpt_path: Path, cfg: DictConfig | None = None) -> tuple[ReconstructionModel, dict[str, Any]]:
     """The model of `cfg.model` (default: the config of the checkpoint's run) with the checkpoint's
     weights, in evaluation mode on the CPU, and the checkpoint itself."""
@@ -89,7 +98,7 @@ def load_model(ckpt_path: Path, cfg: DictConfig | None = None) -> tuple[Reconstr
     check_belongs(ckpt_path, checkpoint, cfg.model)
     model: ReconstructionModel = build(cfg.model)
     try:
-        model.load_state_dict(checkpoint["state_dict"])
+        model.load_state_dict(model_weights(checkpoint))
     except RuntimeError as error:
         missing_or_unexpected = str(error).split("\n\t")[1:3]
         raise CheckpointError(
@@ -113,7 +122,7 @@ def save_weights(
 
     path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = {
-        "state_dict": state_dict,
+        "state_dict": {f"model.{name}": value for name, value in state_dict.items()},  # as a single run's
         "hyper_parameters": hyper_parameters,
         "global_step": global_step,
         "epoch": epoch,

@@ -17,6 +17,7 @@ from pytorch_lightning.callbacks import Callback
 
 from src.errors import MissingFileError
 from src.models.base import ReconstructionModel
+from src.models.lightning_module import AutoencoderModule
 from src.pipeline.callbacks import History, LastCheckpoint, WhereInterrupted, epoch_metrics
 from src.pipeline.config import build, check_config, constructor_errors
 from src.pipeline.finishing import finish
@@ -76,8 +77,10 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
         default_root_dir=str(run_dir),
     )
     started = time.perf_counter()
+    module = AutoencoderModule(model)
     # Lightning trains the compiled module's original: checkpoints keep the plain parameter names.
-    trainer.fit(torch.compile(model) if cfg.compile else model, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(torch.compile(module) if cfg.compile else module, datamodule=datamodule, ckpt_path=ckpt_path)
+    model.to(trainer.strategy.root_device)  # finished where it trained
     history = next((callback for callback in configured if isinstance(callback, History)), None)
     rows = history.rows if history is not None else []
     # The first epoch pays for warm-up (allocations, caches, compilation): the median of the others.

@@ -42,6 +42,42 @@ def test_resumed_training_equals_an_uninterrupted_run(tmp_path: Path) -> None:
         assert torch.equal(resumed_weights[key], value), key
 
 
+def test_a_checkpoint_from_before_the_model_split_loads_and_resumes_to_the_same_result(
+    tmp_path: Path,
+) -> None:
+    """Checkpoints written while the models were LightningModules hold the weights unprefixed; the
+    one loader and a resume take them as they take today's (`model.` prefixed) ones."""
+    from src.pipeline.checkpoints import load_model
+
+    base = ["model=vae", *TINY_LINES, *FAST, "figures=false", "test=false"]
+    half = tmp_path / "half"
+    train(Run(compose_config([*base, "trainer.max_epochs=2"], half), half))
+    today = torch.load(half / "checkpoints" / "last.ckpt", weights_only=True)
+    assert all(name.startswith("model.") for name in today["state_dict"])
+    old = half / "checkpoints" / "old.ckpt"
+    torch.save(
+        {**today, "state_dict": {k.removeprefix("model."): v for k, v in today["state_dict"].items()}}, old
+    )
+    loaded, _ = load_model(old)
+    assert all(
+        torch.equal(value, today["state_dict"][f"model.{name}"])
+        for name, value in loaded.state_dict().items()
+    )
+    results = {}
+    for name in ("last", "old"):
+        folder = tmp_path / f"from_{name}"
+        ckpt = half / "checkpoints" / f"{name}.ckpt"
+        results[name] = train(
+            Run(compose_config([*base, "trainer.max_epochs=4", f"ckpt_path={ckpt}"], folder), folder)
+        )
+    assert results["old"]["steps"] == results["last"]["steps"] == 16
+    assert results["old"]["train/loss"] == results["last"]["train/loss"]
+    assert all(
+        torch.equal(v, _last_weights(tmp_path / "from_last")[k])
+        for k, v in _last_weights(tmp_path / "from_old").items()
+    )
+
+
 def test_missing_resume_checkpoint_names_the_fix(make_config, tmp_path: Path) -> None:
     cfg = make_config("data=lines2x2", *FAST, f"ckpt_path={tmp_path / 'nope.ckpt'}")
     with pytest.raises(FileNotFoundError, match="does not exist.*ckpt_path=null"):

@@ -12,6 +12,7 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
+from src.models.lightning_module import AutoencoderModule
 from src.models.vaegan import (
     VAEGAN,
 )
@@ -55,7 +56,7 @@ class _Grads(Callback):
         if self.grads is None:
             self.grads = {
                 part: [None if p.grad is None else p.grad.clone() for p in params]
-                for part, params in module.parts().items()
+                for part, params in module.model.parts().items()
             }
 
 
@@ -76,7 +77,7 @@ def test_each_loss_reaches_only_its_part_and_the_encoder_gets_no_gan_gradient(tm
 
     model.adversarial_terms = recording
     grads = _Grads()
-    _trainer(tmp_path, grads).fit(model, _loader())
+    _trainer(tmp_path, grads).fit(AutoencoderModule(model), _loader())
     # The GAN term would move the encoder if it were let through; the step keeps it out.
     assert any(g.abs().sum() > 0 for g in expected["gan_on_encoder"])
     for part in ("encoder", "decoder", "discriminator"):
@@ -88,9 +89,10 @@ def test_equilibrium_pauses_the_discriminator_in_training(tmp_path: Path) -> Non
     # margin 0 and an unreachable equilibrium: the discriminator is always "too far ahead".
     model = VAEGAN(DENSE, [1, 4, 4], latent_dim=2, equilibrium=100.0, margin=0.0)
     before = [p.clone() for p in model.parts()["discriminator"]]
-    _trainer(tmp_path).fit(model, _loader())
+    module = AutoencoderModule(model)
+    _trainer(tmp_path).fit(module, _loader())
     assert all(torch.equal(a, b) for a, b in zip(before, model.parts()["discriminator"], strict=True))
-    assert model.trainer.global_step == 2  # encoder and decoder stepped, the discriminator did not
+    assert module.trainer.global_step == 2  # encoder and decoder stepped, the discriminator did not
 
 
 def test_nan_stops_naming_the_term_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
@@ -100,14 +102,14 @@ def test_nan_stops_naming_the_term_and_keeps_the_last_good_checkpoint(tmp_path: 
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints")
     with pytest.raises(FloatingPointError) as error:
-        _trainer(tmp_path, checkpoints).fit(model, _loader())
+        _trainer(tmp_path, checkpoints).fit(AutoencoderModule(model), _loader())
     message = str(error.value)
     saved = tmp_path / "checkpoints" / "last_good.ckpt"
     assert "diverged at step 0" in message and str(saved) in message
     assert "'disc_loss': nan" in message and "'gan_decoder': nan" in message
     assert "'kl'" not in message and "'feature_error'" not in message
     kept = torch.load(saved, map_location="cpu", weights_only=False)["state_dict"]
-    assert all(torch.equal(kept[k].nan_to_num(), weights[k].nan_to_num()) for k in weights)
+    assert all(torch.equal(kept[f"model.{k}"].nan_to_num(), weights[k].nan_to_num()) for k in weights)
 
 
 def test_training_logs_every_term_per_step_and_the_ood_score(make_config, tmp_path: Path) -> None:

@@ -115,10 +115,12 @@ def test_bad_model_options_are_named(key: str, value: str) -> None:
 
 
 def test_nan_loss_stops_with_a_message() -> None:
+    from src.models.lightning_module import AutoencoderModule
+
     model = ClassicalAutoencoder(DENSE_2, [1, 2, 2])
-    model.training_loss = lambda images: (torch.tensor(float("nan")), {})
+    model.training_loss = lambda images, noise=None, step=None: (torch.tensor(float("nan")), {})
     with pytest.raises(FloatingPointError, match="became nan at step 0.*Lower model.optimizer.lr"):
-        model.training_step((torch.rand(4, 1, 2, 2),), 0)
+        AutoencoderModule(model).training_step((torch.rand(4, 1, 2, 2),), 0)
 
 
 def test_blur_counts_pixels_strictly_between_point_one_and_point_nine() -> None:
@@ -155,6 +157,7 @@ def test_kl_warmup_rises_linearly_in_training_steps_only() -> None:
     """beta * step / kl_warmup_steps in the training steps (read at each batch), beta elsewhere."""
     import pytorch_lightning as pl
 
+    from src.models.lightning_module import AutoencoderModule
     from src.models.vae import VariationalAutoencoder
 
     model = VariationalAutoencoder(
@@ -164,7 +167,7 @@ def test_kl_warmup_rises_linearly_in_training_steps_only() -> None:
 
     class Record(pl.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:  # noqa: ANN001
-            weights.append(module.kl_weight())
+            weights.append(module.model.kl_weight(trainer.global_step))
 
     images = torch.tensor([[0, 0, 1, 1], [1, 0, 1, 0], [1, 1, 0, 0], [0, 1, 0, 1]], dtype=torch.float32)
     loader = torch.utils.data.DataLoader(
@@ -178,7 +181,7 @@ def test_kl_warmup_rises_linearly_in_training_steps_only() -> None:
         enable_model_summary=False,
         callbacks=[Record()],
     )
-    trainer.fit(model, loader)
+    trainer.fit(AutoencoderModule(model), loader)
     assert weights == pytest.approx([0.0, 0.125, 0.25, 0.375, 0.5, 0.5])
     model.eval()
     assert model.kl_weight() == 0.5

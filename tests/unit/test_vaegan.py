@@ -84,8 +84,10 @@ def test_feature_layer_picks_the_activation() -> None:
 
 def test_optimisers_share_model_optimizer_with_per_part_overrides(make_config) -> None:
     cfg = make_config("model=vaegan", "model.optimizer.lr=0.01", "model.optimizers.decoder.lr=0.003")
+    from src.models.lightning_module import AutoencoderModule
+
     model = instantiate(cfg.model)
-    encoder, decoder, discriminator = model.configure_optimizers()
+    encoder, decoder, discriminator = AutoencoderModule(model).configure_optimizers()
     assert [o.param_groups[0]["lr"] for o in (encoder, decoder, discriminator)] == [0.01, 0.003, 2e-4]
     assert discriminator.param_groups[0]["betas"] == (0.5, 0.999)
     assert {id(p) for p in encoder.param_groups[0]["params"]} == {id(p) for p in model.parts()["encoder"]}
