@@ -31,13 +31,20 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ shifted(x, 31)
 
 
-def epoch_permutations(shuffle_seeds: Sequence[int], epoch: int, count: int) -> torch.Tensor:
-    """The order of `count` training images in `epoch` for each shuffle seed, shape (seeds, count):
-    the argsort of a counter-based hash of (seed, epoch, index), so that a row depends on its own
-    seed and the epoch alone and all rows come out of one vectorised computation."""
-    seeds = torch.as_tensor(list(shuffle_seeds), dtype=torch.int64)[:, None]
+def block_permutations(shuffle_seeds: Sequence[int], epochs: Sequence[int], count: int) -> torch.Tensor:
+    """The order of `count` training images in each of `epochs` for each shuffle seed, shape
+    (epochs, seeds, count): the argsort of a counter-based hash of (seed, epoch, index), so that a
+    row depends on its own seed and epoch alone and all rows come out of one vectorised
+    computation."""
+    seeds = torch.as_tensor(list(shuffle_seeds), dtype=torch.int64)[None, :, None]
+    epoch = torch.as_tensor(list(epochs), dtype=torch.int64)[:, None, None]
     stream = _mix(_mix(seeds * _signed(0x9E3779B97F4A7C15) + epoch))
-    return torch.argsort(_mix(stream + torch.arange(count, dtype=torch.int64)), dim=1)
+    return torch.argsort(_mix(stream + torch.arange(count, dtype=torch.int64)), dim=-1)
+
+
+def epoch_permutations(shuffle_seeds: Sequence[int], epoch: int, count: int) -> torch.Tensor:
+    """The order of `count` training images in `epoch` for each shuffle seed, shape (seeds, count)."""
+    return block_permutations(shuffle_seeds, [epoch], count)[0]
 
 
 def epoch_permutation(shuffle_seed: int, epoch: int, count: int) -> torch.Tensor:
@@ -63,19 +70,30 @@ class EpochShuffle(Sampler[int]):
         yield from epoch_permutation(self.shuffle_seed, self.epoch, self.count).tolist()
 
 
+# Orders computed ahead for several epochs at once, up to this many indices in all: thousands of
+# one-step epochs (full-batch training) would otherwise pay a hash computation each.
+ORDERS_AHEAD = 2**18
+
+
 class MemberShuffles:
     """The `EpochShuffle` orders of several members (one shuffle seed each), as rows of one tensor;
-    Lightning calls `set_epoch` on it as on any batch sampler's `sampler`."""
+    Lightning calls `set_epoch` on it as on any batch sampler's `sampler`. The orders of the next
+    few epochs are computed together (`ORDERS_AHEAD`) and kept until used."""
 
     def __init__(self, count: int, shuffle_seeds: Sequence[int]) -> None:
         self.count, self.shuffle_seeds, self.epoch = count, list(shuffle_seeds), 0
+        self._ahead = max(1, min(64, ORDERS_AHEAD // max(1, count * len(self.shuffle_seeds))))
+        self._first, self._orders = 0, torch.empty(0, len(self.shuffle_seeds), count, dtype=torch.int64)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def order(self) -> torch.Tensor:
         """(members, count): row m is member m's order in this epoch."""
-        return epoch_permutations(self.shuffle_seeds, self.epoch, self.count)
+        if not self._first <= self.epoch < self._first + len(self._orders):
+            epochs = range(self.epoch, self.epoch + self._ahead)
+            self._first, self._orders = self.epoch, block_permutations(self.shuffle_seeds, epochs, self.count)
+        return self._orders[self.epoch - self._first]
 
 
 class MemberBatches(Sampler[torch.Tensor]):
@@ -104,6 +122,23 @@ class TensorBatches(TensorDataset):
 
     def to(self, device: torch.device) -> TensorBatches:
         return TensorBatches(*(tensor.to(device) for tensor in self.tensors))
+
+
+class MemberLoader:
+    """The members' training batches as Lightning iterates a loader: each step one gather of every
+    member's images by the (members, batch) indices of `MemberBatches` (a DataLoader's fetch and
+    collate machinery costs more than a full-batch step of small members). Lightning sets the
+    epoch through `batch_sampler`, as on a DataLoader's."""
+
+    def __init__(self, dataset: TensorBatches, batch_sampler: MemberBatches) -> None:
+        self.dataset, self.batch_sampler = dataset, batch_sampler
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        for index in self.batch_sampler:
+            yield tuple(tensor[index] for tensor in self.dataset.tensors)
 
 
 def whole_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -188,7 +223,7 @@ class InMemoryDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
-    def member_train_dataloader(self, shuffle_seeds: Sequence[int]) -> DataLoader:
+    def member_train_dataloader(self, shuffle_seeds: Sequence[int]) -> MemberLoader:
         """The training batches of members trained together (one shuffle seed each): step k gives
         images (members, batch, C, H, W), row m being batch k of member m's single run."""
         dataset = self._dataset("train")
@@ -197,9 +232,7 @@ class InMemoryDataModule(pl.LightningDataModule):
             min(self.batch_size, len(dataset)),
             dataset.tensors[0].device,
         )
-        return DataLoader(
-            dataset, batch_sampler=batches, collate_fn=whole_batch, generator=self._loader_generator()
-        )
+        return MemberLoader(dataset, batches)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

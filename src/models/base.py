@@ -11,13 +11,13 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics.functional.regression import cosine_similarity
 
 from src.errors import ConfigValueError
 from src.models.losses import RECONSTRUCTIONS, REDUCTIONS, gray_fraction, reconstruction_error
+from src.models.nets import build_net
 
 OUTPUT_ACTIVATIONS = ("sigmoid", "heaviside")
 FINAL_ACTIVATIONS = ("sigmoid", "leaky_relu")
@@ -138,7 +138,7 @@ class ReconstructionModel(nn.Module):
             standardize_inputs=standardize_inputs,
         )
         self.image_shape = tuple(image_shape)
-        self.net = instantiate(net, image_shape=image_shape, latent_dim=latent_dim)
+        self.net = build_net(net, image_shape, latent_dim)
         if reconstruction == "discretized_logistic":
             # The decoder's per-pixel log-scale, learnt with the weights (scale 0.05 at the start).
             self.log_scale = nn.Parameter(torch.full(image_shape, math.log(0.05)))

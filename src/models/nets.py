@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+from hydra.utils import get_class, instantiate
 from torch import nn
 
 from src.errors import ConfigValueError
@@ -113,3 +115,16 @@ class ConvNet(nn.Module):
             nn.Unflatten(1, feature_shape),
             *decoder_convs,
         )
+
+
+def build_net(net: Mapping[str, Any], image_shape: Sequence[int], latent_dim: int) -> nn.Module:
+    """The encoder/decoder body a net config names (`_target_`: DenseNet, ConvNet or another class
+    taking these arguments), built for `image_shape` and `latent_dim`. A flat config is its class
+    called with its values, as Hydra's instantiate would do it, without its cost (a batched chunk
+    builds a thousand models); one with nested targets goes through instantiate."""
+    values = dict(net)
+    if any(isinstance(value, Mapping) and "_target_" in value for value in values.values()):
+        return instantiate(values, image_shape=list(image_shape), latent_dim=latent_dim)
+    net_class = get_class(values.pop("_target_"))
+    arguments = {key: value for key, value in values.items() if not key.startswith("_")}
+    return net_class(**arguments, image_shape=list(image_shape), latent_dim=latent_dim)

@@ -17,13 +17,12 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from torch import nn
 
 from src.errors import ConfigValueError
 from src.models.base import EvaluationPass, plain
 from src.models.losses import feature_error, gaussian_kl, reparameterise
-from src.models.nets import ACTIVATIONS
+from src.models.nets import ACTIVATIONS, build_net
 from src.models.vae import VariationalAutoencoder
 
 PARTS = ("encoder", "decoder", "discriminator")
@@ -67,7 +66,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, net: Mapping, image_shape: Sequence[int], feature_layer: int = -1) -> None:
         super().__init__()
-        body = instantiate(dict(net), image_shape=list(image_shape), latent_dim=1)
+        body = build_net(net, image_shape, latent_dim=1)
         layers = list(body.encoder)
         activations = [i for i, layer in enumerate(layers) if isinstance(layer, tuple(ACTIVATIONS.values()))]
         if not -len(activations) <= feature_layer < len(activations):

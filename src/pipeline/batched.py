@@ -127,6 +127,9 @@ class MemberEnsemble(pl.LightningModule):
         # The members' step is many small element-wise passes over (members, batch, pixels):
         # torch.compile fuses them (`compile`), for the training steps, where the time goes.
         self.compile = compile
+        # One optimiser step per batch, written out: Lightning's closure machinery costs more than
+        # the step of a thousand small members on a CPU (clipping and accumulation are not batched).
+        self.automatic_optimization = False
         self._losses_of: dict[tuple[bool, bool], Callable[..., Any]] = {}
 
     # --- the members' computation ----------------------------------------------------------------
@@ -203,11 +206,15 @@ class MemberEnsemble(pl.LightningModule):
     # --- Lightning -------------------------------------------------------------------------------
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
         images = batch[0]
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
         loss, terms = self.member_losses(images, shared=False)
         if self._keeps(self.current_epoch):  # an epoch the history leaves out needs no means
             self._accumulate("train", loss, terms, images.shape[1])
         # Members are independent, so the gradient of the sum is each member's own gradient.
-        return {"loss": loss.sum(), "member_losses": loss.detach()}
+        self.manual_backward(loss.sum())
+        optimizer.step()
+        return {"loss": loss.detach().sum(), "member_losses": loss.detach()}
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         loss, terms = self.member_losses(batch[0], shared=True)

@@ -159,6 +159,12 @@ class LastCheckpoint(ModelCheckpoint):
             enable_version_counter=False,
         )
 
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        # Only the epochs that save do ModelCheckpoint's work (it gathers the logged metrics first,
+        # which thousands of one-step epochs would pay for nothing).
+        if (trainer.current_epoch + 1) % self._every_n_epochs == 0:
+            super().on_train_epoch_end(trainer, module)
+
     def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         # The final state, when the last epoch was not a multiple of every_n_epochs.
         if not self._should_skip_saving_checkpoint(trainer):
