@@ -156,12 +156,13 @@ class BatchedLauncher(Launcher):
         log.info("Batched launcher: training %d seeds of [%s] together", len(chunk), label)
         members = train_members(configs, chunk_dir)
         started = time.perf_counter()
-        # What the jobs' configs resolve through Hydra (e.g. ${hydra:runtime.choices.model}) is the
-        # same for every member: set once, not per job.
+        # Hydra's view of the current job (what ${hydra:...}, ${job_name:...} resolve) is set once and
+        # then pointed at each member in place: a thousand copies of it would cost seconds.
         HydraConfig.instance().set_config(self._set_job(template, chunk[0][1], chunk[0][0]))
+        sweep_dir = Path(str(template.hydra.sweep.dir))
         returns, pending = {}, []
         for member, (index, overrides, _) in enumerate(chunk):
-            result, run_dir = self._job_folder(template, configs, member, overrides, index)
+            result, run_dir = self._job_folder(template, sweep_dir, configs, member, overrides, index)
             returns[index] = result
             if (record := read_run(run_dir)).finished:  # a resumed sweep keeps what it had written
                 result.return_value = record.metrics.get("val/loss")
@@ -173,6 +174,7 @@ class BatchedLauncher(Launcher):
         for job, (member, index, run_dir) in zip(
             jobs, self._progress(pending, f"writing {len(pending)} job folders"), strict=True
         ):
+            self._set_job(HydraConfig.instance().cfg, chunk[member][1], index)  # e.g. its W&B run's name
             returns[index].return_value = run_job(job, configs[member], run_dir, in_sweep=True, quiet=True)
         finished = time.perf_counter() - started
         # The chunk's phases, for benchmarks and for a user asking where a sweep's time went.
@@ -238,22 +240,26 @@ class BatchedLauncher(Launcher):
         )
 
     def _job_folder(
-        self, template: DictConfig, configs: Any, member: int, overrides: Sequence[str], index: int
+        self,
+        template: DictConfig,
+        sweep_dir: Path,
+        configs: Any,
+        member: int,
+        overrides: Sequence[str],
+        index: int,
     ) -> tuple[JobReturn, Path]:
         """A batched member's job folder with its .hydra/ (Hydra's own job runner writes these for
-        the jobs it runs) and its JobReturn; the folder is resolved with the member's own seed
-        (hydra.sweep.subdir=${seed})."""
-        from src.pipeline.config import write_config_values
-
-        self._set_job(template, overrides, index)
+        the jobs it runs) and its JobReturn; the folder is resolved with the member's own seed and
+        number (hydra.sweep.subdir=${seed})."""
         cfg = configs[member]
-        with read_write(template), open_dict(template):
+        with read_write(template), open_dict(template), read_write(template.hydra.job):
             template.seed = cfg.seed
-        run_dir = Path(str(template.hydra.sweep.dir)) / str(template.hydra.sweep.subdir)
+            template.hydra.job.num = template.hydra.job.id = index
+        run_dir = sweep_dir / str(template.hydra.sweep.subdir)
         result = JobReturn(overrides=list(overrides), cfg=cfg, working_dir=str(Path.cwd()))
         result.status = JobStatus.COMPLETED
         if not (run_dir / ".hydra" / "config.yaml").is_file():
             (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-            write_config_values(configs.unresolved(member), run_dir / ".hydra" / "config.yaml")
+            (run_dir / ".hydra" / "config.yaml").write_text(configs.unresolved_yaml(member))
             (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
         return result, run_dir

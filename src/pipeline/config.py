@@ -212,10 +212,15 @@ def save_config(cfg: DictConfig, path: Path, resolve: bool = True) -> None:
     write_config_values(OmegaConf.to_container(cfg, resolve=resolve), path)
 
 
+def config_yaml(values: dict[str, Any]) -> str:
+    """Plain config values as YAML, with libyaml's emitter (OmegaConf's pure-Python one is too slow
+    for a thousand job folders: docs/performance.md)."""
+    return yaml.dump(values, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False)
+
+
 def write_config_values(values: dict[str, Any], path: Path) -> None:
-    """Plain config values as YAML, written with libyaml's emitter (OmegaConf's pure-Python one is
-    too slow for a thousand job folders: docs/performance.md)."""
-    path.write_text(yaml.dump(values, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False))
+    """Plain config values as a YAML file (`config_yaml`)."""
+    path.write_text(config_yaml(values))
 
 
 def _interpolated_keys(values: Any, prefix: str = "") -> list[str]:
@@ -232,18 +237,49 @@ def _interpolated_keys(values: Any, prefix: str = "") -> list[str]:
     return []
 
 
+# Resolvers whose value is the same for every job of a sweep (the environment, the start time).
+JOB_INDEPENDENT_RESOLVERS = ("oc.env", "now")
+
+
+def _job_dependent(keys: Sequence[str], raw: dict[str, Any]) -> list[str]:
+    """Of the interpolated `keys`, those whose value may differ between jobs that differ only in
+    `seed` (and in their folder, `paths.run_dir`): an interpolation that names the seed or the
+    folder, calls a resolver that reads the job (job_name, hydra:, ...), or names such a key, closed
+    transitively. Conservative: a key named alike is counted in."""
+
+    def text(key: str) -> str:
+        node: Any = raw
+        for part in key.split("."):
+            node = node[part]
+        return repr(node)
+
+    texts = {key: text(key) for key in keys}
+    independent = "|".join(re.escape(name) for name in JOB_INDEPENDENT_RESOLVERS)
+    resolver = re.compile(r"\$\{(?!(?:" + independent + r"):)[\w.]+:")
+    dependent = {
+        key for key, value in texts.items() if "seed" in value or "run_dir" in value or resolver.search(value)
+    }
+    while True:
+        names = {name for key in dependent for name in (key, key.rsplit(".", 1)[-1])}
+        grown = {key for key, value in texts.items() if any(name in value for name in names)} | dependent
+        if grown == dependent:
+            return [key for key in keys if key in dependent]
+        dependent = grown
+
+
 class MemberConfigs(Sequence[DictConfig]):
     """The configs of jobs that differ only in `seed` (a batched chunk's members), without a config
     object per job: item i is the one task config switched to seed i (so use it before asking for
-    the next), and `resolved(i)` its resolved values, from one full resolution plus the keys that
-    interpolate (a thousand full resolutions and copies of a large config cost more than training
-    the members)."""
+    the next), `resolved(i)` its resolved values, from one full resolution plus the keys that depend
+    on the job, and `unresolved_yaml(i)` its unresolved YAML (a thousand full resolutions, copies
+    and dumps of a large config cost more than training the members)."""
 
     def __init__(self, task: DictConfig, seeds: Sequence[int | None]) -> None:
         self.task, self.seeds = task, list(seeds)
         self._raw = OmegaConf.to_container(task, resolve=False)
-        self._interpolated = _interpolated_keys(self._raw)
+        self._job_dependent = _job_dependent(_interpolated_keys(self._raw), self._raw)
         self._resolved: dict[str, Any] | None = None
+        self._unresolved_yaml: tuple[str, str] | None = None
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -255,10 +291,18 @@ class MemberConfigs(Sequence[DictConfig]):
             self.task.seed = self.seeds[index]
         return self.task
 
-    def unresolved(self, index: int) -> dict[str, Any]:
-        """Job i's config as written, interpolations kept (Hydra's .hydra/config.yaml)."""
-        self._raw["seed"] = self.seeds[index]
-        return self._raw
+    def unresolved_yaml(self, index: int) -> str:
+        """Job i's config as written, interpolations kept (Hydra's .hydra/config.yaml): one dump,
+        whose top-level `seed` line is each job's."""
+        if self._unresolved_yaml is None:
+            lines = config_yaml({**self._raw, "seed": None}).splitlines(keepends=True)
+            if lines.count("seed: null\n") != 1:  # the seed line is not to be found: dump each job's
+                return config_yaml({**self._raw, "seed": self.seeds[index]})
+            at = lines.index("seed: null\n")
+            self._unresolved_yaml = ("".join(lines[:at]), "".join(lines[at + 1 :]))
+        before, after = self._unresolved_yaml
+        seed = self.seeds[index]
+        return f"{before}seed: {'null' if seed is None else int(seed)}\n{after}"
 
     def resolved(self, index: int) -> dict[str, Any]:
         """Job i's resolved config (the task config's current values of every other key)."""
@@ -267,15 +311,12 @@ class MemberConfigs(Sequence[DictConfig]):
             self._resolved = OmegaConf.to_container(task, resolve=True)
             return self._resolved
         self._resolved["seed"] = self.seeds[index]
-        for key in self._interpolated:
+        for key in self._job_dependent:
             *parents, name = key.split(".")
             node = self._resolved
             for parent in parents:
                 node = node[parent]
             value = OmegaConf.select(task, key)
-            node[name] = (
-                OmegaConf.to_container(value, resolve=True)
-                if isinstance(value, DictConfig | ListConfig)
-                else value
-            )
+            resolved = isinstance(value, DictConfig | ListConfig)
+            node[name] = OmegaConf.to_container(value, resolve=True) if resolved else value
         return self._resolved

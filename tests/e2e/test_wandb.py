@@ -115,10 +115,13 @@ def test_batched_members_are_runs_with_their_training_curves(tmp_path: Path) -> 
         losses = [items["train/loss"] for items in history if "train/loss" in items]
         with (sweep_dir / job / "history.csv").open() as handle:
             assert len(losses) == len(list(csv.DictReader(handle))) == 30
+        state = leet_summary(run)
         assert (
-            leet_summary(run)["summary"]["test/outcome"]
+            state["summary"]["test/outcome"]
             == json.loads((sweep_dir / job / "metrics.json").read_text())["test/outcome"]
         )
+        # Each member's run is named by its own overrides (its seed), not by the chunk's first job's.
+        assert f"seed={job}" in state["name"].split(), state["name"]
 
 
 def test_each_job_of_a_sweep_is_its_own_run_grouped_by_setting_even_when_a_job_fails(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from src.errors import ConfigValueError
 from src.evaluation.census import CensusOutcome, outcome_metrics
@@ -136,13 +137,21 @@ def test_member_configs_switch_one_config_and_resolve_like_a_full_resolution(tmp
 
     from hydra_plugins.batched_launcher.batched_launcher import BatchedLauncher
 
-    template = compose_config(["experiment=census_ca_2x2"], tmp_path)
+    # A key that interpolates the seed through another key, and a W&B name from a resolver.
+    overrides = [
+        "experiment=census_ca_2x2",
+        "+extra.twice=${data.shuffle_seed}",
+        "+extra.constant=${data.name}",
+    ]
+    template = compose_config(overrides, tmp_path)
     configs = MemberConfigs(BatchedLauncher._task_config(template, None), [3, 11, 5])
     assert len(configs) == 3 and [cfg.seed for cfg in configs] == [3, 11, 5]
+    assert "extra.twice" in configs._job_dependent and "extra.constant" not in configs._job_dependent
     for index, seed in enumerate([3, 11, 5]):
         with_seed = BatchedLauncher._task_config(template, seed)
         with_seed.paths.run_dir = configs[index].paths.run_dir = str(tmp_path / f"job{seed}")
         expected = OmegaConf.to_container(with_seed, resolve=True)
         assert configs.resolved(index) == expected
-        assert configs.resolved(index)["data"]["shuffle_seed"] == seed
-        assert configs.unresolved(index)["seed"] == seed
+        assert configs.resolved(index)["extra"]["twice"] == seed
+        unresolved = yaml.safe_load(configs.unresolved_yaml(index))
+        assert unresolved == OmegaConf.to_container(with_seed, resolve=False) | {"paths": unresolved["paths"]}
