@@ -126,9 +126,10 @@ class TensorBatches(TensorDataset):
 
 class MemberLoader:
     """The members' training batches as Lightning iterates a loader: each step one gather of every
-    member's images by the (members, batch) indices of `MemberBatches` (a DataLoader's fetch and
-    collate machinery costs more than a full-batch step of small members). Lightning sets the
-    epoch through `batch_sampler`, as on a DataLoader's."""
+    member's images by the (members, batch) indices of `MemberBatches`, in a one-tuple as a
+    DataLoader's batch (a DataLoader's fetch and collate machinery costs more than a full-batch
+    step of small members). Lightning sets the epoch through `batch_sampler`, as on a
+    DataLoader's."""
 
     def __init__(self, dataset: TensorBatches, batch_sampler: MemberBatches) -> None:
         self.dataset, self.batch_sampler = dataset, batch_sampler
@@ -136,9 +137,10 @@ class MemberLoader:
     def __len__(self) -> int:
         return len(self.batch_sampler)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor]]:
+        images = self.dataset.tensors[0]  # training needs the images alone
         for index in self.batch_sampler:
-            yield tuple(tensor[index] for tensor in self.dataset.tensors)
+            yield (images[index],)
 
 
 def whole_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:

@@ -161,7 +161,8 @@ class MemberEnsemble(pl.LightningModule):
         """Every member's loss and terms (shape (members,)) on its own images (members, batch, ...),
         or on the same images for all (`shared`)."""
         # Batch norm follows the template's mode; Lightning sets this module's own flag directly.
-        self.members.template.train(self.training)
+        if self.members.template.training != self.training:
+            self.members.template.train(self.training)
         noise = self._noise(images.shape[0 if shared else 1])
         key = (shared, noise is not None)
         if key not in self._losses_of:
