@@ -16,7 +16,7 @@ import torch
 from src.data.ood_sets import KNOWN_SETS, evenly_spaced
 from src.errors import ConfigValueError
 from src.evaluation.detection import choose_threshold
-from src.evaluation.neighbours import NEIGHBOUR_SCORES, TrainingNeighbours
+from src.evaluation.neighbours import NEIGHBOUR_SCORES, TrainingNeighbours, shared_neighbours
 from src.evaluation.scoring import LIKELIHOOD_SCORES, score_images
 from src.evaluation.typicality import NOT_STATISTICS, default_statistics, dose_scores
 from src.models.base import ReconstructionModel
@@ -214,7 +214,7 @@ class Scorer:
                 raise ValueError("neighbours.k > 0: the scorer needs the training images")
             started = time.perf_counter()
             reference = evenly_spaced(training_images, settings.neighbours.reference_images)
-            self.neighbours = TrainingNeighbours(reference.to(model.device), settings.neighbours.k)
+            self.neighbours = shared_neighbours(reference.to(model.device), settings.neighbours.k)
             self._spent("neighbours", started)
 
     def _spent(self, part: str, started: float) -> None:

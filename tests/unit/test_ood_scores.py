@@ -192,3 +192,23 @@ def test_a_vae_with_the_discretised_logistic_decoder_learns_its_scale_and_scores
         )
         kl = 0.5 * (evaluated.code.square() + evaluated.logvar.exp() - 1 - evaluated.logvar).sum(1)
         assert model.scores(IMAGES)["neg_elbo"] == pytest.approx(expected.sum(1) + kl)
+
+
+def test_the_neighbour_search_is_shared_by_content_and_gives_a_fresh_searchs_scores() -> None:
+    """Members of a batched sweep search the same training images for the same sets: one search
+    per distinct reference in a process, its scores of a set kept, each equal to a fresh search's."""
+    from src.evaluation.neighbours import TrainingNeighbours, shared_neighbours
+
+    generator = torch.Generator().manual_seed(0)
+    reference, images = (
+        torch.rand(40, 1, 4, 4, generator=generator),
+        torch.rand(7, 1, 4, 4, generator=generator),
+    )
+    shared = shared_neighbours(reference, 3)
+    assert shared_neighbours(reference.clone(), 3) is shared and shared_neighbours(reference, 4) is not shared
+    fresh = TrainingNeighbours(reference, 3)(images)
+    for scores in (shared(images), shared(images.clone())):
+        assert all(torch.equal(scores[name], fresh[name]) for name in fresh)
+    scores = shared(images)
+    scores["pixel_knn"].zero_()  # a caller's change does not reach the kept scores
+    assert torch.equal(shared(images)["pixel_knn"], fresh["pixel_knn"])
