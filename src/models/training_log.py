@@ -1,6 +1,6 @@
 """The lean training log: Lightning's `self.log` is slow next to a small model's step
 (docs/performance.md), so the training terms are summed on the device and written straight to the
-loggers. Every use of Lightning internals by the models is here."""
+loggers. Every use of Lightning internals in training is here."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 
 
 class TrainingTermsLog(pl.LightningModule):
-    """Mixin of the models: `log_training_terms` once per step, plus the step predicates that the
-    models' NaN checks share with it."""
+    """Mixin of the Lightning module that trains the models (lightning_module.py):
+    `log_training_terms` once per step, plus the step predicates that its NaN checks share with it."""
 
     def __init__(self) -> None:
         super().__init__()
