@@ -82,6 +82,22 @@ def test_dose_is_the_negative_log_density_of_the_validation_statistics() -> None
     assert others["test"].tolist() == pytest.approx(expected, abs=0.05)
 
 
+def test_the_log_density_is_scipys_kernel_density_over_several_batches() -> None:
+    """DoSE's densities, evaluated in torch in batches, equal scipy's gaussian_kde.logpdf, far out in
+    the tails (where a naive sum of exponentials underflows) included."""
+    from scipy.stats import gaussian_kde
+
+    from src.evaluation import typicality
+
+    generator = torch.Generator().manual_seed(1)
+    fitted = torch.randn(300, generator=generator, dtype=torch.float64) * 3 + 1
+    values = torch.cat([torch.linspace(-200, 200, 9001, dtype=torch.float64), fitted[:5]])
+    density = gaussian_kde(fitted.numpy())
+    computed = typicality.log_density(fitted, float(density.covariance[0, 0]), values)
+    assert len(values) > typicality.SCORED_BATCH
+    assert torch.allclose(computed, torch.from_numpy(density.logpdf(values.numpy())), rtol=1e-12, atol=1e-9)
+
+
 def test_the_likelihood_ratio_against_the_model_itself_is_zero() -> None:
     from src.evaluation.scorer import likelihood_ratio
 
