@@ -22,6 +22,7 @@ and `test/lines/<set>/outputs_a_line` the fraction of images whose reconstructio
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -29,7 +30,7 @@ import torch
 from src.data.lines import line_images
 from src.data.memory import InMemoryDataModule
 from src.data.ood_sets import ood_sets
-from src.evaluation.base import EvaluationContext, EvaluationResult
+from src.evaluation.base import EvaluationContext, EvaluationResult, MemberSet
 from src.models.base import ReconstructionModel
 from src.models.losses import gray_fraction
 
@@ -61,9 +62,29 @@ def classify_lines(correct: torch.Tensor, output_spread: float, collapse_spread:
 
 def nearest_line(outputs: torch.Tensor, references: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For 0/1 outputs (N, pixels): the pixel agreement with the nearest of the reference line
-    images (R, pixels), 1 - mean |output - reference|, and that reference's index."""
-    agreement = 1 - (outputs @ (1 - references).T + (1 - outputs) @ references.T) / outputs.shape[1]
-    return agreement.max(dim=1)
+    images (R, pixels), 1 - mean |output - reference|, and that reference's index. For 0/1 values
+    |o - r| summed over pixels is sum(o) + sum(r) - 2 o.r: one product, exact in float32."""
+    mismatches = outputs.sum(1, keepdim=True) + references.sum(1) - 2 * (outputs @ references.T)
+    return (1 - mismatches / outputs.shape[1]).max(dim=1)
+
+
+def _logits(model: ReconstructionModel, images: torch.Tensor) -> torch.Tensor:
+    return model.encode_pass(images).logits
+
+
+@functools.cache
+def _reference_images(count: int, size: int) -> torch.Tensor:
+    """The clean line images (flattened) at `count` evenly spaced angles, built once per process."""
+    return line_images(circle_angles(count), size).flatten(1)
+
+
+def circle_angles(count: int) -> torch.Tensor:
+    """`count` evenly spaced angles over the circle, in radians, from 0."""
+    return torch.arange(count, dtype=torch.float64) * (2 * math.pi / count)
+
+
+# Images passed through all members at once (memory: members x this many x pixels).
+MEMBER_BATCH = 256
 
 
 class LineOutcomes:
@@ -85,26 +106,59 @@ class LineOutcomes:
         self.angle_tolerance = math.radians(angle_tolerance_deg)
         self.min_line_fit, self.collapse_spread = min_line_fit, collapse_spread
 
+    def _grids(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The angles reconstructed and the finer angles of the reference line images (radians)."""
+        return circle_angles(self.angles), circle_angles(self.reference_angles)
+
+    def _inputs(self, datamodule: InMemoryDataModule) -> dict[str, torch.Tensor]:
+        """The images each model reconstructs: the clean lines of the grid (`angles`), the test
+        images and each anomaly set's."""
+        sets = ood_sets(self.sets, datamodule, None, self.seed, self.noise_amplitude)
+        return {
+            "angles": line_images(self._grids()[0], datamodule.image_shape[-1]),
+            "test": datamodule.images("test"),
+            **{name: ood_set.images for name, ood_set in sets.items()},
+        }
+
     @torch.no_grad()
     def __call__(
         self, model: ReconstructionModel, datamodule: InMemoryDataModule, context: EvaluationContext
     ) -> EvaluationResult:
+        inputs = self._inputs(datamodule)
+        logits = {name: _logits(model, images.to(model.device)) for name, images in inputs.items()}
+        return EvaluationResult(self.readings(logits, datamodule.image_shape[-1]))
+
+    @torch.no_grad()
+    def evaluate_members(
+        self, members: MemberSet, datamodule: InMemoryDataModule, contexts: list[EvaluationContext]
+    ) -> list[EvaluationResult]:
+        """Every member's readings, the images built once and passed through all members at once."""
+        final = members.final
+        logits = {
+            name: torch.cat(
+                [final.call(_logits, batch.to(final.device)) for batch in images.split(MEMBER_BATCH)], dim=1
+            )
+            for name, images in self._inputs(datamodule).items()
+        }
         size = datamodule.image_shape[-1]
-        grid = torch.arange(self.angles, dtype=torch.float64) * (2 * math.pi / self.angles)
-        reference_grid = torch.arange(self.reference_angles, dtype=torch.float64) * (
-            2 * math.pi / self.reference_angles
-        )
-        inputs = line_images(grid, size).to(model.device)
-        references = line_images(reference_grid, size).flatten(1).to(model.device)
-        logits = model.encode_pass(inputs).logits
-        sigmoid = torch.sigmoid(logits)
-        heaviside = (logits > 0).to(logits.dtype).flatten(1)
+        return [
+            EvaluationResult(self.readings({name: values[index] for name, values in logits.items()}, size))
+            for index in range(len(contexts))
+        ]
+
+    def readings(self, logits: dict[str, torch.Tensor], size: int) -> dict[str, float | int | str]:
+        """The `test/lines/*` metrics of one model from its logits of each input (`_inputs`)."""
+        grid, reference_grid = self._grids()
+        device = logits["angles"].device
+        references = _reference_images(self.reference_angles, size).to(device)
+        sigmoid = torch.sigmoid(logits["angles"])
+        heaviside = (logits["angles"] > 0).to(sigmoid.dtype).flatten(1)
         fit, nearest = nearest_line(heaviside, references)
-        error = angular_distance(reference_grid.to(model.device)[nearest], grid.to(model.device))
+        error = angular_distance(reference_grid.to(device)[nearest], grid.to(device))
         correct = (error <= self.angle_tolerance) & (fit >= self.min_line_fit)
         spread = float(sigmoid.flatten(1).std(dim=0).mean())
         sectors = 0 if correct.all() else wrong_sectors(correct.cpu())
-        metrics = {
+        metrics: dict[str, float | int | str] = {
             "test/lines/outcome": classify_lines(correct.cpu(), spread, self.collapse_spread),
             "test/lines/correct_fraction": float(correct.float().mean()),
             "test/lines/wrong_sectors": sectors,
@@ -113,18 +167,11 @@ class LineOutcomes:
             "test/lines/output_spread": spread,
             "test/lines/sigmoid_blur": float(gray_fraction(sigmoid).mean()),
         }
-        inputs_by_set = {
-            "test": datamodule.images("test"),
-            **{
-                name: ood_set.images
-                for name, ood_set in ood_sets(
-                    self.sets, datamodule, None, self.seed, self.noise_amplitude
-                ).items()
-            },
-        }
-        for name, images in inputs_by_set.items():
-            outputs = (model.encode_pass(images.to(model.device)).logits > 0).to(logits.dtype).flatten(1)
+        for name, values in logits.items():
+            if name == "angles":
+                continue
+            outputs = (values > 0).to(sigmoid.dtype).flatten(1)
             fit = nearest_line(outputs, references)[0]
             metrics[f"test/lines/{name}/line_distance"] = float((1 - fit).mean())
             metrics[f"test/lines/{name}/outputs_a_line"] = float((fit >= self.min_line_fit).float().mean())
-        return EvaluationResult(metrics)
+        return metrics

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from src.data.memory import InMemoryDataModule
 from src.data.ood_sets import TORCHVISION_SETS, OODSet, evenly_spaced, evenly_spaced_indices, ood_sets
 from src.data.torchvision_sets import data_root, load_torchvision_images
 from src.errors import ConfigValueError
-from src.evaluation.base import EvaluationContext, EvaluationResult
+from src.evaluation.base import EvaluationContext, EvaluationResult, MemberSet
 from src.evaluation.detection import (
     auroc,
     best_f1_threshold,
@@ -26,8 +27,9 @@ from src.evaluation.detection import (
 )
 from src.evaluation.neighbours import NEIGHBOUR_SCORES
 from src.evaluation.scorer import OODSettings, Scorer
-from src.evaluation.scoring import latent_codes, png_lengths
+from src.evaluation.scoring import latent_codes, png_seconds_per_image
 from src.models.base import ReconstructionModel
+from src.models.members import MemberModels
 from src.reporting import figures as figures_module
 from src.reporting.tables import ood_report, write_scores_csv
 
@@ -71,14 +73,92 @@ class OODDetection:
         settings = self._settings(context.config)
         if not settings.enabled:
             return EvaluationResult()
-        background = None
-        if settings.background is not None:
-            if context.load_model is None:
-                raise ConfigValueError(
-                    "ood.background is set, but this run gives its evaluations no model loader"
-                )
-            background = context.load_model(Path(settings.background)).to(model.device).eval()
+        background = _background(settings, context, model.device)
         return evaluate(settings, model, datamodule, context.run_dir, context.figures, background)
+
+    @torch.no_grad()
+    def evaluate_members(
+        self, members: MemberSet, datamodule: InMemoryDataModule, contexts: list[EvaluationContext]
+    ) -> list[EvaluationResult]:
+        """Every member's evaluation, the image sets built once and the deterministic pass over them
+        made for all members together (vmapped); the rest (sampled scores, DoSE, tables, files)
+        member by member. Members whose settings differ are evaluated one by one."""
+        every = [self._settings(context.config) for context in contexts]
+        settings = every[0]
+        if any(other != settings for other in every):
+            return [self(members.model(index), datamodule, context) for index, context in enumerate(contexts)]
+        if not settings.enabled:
+            return [EvaluationResult() for _ in contexts]
+        final = members.final
+        settings.check(final.template.anomaly_scores, datamodule.name)
+        images = ood_images(settings, datamodule)
+        started = time.perf_counter()
+        passes = member_pass_scores(final, images.all(), settings.batch_size)
+        seconds = (time.perf_counter() - started) / len(contexts)
+        results = []
+        for index, context in enumerate(contexts):
+            model = members.model(index)
+            background = _background(settings, context, model.device)
+            prepared = PreparedSets(images.in_sets, images.out_sets, passes[index], seconds)
+            results.append(
+                evaluate(settings, model, datamodule, context.run_dir, context.figures, background, prepared)
+            )
+        return results
+
+
+def _background(
+    settings: OODSettings, context: EvaluationContext, device: torch.device
+) -> ReconstructionModel | None:
+    """The background model of the likelihood ratio (ood.background), loaded, or None."""
+    if settings.background is None:
+        return None
+    if context.load_model is None:
+        raise ConfigValueError("ood.background is set, but this run gives its evaluations no model loader")
+    return context.load_model(Path(settings.background)).to(device).eval()
+
+
+@dataclass
+class PreparedSets:
+    """The image sets of an OOD evaluation (`in_sets`: val and test; `out_sets`: the OOD sets) and,
+    when already computed for every member at once, the deterministic pass's scores of each set
+    (`pass_scores`) and the seconds of that pass per member."""
+
+    in_sets: dict[str, torch.Tensor]
+    out_sets: dict[str, OODSet]
+    pass_scores: dict[str, dict[str, torch.Tensor]] | None = None
+    pass_seconds: float = 0.0
+
+    def all(self) -> dict[str, torch.Tensor]:
+        """Every set's images by name: val, test, then the OOD sets."""
+        return {**self.in_sets, **{name: ood_set.images for name, ood_set in self.out_sets.items()}}
+
+
+def ood_images(settings: OODSettings, datamodule: InMemoryDataModule) -> PreparedSets:
+    """The validation and test images (evenly spaced down to ood.max_images) and the OOD sets."""
+    count = settings.max_images
+    in_sets = {split: evenly_spaced(datamodule.images(split), count) for split in ("val", "test")}
+    out_sets = ood_sets(list(settings.sets), datamodule, count, settings.seed, settings.noise_amplitude)
+    return PreparedSets(in_sets, out_sets)
+
+
+def member_pass_scores(
+    members: MemberModels, images: Mapping[str, torch.Tensor], batch_size: int
+) -> list[dict[str, dict[str, torch.Tensor]]]:
+    """For each member, the anomaly scores of its deterministic pass (ReconstructionModel.scores)
+    over each set of `images`, in batches of `batch_size` images for all members at once."""
+    wanted = members.template.anomaly_scores
+    per_set: dict[str, dict[str, torch.Tensor]] = {}
+    for name, values in images.items():
+        parts: dict[str, list[torch.Tensor]] = {}
+        for batch in values.split(batch_size):
+            for score, value in members.call(ReconstructionModel.scores, batch.to(members.device)).items():
+                if score in wanted:
+                    parts.setdefault(score, []).append(value.double().cpu())
+        per_set[name] = {score: torch.cat(value, dim=1) for score, value in parts.items()}
+    return [
+        {name: {score: value[index] for score, value in scores.items()} for name, scores in per_set.items()}
+        for index in range(members.count)
+    ]
 
 
 # metrics.json keys of each score's cost: seconds per 1000 images (wall-clock time: "time" marks
@@ -134,21 +214,24 @@ def by_class(
 
 
 def score_sets(
-    scorer: Scorer, images: Mapping[str, torch.Tensor]
+    scorer: Scorer,
+    images: Mapping[str, torch.Tensor],
+    pass_scores: Mapping[str, dict[str, torch.Tensor]] | None = None,
 ) -> tuple[dict[str, dict[str, torch.Tensor]], int]:
-    """Every score of every image of each set (`val`, `test` and the OOD sets), `dose` from the
-    validation scores, and the number of images scored; the PNG-length cost is timed afresh
-    (png_bits keeps the lengths it has computed)."""
-    scored = {name: scorer(values) for name, values in images.items()}
+    """Every score of every image of each set (`val`, `test` and the OOD sets; `pass_scores`: the
+    deterministic pass's scores of each, when already computed), `dose` from the validation
+    scores, and the number of images scored; the PNG-length cost is timed on up to 1000 test images
+    (once per process: png_bits keeps the lengths it has computed)."""
+    scored = {
+        name: scorer(values, None if pass_scores is None else pass_scores[name])
+        for name, values in images.items()
+    }
     others = {name: values for name, values in scored.items() if name != "val"}
     scored["val"]["dose"], dose = scorer.dose(scored["val"], others)
     for name, values in dose.items():
         scored[name]["dose"] = values
     counted = sum(len(next(iter(values.values()))) for values in scored.values())
-    started = time.perf_counter()
-    timed_images = images["test"][:1000]
-    png_lengths(timed_images)
-    scorer.timings["png_bits"] = (time.perf_counter() - started) * counted / len(timed_images)
+    scorer.timings["png_bits"] = png_seconds_per_image(images["test"][:1000]) * counted
     return scored, counted
 
 
@@ -221,16 +304,20 @@ def evaluate(
     run_dir: Path,
     figures: bool = True,
     background: ReconstructionModel | None = None,
+    prepared: PreparedSets | None = None,
 ) -> EvaluationResult:
     """Score validation, test and OOD images (`Scorer`), threshold, measure, and write scores.csv,
-    ood.md and (with `figures` and ood.plots) the figures into run_dir. Returns the `ood/...` metrics."""
+    ood.md and (with `figures` and ood.plots) the figures into run_dir. Returns the `ood/...` metrics.
+    `prepared`: the sets (and their pass's scores) when built for several members at once."""
     settings.check(model.anomaly_scores, datamodule.name)
     count = settings.max_images
-    in_sets = {split: evenly_spaced(datamodule.images(split), count) for split in ("val", "test")}
-    out_sets = ood_sets(list(settings.sets), datamodule, count, settings.seed, settings.noise_amplitude)
+    prepared = prepared if prepared is not None else ood_images(settings, datamodule)
+    out_sets = prepared.out_sets
     training = datamodule.images("train") if settings.neighbours.k > 0 else None
     scorer = Scorer(model, settings, background, training)
-    scored, counted = score_sets(scorer, {**in_sets, **{name: s.images for name, s in out_sets.items()}})
+    if prepared.pass_scores is not None:
+        scorer.timings["pass"] = prepared.pass_seconds
+    scored, counted = score_sets(scorer, prepared.all(), prepared.pass_scores)
     metrics, tables = detection(settings, scored, out_sets)
     statistics = scorer.statistics(scored["val"])
     for name, seconds in score_costs(list(scored["test"]), scorer.timings, statistics).items():
@@ -255,9 +342,8 @@ def evaluate(
     write_scores_csv(run_dir / "scores.csv", scored, labels, indices)
     if not (figures and settings.plots):
         return EvaluationResult(metrics)
-    images = {**in_sets, **{name: ood_set.images for name, ood_set in out_sets.items()}}
     return EvaluationResult(
-        metrics, ood_figures(settings, model, images, scored, tables["thresholds"], run_dir)
+        metrics, ood_figures(settings, model, prepared.all(), scored, tables["thresholds"], run_dir)
     )
 
 

@@ -220,10 +220,20 @@ class Scorer:
     def _spent(self, part: str, started: float) -> None:
         self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - started
 
-    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, images: torch.Tensor, pass_scores: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Every score of each of `images`; `pass_scores`: the model's deterministic pass over them,
+        when already computed (score_images)."""
         settings = self.settings
         scores = score_images(
-            self.model, images, settings.batch_size, settings.samples, settings.regret_steps, self.timings
+            self.model,
+            images,
+            settings.batch_size,
+            settings.samples,
+            settings.regret_steps,
+            self.timings,
+            pass_scores,
         )
         if self.background is not None:  # scored like the model, on the same images
             started = time.perf_counter()

@@ -30,12 +30,32 @@ def png_bits(images: torch.Tensor) -> torch.Tensor:
     compression level: L(x), the input-complexity estimate of Serra et al. (ICLR 2020). Computed
     once per distinct set of images in a process."""
     pixels = (images[:, 0] * 255).round().to(torch.uint8).cpu().numpy()
-    key = hashlib.sha1(pixels.tobytes() + str(pixels.shape).encode()).digest()
+    key = _png_key(pixels)
     if key not in _PNG_BITS:
         if len(_PNG_BITS) >= _PNG_BITS_KEPT:
             _PNG_BITS.pop(next(iter(_PNG_BITS)))
         _PNG_BITS[key] = png_lengths(images)
     return _PNG_BITS[key].clone()
+
+
+_PNG_SECONDS: dict[bytes, float] = {}
+
+
+def png_seconds_per_image(images: torch.Tensor) -> float:
+    """The seconds `png_lengths` takes per image of `images`, timed once per distinct set in a
+    process (for the cost of the score, which every member of a sweep reports)."""
+    key = _png_key((images[:, 0] * 255).round().to(torch.uint8).cpu().numpy())
+    if key not in _PNG_SECONDS:
+        if len(_PNG_SECONDS) >= _PNG_BITS_KEPT:
+            _PNG_SECONDS.pop(next(iter(_PNG_SECONDS)))
+        started = time.perf_counter()
+        png_lengths(images)
+        _PNG_SECONDS[key] = (time.perf_counter() - started) / len(images)
+    return _PNG_SECONDS[key]
+
+
+def _png_key(pixels: Any) -> bytes:
+    return hashlib.sha1(pixels.tobytes() + str(pixels.shape).encode()).digest()
 
 
 def png_lengths(images: torch.Tensor) -> torch.Tensor:
@@ -56,6 +76,7 @@ def score_images(
     samples: int = 0,
     regret_steps: int = 0,
     timings: dict[str, float] | None = None,
+    pass_scores: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every anomaly score of the model for each image (float64 tensors (N,), higher = more anomalous), in
     batches, plus `<score>_ic` = score in bits - PNG length in bits for each likelihood score
@@ -63,9 +84,20 @@ def score_images(
     Sampled scores use a fixed seed, so the same images in the same batches get the same scores.
     With `regret_steps` > 0, a VAE's `likelihood_regret` too (that many optimiser steps per batch).
     `timings`, when given, gets the seconds spent: `pass` (the scores of one deterministic pass),
-    `neg_elbo_iw` and `likelihood_regret` (each on top of it)."""
+    `neg_elbo_iw` and `likelihood_regret` (each on top of it). `pass_scores`, when given, are the
+    deterministic pass's scores of these images, already computed (for the members of a batched
+    sweep at once): only the sampled scores are then computed here."""
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
+    if pass_scores is not None:
+        parts = {
+            name: [value.double().cpu()]
+            for name, value in pass_scores.items()
+            if name in model.anomaly_scores
+        }
+    sampled = (samples and "neg_elbo_iw" in model.anomaly_scores) or (
+        regret_steps and "likelihood_regret" in model.anomaly_scores
+    )
     spent = timings if timings is not None else {}
 
     def timed(part: str, compute: Callable[..., Any], *arguments: Any) -> Any:
@@ -78,11 +110,12 @@ def score_images(
 
     with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
         torch.manual_seed(0)
-        for batch in images.split(batch_size):
+        for batch in images.split(batch_size) if pass_scores is None or sampled else ():
             batch = batch.to(model.device)
-            for name, value in timed("pass", model.scores, batch).items():
-                if name in model.anomaly_scores:
-                    parts.setdefault(name, []).append(value.double().cpu())
+            if pass_scores is None:
+                for name, value in timed("pass", model.scores, batch).items():
+                    if name in model.anomaly_scores:
+                        parts.setdefault(name, []).append(value.double().cpu())
             if samples and "neg_elbo_iw" in model.anomaly_scores:
                 bound = timed("neg_elbo_iw", model.importance_weighted_nll, batch, samples)
                 parts.setdefault("neg_elbo_iw", []).append(bound.double().cpu())

@@ -155,3 +155,42 @@ def test_member_configs_switch_one_config_and_resolve_like_a_full_resolution(tmp
         assert configs.resolved(index)["extra"]["twice"] == seed
         unresolved = yaml.safe_load(configs.unresolved_yaml(index))
         assert unresolved == OmegaConf.to_container(with_seed, resolve=False) | {"paths": unresolved["paths"]}
+
+
+def test_line_evaluations_of_members_at_once_equal_each_models_own(tmp_path: Path) -> None:
+    """The line outcomes and the OOD evaluation (sets built once, the deterministic pass vmapped over
+    the members) give each member what its model gives alone."""
+    from src.evaluation.base import EvaluationContext, MemberSet
+    from src.evaluation.line_outcomes import LineOutcomes
+    from src.evaluation.ood import OODDetection
+    from src.pipeline.config import build
+
+    cfg = compose_config(["data=lines", "data.n_train=64", "data.n_val=40", "data.n_test=40"], tmp_path)
+    datamodule = build(cfg.data)
+    datamodule.setup()
+    net = {"_target_": "src.models.nets.DenseNet", "hidden_dims": [8]}
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        models.append(ClassicalAutoencoder(net, [1, 32, 32], latent_dim=2).eval())
+    members = MemberSet(MemberModels.stack(models), None, lambda index: models[index])
+    folders = [tmp_path / f"together{index}" for index in range(3)]
+    alone_folders = [tmp_path / f"alone{index}" for index in range(3)]
+    for folder in folders + alone_folders:
+        folder.mkdir()
+    contexts = [EvaluationContext(folder, False, cfg) for folder in folders]
+    evaluations = [LineOutcomes(angles=90, reference_angles=360, sets=["noise", "circle"]), OODDetection()]
+    for evaluation in evaluations:
+        together = evaluation.evaluate_members(members, datamodule, contexts)
+        for index, model in enumerate(models):
+            alone = evaluation(model, datamodule, EvaluationContext(alone_folders[index], False, cfg)).metrics
+            assert together[index].metrics.keys() == alone.keys() and len(alone) > 5
+            for key, value in alone.items():
+                if isinstance(value, float) and "time" not in key:
+                    assert together[index].metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+                elif "time" not in key:
+                    assert together[index].metrics[key] == value, key
+        assert together[0].metrics != together[1].metrics  # each member its own, not one copied
+    assert (folders[1] / "scores.csv").read_text().splitlines()[0] == (
+        alone_folders[1] / "scores.csv"
+    ).read_text().splitlines()[0]
