@@ -1,11 +1,12 @@
 """Summaries of sweeps: after any multirun, `SweepSummary` (a Hydra callback, conf/hydra/default.yaml)
 reads every job folder of the sweep and writes summary.json, summary.md and summary.png beside
 them. Jobs are grouped by their overrides other than `seed`, so `model=ca,vae seed='range(0,100)'`
-gives one group per model."""
+gives one group per model; a sweep of several groups compares them (src/analysis/comparison.py)."""
 
 from __future__ import annotations
 
 import atexit
+import fnmatch
 import json
 import logging
 import sys
@@ -14,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from src.errors import MissingFileError
+from src.analysis import comparison
+from src.errors import ConfigValueError, MissingFileError
 from src.evaluation.census import OUTCOMES
 from src.evaluation.intervals import numeric_summary, wilson_interval
 from src.evaluation.line_outcomes import LINE_OUTCOMES
-from src.pipeline.config import configuration_key
+from src.pipeline.config import CONFIG_DIR, NOT_SETTINGS, configuration_key
 from src.pipeline.run import read_run
 from src.reporting import wandb as wandb_reporting
 from src.reporting.figures import sweep_summary
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 KNOWN_CATEGORIES = {"test/outcome": OUTCOMES, "test/lines/outcome": LINE_OUTCOMES}
 # The prefix of results that describe a run's state at initialisation (cross-tabulated with outcomes).
 INITIAL_STATE = "init/"
+# The config keys a summary reads from its jobs' config.yaml (conf/config.yaml documents them).
+SUMMARY_SETTINGS = ("headline", "comparison")
 
 
 def load_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -96,9 +100,52 @@ def crosstabs(finished: list[dict[str, Any]], counts: dict[str, dict[str, int]])
     return tables
 
 
+def summary_settings(sweep_dir: Path, jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The `headline` globs and the `comparison` settings the sweep's jobs ran with (the first job's
+    config.yaml), conf/config.yaml's where the job's config lacks them."""
+    settings = OmegaConf.masked_copy(OmegaConf.load(CONFIG_DIR / "config.yaml"), list(SUMMARY_SETTINGS))
+    for job in jobs:
+        if (path := sweep_dir / job["dir"] / "config.yaml").is_file():
+            config = OmegaConf.load(path)
+            ran = OmegaConf.masked_copy(config, [key for key in SUMMARY_SETTINGS if key in config])
+            settings = OmegaConf.merge(settings, ran)
+            break
+    return OmegaConf.to_container(settings, resolve=True)
+
+
+def group_jobs(jobs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The jobs by setting (`configuration_key`: the overrides apart from the seed and paths.*)."""
+    by_group: dict[str, list[dict[str, Any]]] = {}
+    for job in jobs:
+        by_group.setdefault(configuration_key(job["overrides"]), []).append(job)
+    return by_group
+
+
+def configurations(
+    by_group: dict[str, list[dict[str, Any]]], prefix: str = ""
+) -> list[comparison.Configuration]:
+    """Each group as a configuration to compare: its settings and its finished jobs' metrics; its
+    name `prefix` + the group's."""
+    return [
+        comparison.Configuration(
+            prefix + name,
+            comparison.settings_of([o for o in group[0]["overrides"] if not o.startswith(NOT_SETTINGS)]),
+            [job["metrics"] for job in group if job["metrics"] is not None],
+        )
+        for name, group in by_group.items()
+    ]
+
+
+def headline_keys(groups: dict[str, dict[str, Any]], patterns: list[str]) -> list[str]:
+    """The results of any group that a `headline` glob matches, in the globs' order."""
+    present = list(dict.fromkeys(key for g in groups.values() for key in [*g["metrics"], *g["counts"]]))
+    return list(dict.fromkeys(k for p in patterns for k in present if fnmatch.fnmatchcase(k, p)))
+
+
 def summarise_sweep(sweep_dir: Path) -> dict[str, Any]:
-    """The summary of all jobs, and under "groups" one per setting (`configuration_key`: the
-    overrides apart from the seed and paths.*)."""
+    """The summary of all jobs, under "groups" one per setting (`group_jobs`), the `headline`
+    results, and with two or more groups their `comparisons` (src/analysis/comparison.py; a
+    baseline that names no single group leaves them empty, its problem under `comparison_error`)."""
     jobs = load_jobs(sweep_dir)
     if not jobs:
         raise MissingFileError(
@@ -106,17 +153,57 @@ def summarise_sweep(sweep_dir: Path) -> dict[str, Any]:
             "e.g. outputs/multiruns/<date>_<time>_<id>."
         )
     summary = {"sweep": str(sweep_dir), **summarise(jobs), "groups": {}}
-    by_group: dict[str, list[dict[str, Any]]] = {}
-    for job in jobs:
-        by_group.setdefault(configuration_key(job["overrides"]), []).append(job)
+    by_group = group_jobs(jobs)
     summary["groups"] = {name: summarise(group_jobs) for name, group_jobs in by_group.items()}
+    settings = summary_settings(sweep_dir, jobs)
+    summary["headline"] = headline_keys(summary["groups"], settings["headline"])
+    summary["comparisons"] = []
+    if len(by_group) > 1:
+        try:
+            summary["comparisons"] = comparison.comparisons(
+                configurations(by_group),
+                settings["headline"],
+                settings["comparison"]["better"],
+                settings["comparison"]["baseline"],
+                KNOWN_CATEGORIES,
+            )
+        except ConfigValueError as problem:
+            summary["comparison_error"] = str(problem)
     return summary
 
 
+def headline_table(summary: dict[str, Any]) -> list[str]:
+    """One row per headline result (per category of an outcome), one column per group: the mean
+    with its 95% t interval, or the frequency with its 95% Wilson interval."""
+    groups = summary["groups"]
+    rows = [["runs (failed)", *(f"{g['n_jobs']} ({g['n_failed']})" for g in groups.values())]]
+    for key in summary["headline"]:
+        categories = dict.fromkeys(c for g in groups.values() for c in g["counts"].get(key, {}))
+        for category in categories:
+            cells = [
+                "{:.3f} [{:.3f}, {:.3f}]".format(g["frequencies"][key][category], *g["ci95"][key][category])
+                if category in g["counts"].get(key, {})
+                else "–"
+                for g in groups.values()
+            ]
+            rows.append([f"{key} = {category}", *cells])
+        if not categories:
+            rows.append([key, *(_mean_and_interval(g["metrics"].get(key), ".4g") for g in groups.values())])
+    header = ["result", *(f"`{name}`" for name in groups)]
+    return markdown_table(header, rows, "l" + "r" * len(groups))
+
+
 def markdown(summary: dict[str, Any]) -> str:
-    """summary.md: per group, the failed jobs, each categorical result's counts, frequencies and
-    95% Wilson intervals, and the numeric results' mean with its 95% t interval, std, min and max."""
+    """summary.md: first the headline table (`headline_table`) and the comparisons of the groups;
+    then per group, the failed jobs, each categorical result's counts, frequencies and 95% Wilson
+    intervals, and the numeric results' mean with its 95% t interval, std, min and max."""
     lines = [f"# Sweep summary: {summary['sweep']}", ""]
+    lines += ["## Headline", "", "mean [95% t interval] or frequency [95% Wilson interval] over seeds", ""]
+    lines += [*headline_table(summary), ""]
+    if summary.get("comparison_error"):
+        lines += ["## Comparisons", "", f"None: {summary['comparison_error']}", ""]
+    elif summary["comparisons"]:
+        lines += ["## Comparisons", "", *comparison.markdown(summary["comparisons"])]
     for name, group in summary["groups"].items():
         lines += [f"## {name}", "", f"jobs: {group['n_jobs']}, failed: {group['n_failed']}", ""]
         for job_dir, error in group["failed"].items():
@@ -164,8 +251,10 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _mean_and_interval(stats: dict[str, Any] | None) -> str:
-    return "–" if stats is None else "{:.3f} [{:.3f}, {:.3f}]".format(stats["mean"], *stats["ci95"])
+def _mean_and_interval(stats: dict[str, Any] | None, digits: str = ".3f") -> str:
+    if stats is None:
+        return "–"
+    return "{} [{}, {}]".format(*(format(value, digits) for value in (stats["mean"], *stats["ci95"])))
 
 
 def table2(summary: dict[str, Any]) -> str | None:
