@@ -160,18 +160,22 @@ def direction(key: str, better: Mapping[str, str]) -> str | None:
 def pairs(
     configurations: Sequence[Configuration], baseline: str | None = None
 ) -> list[tuple[Configuration, Configuration]]:
-    """The pairs (A, B) to compare: the baseline (the one configuration holding every override of
-    `baseline`, e.g. "model=ca") against every other, then every two configurations whose settings
-    differ in at most one key, each pair once, A listed first."""
+    """The pairs (A, B) to compare: the baseline (the configuration named `baseline`, or the one
+    holding every override of it, e.g. "model=ca") against every other, then every two
+    configurations whose settings differ in at most one key, each pair once, A listed first."""
     chosen: list[tuple[Configuration, Configuration]] = []
     if baseline:
         wanted = settings_of(baseline.split())
-        matching = [c for c in configurations if all(c.settings.get(k) == v for k, v in wanted.items())]
+        matching = [
+            c
+            for c in configurations
+            if c.name == baseline or all(c.settings.get(k) == v for k, v in wanted.items())
+        ]
         if len(matching) != 1:
             names = [c.name for c in configurations]
             raise ConfigValueError(
-                f"comparison.baseline={baseline!r} matches {len(matching)} of the configurations {names}; "
-                "name overrides that exactly one of them has"
+                f"the baseline {baseline!r} (comparison.baseline, src.compare's --baseline) matches "
+                f"{len(matching)} of the configurations {names}; name one, or overrides only it has"
             )
         chosen += [(matching[0], other) for other in configurations if other is not matching[0]]
     for i, a in enumerate(configurations):
@@ -284,7 +288,8 @@ def markdown(results: Sequence[Mapping[str, Any]]) -> list[str]:
     lines: list[str] = []
     for result in results:
         lines += [f"### B = `{result['b']}` vs A = `{result['a']}`", ""]
-        lines += [f"differs in: {', '.join(result['differs_in']) or '(nothing: the same settings)'}", ""]
+        differing = ", ".join(result["differs_in"]) or "nothing: the same settings, another sweep"
+        lines += [f"differs in: {differing}", ""]
         if result["metrics"]:
             rows = [
                 [

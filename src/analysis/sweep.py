@@ -121,14 +121,11 @@ def group_jobs(jobs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return by_group
 
 
-def configurations(
-    by_group: dict[str, list[dict[str, Any]]], prefix: str = ""
-) -> list[comparison.Configuration]:
-    """Each group as a configuration to compare: its settings and its finished jobs' metrics; its
-    name `prefix` + the group's."""
+def configurations(by_group: dict[str, list[dict[str, Any]]]) -> list[comparison.Configuration]:
+    """Each group as a configuration to compare: its name, settings and finished jobs' metrics."""
     return [
         comparison.Configuration(
-            prefix + name,
+            name,
             comparison.settings_of([o for o in group[0]["overrides"] if not o.startswith(NOT_SETTINGS)]),
             [job["metrics"] for job in group if job["metrics"] is not None],
         )
@@ -142,16 +139,22 @@ def headline_keys(groups: dict[str, dict[str, Any]], patterns: list[str]) -> lis
     return list(dict.fromkeys(k for p in patterns for k in present if fnmatch.fnmatchcase(k, p)))
 
 
-def summarise_sweep(sweep_dir: Path) -> dict[str, Any]:
-    """The summary of all jobs, under "groups" one per setting (`group_jobs`), the `headline`
-    results, and with two or more groups their `comparisons` (src/analysis/comparison.py; a
-    baseline that names no single group leaves them empty, its problem under `comparison_error`)."""
+def _sweep_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """`load_jobs`, refusing a folder without any."""
     jobs = load_jobs(sweep_dir)
     if not jobs:
         raise MissingFileError(
             f"{sweep_dir} holds no job folders (<job>/.hydra/): give a sweep folder, "
             "e.g. outputs/multiruns/<date>_<time>_<id>."
         )
+    return jobs
+
+
+def summarise_sweep(sweep_dir: Path) -> dict[str, Any]:
+    """The summary of all jobs, under "groups" one per setting (`group_jobs`), the `headline`
+    results, and with two or more groups their `comparisons` (src/analysis/comparison.py; a
+    baseline that names no single group leaves them empty, its problem under `comparison_error`)."""
+    jobs = _sweep_jobs(sweep_dir)
     summary = {"sweep": str(sweep_dir), **summarise(jobs), "groups": {}}
     by_group = group_jobs(jobs)
     summary["groups"] = {name: summarise(group_jobs) for name, group_jobs in by_group.items()}
@@ -170,6 +173,63 @@ def summarise_sweep(sweep_dir: Path) -> dict[str, Any]:
         except ConfigValueError as problem:
             summary["comparison_error"] = str(problem)
     return summary
+
+
+def _data_name(sweep_dir: Path, group: list[dict[str, Any]]) -> str:
+    """The `data.name` a group of jobs trained on (its first job's config.yaml)."""
+    path = sweep_dir / group[0]["dir"] / "config.yaml"
+    config = OmegaConf.load(path) if path.is_file() else OmegaConf.create()
+    return str(OmegaConf.select(config, "data.name", default="(unknown)"))
+
+
+def compare_sweeps(sweep_dirs: list[Path], baseline: str | None = None) -> dict[str, Any]:
+    """The comparison of the configurations of several sweep folders (`python -m src.compare`),
+    named `<folder name>: <group>`: their summaries under "groups", the `headline` results and the
+    `comparisons`, with the headline globs and `better` of the first sweep's jobs. Refuses (one
+    line) sweeps on other data, a configuration with under two finished seeds, and sweeps that
+    share no headline result."""
+    by_group: dict[str, list[dict[str, Any]]] = {}
+    data: dict[Path, set[str]] = {}
+    settings = None
+    for sweep_dir in sweep_dirs:
+        jobs = _sweep_jobs(sweep_dir)
+        settings = settings or summary_settings(sweep_dir, jobs)
+        groups = group_jobs(jobs)
+        data[sweep_dir] = {_data_name(sweep_dir, group) for group in groups.values()}
+        if data[sweep_dir] != data[sweep_dirs[0]]:
+            raise ConfigValueError(
+                f"{sweep_dir} ran on data {sorted(data[sweep_dir])}, {sweep_dirs[0]} on "
+                f"{sorted(data[sweep_dirs[0]])}: compare sweeps on the same data"
+            )
+        for name, group in groups.items():
+            finished = sum(job["metrics"] is not None for job in group)
+            if finished < 2:
+                raise ConfigValueError(
+                    f"{sweep_dir}, configuration {name!r}: {finished} finished job(s); a comparison "
+                    "needs at least 2 seeds per configuration (run more seeds)"
+                )
+            by_group[f"{sweep_dir.name}: {name}"] = group
+    result: dict[str, Any] = {"sweeps": [str(d) for d in sweep_dirs]}
+    result["groups"] = {name: summarise(group) for name, group in by_group.items()}
+    shared = None
+    for sweep_dir in sweep_dirs:
+        names = [n for n in result["groups"] if n.startswith(f"{sweep_dir.name}: ")]
+        keys = set(headline_keys({n: result["groups"][n] for n in names}, settings["headline"]))
+        shared = keys if shared is None else shared & keys
+    if not shared:
+        raise ConfigValueError(
+            f"the sweeps {[str(d) for d in sweep_dirs]} share no headline result (the `headline` globs "
+            f"{settings['headline']}): compare sweeps that measured the same metrics"
+        )
+    result["headline"] = headline_keys(result["groups"], settings["headline"])
+    result["comparisons"] = comparison.comparisons(
+        configurations(by_group),
+        settings["headline"],
+        settings["comparison"]["better"],
+        baseline,
+        KNOWN_CATEGORIES,
+    )
+    return result
 
 
 def headline_table(summary: dict[str, Any]) -> list[str]:
@@ -193,17 +253,23 @@ def headline_table(summary: dict[str, Any]) -> list[str]:
     return markdown_table(header, rows, "l" + "r" * len(groups))
 
 
-def markdown(summary: dict[str, Any]) -> str:
-    """summary.md: first the headline table (`headline_table`) and the comparisons of the groups;
-    then per group, the failed jobs, each categorical result's counts, frequencies and 95% Wilson
-    intervals, and the numeric results' mean with its 95% t interval, std, min and max."""
-    lines = [f"# Sweep summary: {summary['sweep']}", ""]
-    lines += ["## Headline", "", "mean [95% t interval] or frequency [95% Wilson interval] over seeds", ""]
+def leading_sections(summary: dict[str, Any]) -> list[str]:
+    """The sections a summary (or a comparison of sweeps) opens with: the headline table, then the
+    comparisons of its groups."""
+    lines = ["## Headline", "", "mean [95% t interval] or frequency [95% Wilson interval] over seeds", ""]
     lines += [*headline_table(summary), ""]
     if summary.get("comparison_error"):
         lines += ["## Comparisons", "", f"None: {summary['comparison_error']}", ""]
     elif summary["comparisons"]:
         lines += ["## Comparisons", "", *comparison.markdown(summary["comparisons"])]
+    return lines
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """summary.md: first the headline table (`headline_table`) and the comparisons of the groups;
+    then per group, the failed jobs, each categorical result's counts, frequencies and 95% Wilson
+    intervals, and the numeric results' mean with its 95% t interval, std, min and max."""
+    lines = [f"# Sweep summary: {summary['sweep']}", "", *leading_sections(summary)]
     for name, group in summary["groups"].items():
         lines += [f"## {name}", "", f"jobs: {group['n_jobs']}, failed: {group['n_failed']}", ""]
         for job_dir, error in group["failed"].items():

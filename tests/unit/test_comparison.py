@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
+import runpy
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from src.analysis.comparison import (
     Configuration,
@@ -17,6 +22,7 @@ from src.analysis.comparison import (
     probability_of_improvement,
     stratified_iqm,
 )
+from src.analysis.sweep import compare_sweeps
 from src.errors import ConfigValueError
 
 
@@ -109,7 +115,7 @@ def test_pairs_are_those_differing_in_one_setting_and_the_baseline_against_every
     with_baseline = [(a.name, b.name) for a, b in pairs([ca2, ca4, vae2, vae4], "model=ca width=2")]
     assert with_baseline[:3] == [("ca 2", "ca 4"), ("ca 2", "vae 2"), ("ca 2", "vae 4")]
     assert len(with_baseline) == 5
-    with pytest.raises(ConfigValueError, match="comparison.baseline='model=ca' matches 2"):
+    with pytest.raises(ConfigValueError, match="baseline 'model=ca' .* matches 2"):
         pairs([ca2, ca4, vae2], "model=ca")
 
 
@@ -138,3 +144,61 @@ def test_compare_gives_each_headline_metric_its_statistics() -> None:
     values = sorted([0.6 + 0.01 * s for s in range(4)] + [0.7 + 0.01 * s for s in range(4)] + [0.8] * 4)
     assert auroc["a"]["value"] == pytest.approx(np.mean(values[3:9]))
     assert "seed" not in result["metrics"]
+
+
+def _sweep(folder: Path, data: str, losses: dict[str, list[float]]) -> Path:
+    """A sweep folder as a multirun leaves it: per job .hydra/overrides.yaml, config.yaml and
+    metrics.json; `losses` maps an override to the test/loss of seeds 0, 1, ..."""
+    job = 0
+    for override, values in losses.items():
+        for seed, loss in enumerate(values):
+            (folder / str(job) / ".hydra").mkdir(parents=True)
+            (folder / str(job) / ".hydra" / "overrides.yaml").write_text(
+                yaml.safe_dump([override, f"seed={seed}"])
+            )
+            (folder / str(job) / "config.yaml").write_text(yaml.safe_dump({"data": {"name": data}}))
+            metrics = {"seed": seed, "test/loss": loss, "test/outcome": "optimal" if loss < 1 else "other"}
+            (folder / str(job) / "metrics.json").write_text(json.dumps(metrics))
+            job += 1
+    return folder
+
+
+def test_sweeps_run_apart_are_compared_across_their_folders(tmp_path: Path) -> None:
+    before = _sweep(tmp_path / "before", "lines2x2", {"model=ca": [1.0, 2.0, 3.0]})
+    after = _sweep(
+        tmp_path / "after", "lines2x2", {"model=ca": [0.5, 1.5, 2.5], "model=vae": [4.0, 5.0, 6.0]}
+    )
+    result = compare_sweeps([before, after], baseline="before: model=ca")
+    named = [(c["a"], c["b"], c["differs_in"]) for c in result["comparisons"]]
+    assert named == [
+        ("before: model=ca", "after: model=ca", []),
+        ("before: model=ca", "after: model=vae", ["model"]),
+        ("after: model=ca", "after: model=vae", ["model"]),
+    ]
+    same = result["comparisons"][0]
+    assert same["metrics"]["test/loss"]["difference"]["value"] == pytest.approx(-0.5)
+    assert same["metrics"]["test/loss"]["difference"]["ci95"] == pytest.approx([-0.5, -0.5])  # paired
+    assert same["metrics"]["test/loss"]["probability_of_improvement"]["value"] == pytest.approx(6 / 9)
+    assert same["outcomes"]["test/outcome"]["optimal"]["value"] == pytest.approx(1 / 3)
+    assert result["headline"][:2] == ["test/loss", "test/outcome"]
+
+
+def test_sweeps_that_cannot_be_compared_are_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = _sweep(tmp_path / "lines", "lines2x2", {"model=ca": [1.0, 2.0]})
+    mnist = _sweep(tmp_path / "mnist", "mnist", {"model=ca": [1.0, 2.0]})
+    with pytest.raises(ConfigValueError, match="ran on data \\['mnist'\\].*compare sweeps on the same data"):
+        compare_sweeps([lines, mnist])
+    single = _sweep(tmp_path / "single", "lines2x2", {"model=vae": [1.0]})
+    with pytest.raises(
+        ConfigValueError, match="'model=vae': 1 finished job\\(s\\); a comparison needs at least 2"
+    ):
+        compare_sweeps([lines, single])
+    # The entry point: the same refusal as one line on stderr, exit status 2.
+    monkeypatch.setattr(sys, "argv", ["src.compare", str(lines), str(mnist)])
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_module("src.compare", run_name="__main__")
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("src.compare: ") and "same data" in error
