@@ -135,6 +135,12 @@ def difference_of_iqms(
     }
 
 
+def performance_profile(values: Sequence[float], thresholds: Sequence[float]) -> list[float]:
+    """The fraction of `values` (every run's score on every task) above each threshold."""
+    scores = np.asarray(values, dtype=float)
+    return [float((scores > threshold).mean()) for threshold in thresholds]
+
+
 def difference_of_proportions(hits_a: int, n_a: int, hits_b: int, n_b: int) -> dict[str, Any]:
     """p_b - p_a with Newcombe's hybrid score interval (Newcombe 1998, method 10: from the two
     95% Wilson intervals, no continuity correction)."""

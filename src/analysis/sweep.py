@@ -9,6 +9,7 @@ import atexit
 import fnmatch
 import json
 import logging
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -35,6 +36,10 @@ KNOWN_CATEGORIES = {"test/outcome": OUTCOMES, "test/lines/outcome": LINE_OUTCOME
 INITIAL_STATE = "init/"
 # The config keys a summary reads from its jobs' config.yaml (conf/config.yaml documents them).
 SUMMARY_SETTINGS = ("headline", "comparison")
+# The performance profile of a group: the fraction of its runs' AUROCs, over every OOD set
+# (ood/<set>/auroc, the decision score's), above each of these thresholds.
+PROFILE_METRIC = re.compile(r"ood/[^/]+/auroc")
+PROFILE_THRESHOLDS = [step / 100 for step in range(101)]
 
 
 def load_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -151,13 +156,25 @@ def _sweep_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def summarise_sweep(sweep_dir: Path) -> dict[str, Any]:
-    """The summary of all jobs, under "groups" one per setting (`group_jobs`), the `headline`
-    results, and with two or more groups their `comparisons` (src/analysis/comparison.py; a
+    """The summary of all jobs, under "groups" one per setting (`group_jobs`; with OOD results,
+    each with its `auroc_profile`), the `headline` results, and with two or more groups their
+    `comparisons` (src/analysis/comparison.py; a
     baseline that names no single group leaves them empty, its problem under `comparison_error`)."""
     jobs = _sweep_jobs(sweep_dir)
     summary = {"sweep": str(sweep_dir), **summarise(jobs), "groups": {}}
     by_group = group_jobs(jobs)
     summary["groups"] = {name: summarise(group_jobs) for name, group_jobs in by_group.items()}
+    for name, group in by_group.items():
+        aurocs = [
+            value
+            for job in group
+            if job["metrics"] is not None
+            for key, value in job["metrics"].items()
+            if PROFILE_METRIC.fullmatch(key) and isinstance(value, int | float)
+        ]
+        if aurocs:
+            profile = comparison.performance_profile(aurocs, PROFILE_THRESHOLDS)
+            summary["groups"][name]["auroc_profile"] = {"thresholds": PROFILE_THRESHOLDS, "above": profile}
     settings = summary_settings(sweep_dir, jobs)
     summary["headline"] = headline_keys(summary["groups"], settings["headline"])
     summary["comparisons"] = []
@@ -367,7 +384,7 @@ def write_summary(sweep_dir: Path) -> dict[str, Any]:
     (sweep_dir / "summary.md").write_text(markdown(summary))
     if (table := table2(summary)) is not None:
         (sweep_dir / "table2.md").write_text(table)
-    sweep_summary(summary["groups"], sweep_dir / "summary.png")
+    sweep_summary(summary["groups"], sweep_dir / "summary.png", summary["headline"])
     return summary
 
 

@@ -19,6 +19,7 @@ from src.analysis.comparison import (
     difference_of_proportions,
     iqm,
     pairs,
+    performance_profile,
     probability_of_improvement,
     stratified_iqm,
 )
@@ -38,6 +39,10 @@ def test_newcombe_interval_matches_the_textbook_example() -> None:
 def test_iqm_is_the_mean_of_the_middle_half() -> None:
     assert iqm([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 100.0]) == 3.5  # mean of 2, 3, 4, 5: the 100 cut off
     assert iqm(np.arange(1.0, 9.0)) == 4.5
+
+
+def test_performance_profile_is_the_fraction_above_each_threshold() -> None:
+    assert performance_profile([0.5, 0.7, 0.9, 0.9], [0.0, 0.6, 0.8, 0.9, 1.0]) == [1.0, 0.75, 0.5, 0.0, 0.0]
 
 
 def test_stratified_iqm_interval_holds_the_iqm_of_identical_tasks() -> None:
