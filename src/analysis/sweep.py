@@ -424,6 +424,8 @@ class SweepSummary(Callback):
             summary["n_jobs"],
             summary["n_failed"],
         )
+        if "comparison_error" in summary:
+            log.error("The summary compares no configurations: %s", summary["comparison_error"])
         if "wandb" in config.get("logger", {}):
             try:
                 wandb_reporting.log_summary(config, sweep_dir, summary)

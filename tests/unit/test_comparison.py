@@ -23,7 +23,7 @@ from src.analysis.comparison import (
     probability_of_improvement,
     stratified_iqm,
 )
-from src.analysis.sweep import compare_sweeps
+from src.analysis.sweep import compare_sweeps, markdown, summarise_sweep
 from src.errors import ConfigValueError
 
 
@@ -151,9 +151,10 @@ def test_compare_gives_each_headline_metric_its_statistics() -> None:
     assert "seed" not in result["metrics"]
 
 
-def _sweep(folder: Path, data: str, losses: dict[str, list[float]]) -> Path:
-    """A sweep folder as a multirun leaves it: per job .hydra/overrides.yaml, config.yaml and
-    metrics.json; `losses` maps an override to the test/loss of seeds 0, 1, ..."""
+def _sweep(folder: Path, data: str, losses: dict[str, list[float]], baseline: str | None = None) -> Path:
+    """A sweep folder as a multirun leaves it: per job .hydra/overrides.yaml, config.yaml (its
+    data and comparison.baseline) and metrics.json; `losses` maps an override to the test/loss of
+    seeds 0, 1, ..."""
     job = 0
     for override, values in losses.items():
         for seed, loss in enumerate(values):
@@ -161,7 +162,8 @@ def _sweep(folder: Path, data: str, losses: dict[str, list[float]]) -> Path:
             (folder / str(job) / ".hydra" / "overrides.yaml").write_text(
                 yaml.safe_dump([override, f"seed={seed}"])
             )
-            (folder / str(job) / "config.yaml").write_text(yaml.safe_dump({"data": {"name": data}}))
+            config = {"data": {"name": data}, "comparison": {"baseline": baseline}}
+            (folder / str(job) / "config.yaml").write_text(yaml.safe_dump(config))
             metrics = {"seed": seed, "test/loss": loss, "test/outcome": "optimal" if loss < 1 else "other"}
             (folder / str(job) / "metrics.json").write_text(json.dumps(metrics))
             job += 1
@@ -207,3 +209,17 @@ def test_sweeps_that_cannot_be_compared_are_refused_in_one_line(
     assert stopped.value.code == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("src.compare: ") and "same data" in error
+
+
+def test_a_sweep_summary_compares_with_its_jobs_baseline_or_says_why_not(tmp_path: Path) -> None:
+    losses = {"model=ca": [1.0, 2.0], "model=vae": [3.0, 4.0], "model=vaegan": [5.0, 6.0]}
+    summary = summarise_sweep(_sweep(tmp_path / "s", "lines2x2", losses, baseline="model=vae"))
+    assert [(c["a"], c["b"]) for c in summary["comparisons"]] == [
+        ("model=vae", "model=ca"),
+        ("model=vae", "model=vaegan"),
+        ("model=ca", "model=vaegan"),
+    ]
+    assert summary["comparisons"][0]["metrics"]["test/loss"]["difference"]["value"] == -2.0
+    summary = summarise_sweep(_sweep(tmp_path / "t", "lines2x2", losses, baseline="model=gan"))
+    assert summary["comparisons"] == [] and "baseline 'model=gan'" in summary["comparison_error"]
+    assert "## Comparisons\n\nNone: the baseline 'model=gan'" in markdown(summary)
