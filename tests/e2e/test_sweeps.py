@@ -99,7 +99,7 @@ def test_a_sweep_of_two_widths_compares_them(tmp_path: Path) -> None:
         "experiment=census_ca_2x2",
         "model.net.hidden_dims=[2],[4]",
         "seed=range(0,6)",
-        "trainer.max_epochs=300",
+        "trainer.max_epochs=100",
         "hydra/launcher=batched",
     )
     assert process.returncode == 0, process.stderr[-3000:]
