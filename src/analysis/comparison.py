@@ -47,15 +47,14 @@ def settings_of(overrides: Sequence[str]) -> dict[str, str]:
     return dict(override.split("=", 1) if "=" in override else (override, "") for override in overrides)
 
 
-def _interval(samples: Sequence[np.ndarray], statistic: Callable, paired: bool = False) -> list[float] | None:
+def _interval(samples: Sequence[np.ndarray], statistic: Callable) -> list[float] | None:
     """The 95% percentile bootstrap interval of `statistic` (vectorised over the last axis), each
-    sample resampled apart (jointly with `paired`); None when a sample has fewer than two values."""
+    sample resampled apart; None when a sample has fewer than two values."""
     if min(len(sample) for sample in samples) < 2:
         return None
     result = stats.bootstrap(
         samples,
         statistic,
-        paired=paired,
         vectorized=True,
         axis=-1,
         n_resamples=RESAMPLES,
@@ -76,6 +75,8 @@ def difference_of_means(
     paired = (
         seeds_a is not None
         and seeds_b is not None
+        and None not in seeds_a
+        and None not in seeds_b
         and len(set(seeds_a)) == len(seeds_a)
         and sorted(seeds_a) == sorted(seeds_b)
     )
@@ -163,6 +164,14 @@ def direction(key: str, better: Mapping[str, str]) -> str | None:
     return None
 
 
+def differing(a: Configuration, b: Configuration) -> list[str]:
+    """The settings (override keys) whose values differ between two configurations, one holding a
+    key the other lacks included."""
+    return sorted(
+        key for key in set(a.settings) | set(b.settings) if a.settings.get(key) != b.settings.get(key)
+    )
+
+
 def pairs(
     configurations: Sequence[Configuration], baseline: str | None = None
 ) -> list[tuple[Configuration, Configuration]]:
@@ -186,9 +195,7 @@ def pairs(
         chosen += [(matching[0], other) for other in configurations if other is not matching[0]]
     for i, a in enumerate(configurations):
         for b in configurations[i + 1 :]:
-            keys = set(a.settings) | set(b.settings)
-            differing = sum(a.settings.get(key) != b.settings.get(key) for key in keys)
-            if differing <= 1 and (a, b) not in chosen and (b, a) not in chosen:
+            if len(differing(a, b)) <= 1 and (a, b) not in chosen and (b, a) not in chosen:
                 chosen.append((a, b))
     return chosen
 
@@ -272,15 +279,13 @@ def comparisons(
     categories: Mapping[str, Sequence[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """`compare` for every pair `pairs` chooses; each names the settings the two differ in."""
-    results = []
-    for a, b in pairs(configurations, baseline):
-        keys = sorted(set(a.settings) | set(b.settings))
-        differing = [key for key in keys if a.settings.get(key) != b.settings.get(key)]
-        results.append({**compare(a, b, headline, better, categories), "differs_in": differing})
-    return results
+    return [
+        {**compare(a, b, headline, better, categories), "differs_in": differing(a, b)}
+        for a, b in pairs(configurations, baseline)
+    ]
 
 
-def _interval_text(entry: Mapping[str, Any], digits: str = ".3g") -> str:
+def _interval_text(entry: Mapping[str, Any], digits: str) -> str:
     value = format(entry["value"], digits)
     if entry.get("ci95") is None:
         return f"{value} (no interval: under 2 runs)"
