@@ -25,6 +25,7 @@ from src.analysis.comparison import (
 )
 from src.analysis.sweep import compare_sweeps, markdown, summarise_sweep
 from src.errors import ConfigValueError
+from src.reporting.wandb import comparison_rows
 
 
 def test_newcombe_interval_matches_the_textbook_example() -> None:
@@ -149,6 +150,14 @@ def test_compare_gives_each_headline_metric_its_statistics() -> None:
     values = sorted([0.6 + 0.01 * s for s in range(4)] + [0.7 + 0.01 * s for s in range(4)] + [0.8] * 4)
     assert auroc["a"]["value"] == pytest.approx(np.mean(values[3:9]))
     assert "seed" not in result["metrics"]
+    # The W&B summary run's table: one row per pair, result and statistic.
+    rows = comparison_rows([result])
+    assert rows[0][:4] == ["w2", "w4", "ood/a/auroc", "difference of means (paired)"]
+    loss_rows = [row for row in rows if row[2] == "test/loss"]
+    assert [row[3] for row in loss_rows] == ["difference of means (paired)", "probability of improvement"]
+    assert loss_rows[0][4:] == pytest.approx([0.5, 0.5, 0.5])
+    assert ["w2", "w4", "test/outcome = optimal", "difference of proportions"] in [row[:4] for row in rows]
+    assert rows[-1][2:4] == ["ood/*/auroc", "difference of IQMs"]
 
 
 def _sweep(folder: Path, data: str, losses: dict[str, list[float]], baseline: str | None = None) -> Path:
