@@ -158,8 +158,8 @@ def _sweep_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
 def summarise_sweep(sweep_dir: Path) -> dict[str, Any]:
     """The summary of all jobs, under "groups" one per setting (`group_jobs`; with OOD results,
     each with its `auroc_profile`), the `headline` results, and with two or more groups their
-    `comparisons` (src/analysis/comparison.py; a
-    baseline that names no single group leaves them empty, its problem under `comparison_error`)."""
+    `comparisons` (src/analysis/comparison.py; a baseline that names no single group leaves them
+    empty, its problem under `comparison_error`)."""
     jobs = _sweep_jobs(sweep_dir)
     summary = {"sweep": str(sweep_dir), **summarise(jobs), "groups": {}}
     by_group = group_jobs(jobs)
@@ -168,8 +168,7 @@ def summarise_sweep(sweep_dir: Path) -> dict[str, Any]:
         aurocs = [
             value
             for job in group
-            if job["metrics"] is not None
-            for key, value in job["metrics"].items()
+            for key, value in (job["metrics"] or {}).items()
             if PROFILE_METRIC.fullmatch(key) and isinstance(value, int | float)
         ]
         if aurocs:
@@ -206,17 +205,19 @@ def compare_sweeps(sweep_dirs: list[Path], baseline: str | None = None) -> dict[
     line) sweeps on other data, a configuration with under two finished seeds, and sweeps that
     share no headline result."""
     by_group: dict[str, list[dict[str, Any]]] = {}
-    data: dict[Path, set[str]] = {}
-    settings = None
+    settings: dict[str, Any] = {}
+    data: set[str] = set()
+    shared: set[str] | None = None
     for sweep_dir in sweep_dirs:
         jobs = _sweep_jobs(sweep_dir)
         settings = settings or summary_settings(sweep_dir, jobs)
         groups = group_jobs(jobs)
-        data[sweep_dir] = {_data_name(sweep_dir, group) for group in groups.values()}
-        if data[sweep_dir] != data[sweep_dirs[0]]:
+        ran_on = {_data_name(sweep_dir, group) for group in groups.values()}
+        data = data or ran_on
+        if ran_on != data:
             raise ConfigValueError(
-                f"{sweep_dir} ran on data {sorted(data[sweep_dir])}, {sweep_dirs[0]} on "
-                f"{sorted(data[sweep_dirs[0]])}: compare sweeps on the same data"
+                f"{sweep_dir} ran on data {sorted(ran_on)}, {sweep_dirs[0]} on {sorted(data)}: "
+                "compare sweeps on the same data"
             )
         for name, group in groups.items():
             finished = sum(job["metrics"] is not None for job in group)
@@ -226,18 +227,16 @@ def compare_sweeps(sweep_dirs: list[Path], baseline: str | None = None) -> dict[
                     "needs at least 2 seeds per configuration (run more seeds)"
                 )
             by_group[f"{sweep_dir.name}: {name}"] = group
-    result: dict[str, Any] = {"sweeps": [str(d) for d in sweep_dirs]}
-    result["groups"] = {name: summarise(group) for name, group in by_group.items()}
-    shared = None
-    for sweep_dir in sweep_dirs:
-        names = [n for n in result["groups"] if n.startswith(f"{sweep_dir.name}: ")]
-        keys = set(headline_keys({n: result["groups"][n] for n in names}, settings["headline"]))
+        measured = {key for job in jobs for key in job["metrics"] or {}}
+        keys = {key for key in measured if any(fnmatch.fnmatchcase(key, p) for p in settings["headline"])}
         shared = keys if shared is None else shared & keys
     if not shared:
         raise ConfigValueError(
             f"the sweeps {[str(d) for d in sweep_dirs]} share no headline result (the `headline` globs "
             f"{settings['headline']}): compare sweeps that measured the same metrics"
         )
+    result: dict[str, Any] = {"sweeps": [str(d) for d in sweep_dirs]}
+    result["groups"] = {name: summarise(group) for name, group in by_group.items()}
     result["headline"] = headline_keys(result["groups"], settings["headline"])
     result["comparisons"] = comparison.comparisons(
         configurations(by_group),

@@ -211,6 +211,11 @@ def test_sweeps_that_cannot_be_compared_are_refused_in_one_line(
         ConfigValueError, match="'model=vae': 1 finished job\\(s\\); a comparison needs at least 2"
     ):
         compare_sweeps([lines, single])
+    unmeasured = _sweep(tmp_path / "unmeasured", "lines2x2", {"model=vae": [1.0, 2.0]})
+    for seed, metrics_file in enumerate(sorted(unmeasured.glob("*/metrics.json"))):
+        metrics_file.write_text(json.dumps({"seed": seed, "train/time_s": 1.0}))
+    with pytest.raises(ConfigValueError, match="share no headline result"):
+        compare_sweeps([lines, unmeasured])
     # The entry point: the same refusal as one line on stderr, exit status 2.
     monkeypatch.setattr(sys, "argv", ["src.compare", str(lines), str(mnist)])
     with pytest.raises(SystemExit) as stopped:
