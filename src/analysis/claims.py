@@ -12,6 +12,7 @@ the claim declares (`expect`), so the page is rewritten, never edited. A claim e
       measure: {kind: ..., ...}     # what is measured (below)
       expect: {above: 0.5}          # the rule: above / below / between / near (a point, or a band
                                     #   with tolerance) / `compare: <measure>`, `relation: greater|less`
+                                    #   (judged by the interval of the difference, below)
       command: "..."                # optional: the command to show instead of the sweeps' own
       verdict: not testable         # instead of a rule: a fixed verdict (with `why`)
       why: "..."                    # the reason for the verdict, shown with it
@@ -36,6 +37,12 @@ every one of `overrides`):
 - `table2_fit`: over jobs, the smallest largest difference from report 004's Table 2 that any
   threshold on `score` gives for the OOD set `set` (src/analysis/table2_fit.py); with
   `field: validation_percentile`, the percentile of validation scores that threshold sits at.
+
+A `compare` rule ("A vs B") is judged by the 95% interval of the difference, measure minus
+compared (src/analysis/comparison.py): of two frequencies, Newcombe's interval of the difference
+of proportions; of two means over jobs (`mean`, `sample_quality`, `table2_fit`), the bootstrap
+interval of the difference of means, paired by seed where both ran the same seeds. `greater` is
+reproduced when the whole interval lies above 0, refuted when it lies below, partly otherwise.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
+from src.analysis.comparison import RESAMPLES, difference_of_means, difference_of_proportions
 from src.analysis.sweep import load_jobs
 from src.analysis.table1 import measure_run
 from src.analysis.table2_fit import fit_run
@@ -96,20 +104,21 @@ def _classifier(data: str) -> torch.nn.Module:
 
 
 KINDS = ("exact", "frequency", "pooled", "mean", "value", "sample_quality", "table2_fit")
-# Resamples of the jobs for the interval of a pooled ratio.
-BOOTSTRAP_RESAMPLES = 2000
 
 
-def _mean(values: list[float]) -> dict[str, Any]:
+def _mean(values: list[float], seeds: list[Any]) -> dict[str, Any]:
+    """The mean over jobs with its t interval; under "sample", the values and the jobs' seeds
+    (for the interval of a difference)."""
     stats = numeric_summary(values)
-    return {"value": stats["mean"], "interval": tuple(stats["ci95"]), "n": stats["n"]}
+    sample = {"values": values, "seeds": seeds}
+    return {"value": stats["mean"], "interval": tuple(stats["ci95"]), "n": stats["n"], "sample": sample}
 
 
 def pooled_ratio(tops: list[float], bottoms: list[float]) -> dict[str, Any]:
     """Sum of `tops` over sum of `bottoms`, with a 95% percentile interval from resampling the
     jobs (a job's trials, e.g. its four inputs, share its weights and are not independent)."""
     top, bottom = np.asarray(tops, dtype=float), np.asarray(bottoms, dtype=float)
-    picks = np.random.default_rng(0).integers(0, len(top), (BOOTSTRAP_RESAMPLES, len(top)))
+    picks = np.random.default_rng(0).integers(0, len(top), (RESAMPLES, len(top)))
     with np.errstate(invalid="ignore", divide="ignore"):
         ratios = top[picks].sum(1) / bottom[picks].sum(1)
     low, high = np.nanpercentile(ratios, [2.5, 97.5])
@@ -132,11 +141,12 @@ def measure(spec: Mapping[str, Any], root: Path) -> dict[str, Any]:
     if not jobs:
         raise ConfigValueError(f"no finished job in {sweep} matches {dict(spec)}")
     metrics = [job["metrics"] for job in jobs]
+    seeds = [m.get("seed") for m in metrics]
     if kind == "sample_quality":
-        return _mean([_sample_measures(sweep / job["dir"])[spec["key"]] for job in jobs])
+        return _mean([_sample_measures(sweep / job["dir"])[spec["key"]] for job in jobs], seeds)
     if kind == "table2_fit":
         fits = [fit_run(sweep / job["dir"], spec["score"], spec["set"]) for job in jobs]
-        return _mean([getattr(fit, spec.get("field", "deviation")) for fit in fits])
+        return _mean([getattr(fit, spec.get("field", "deviation")) for fit in fits], seeds)
     if kind == "frequency":
         if "contains" in spec:  # every value holding this text, e.g. one reason among several
             hits = sum(spec["contains"] in str(m.get(spec["key"], "")) for m in metrics)
@@ -146,6 +156,7 @@ def measure(spec: Mapping[str, Any], root: Path) -> dict[str, Any]:
             "value": hits / len(metrics),
             "interval": wilson_interval(hits, len(metrics)),
             "n": len(metrics),
+            "sample": {"hits": hits},
         }
     if kind == "pooled":
         per_job = spec["denominator"]  # a key, or a number of trials per job
@@ -153,15 +164,12 @@ def measure(spec: Mapping[str, Any], root: Path) -> dict[str, Any]:
         bottoms = [float(per_job) if counted else float(m[per_job]) for m in metrics]
         return pooled_ratio([float(m[spec["numerator"]]) for m in metrics], bottoms)
     # `minus`: the per-job difference of two keys (a paired comparison within each run).
-    values = [
-        float(m[spec["key"]]) - (float(m[spec["minus"]]) if "minus" in spec else 0.0)
-        for m in metrics
-        if spec["key"] in m and spec.get("minus", spec["key"]) in m
-    ]
+    having = [m for m in metrics if spec["key"] in m and spec.get("minus", spec["key"]) in m]
+    values = [float(m[spec["key"]]) - (float(m[spec["minus"]]) if "minus" in spec else 0.0) for m in having]
     if not values:
         raise ConfigValueError(f"no job in {sweep} has {spec['key']}")
     if kind == "mean":
-        return _mean(values)
+        return _mean(values, [m.get("seed") for m in having])
     return {"value": values[0], "interval": None, "n": 1}
 
 
@@ -170,16 +178,38 @@ def _bounds(result: Mapping[str, Any]) -> tuple[float, float]:
     return (result["value"], result["value"]) if interval is None else tuple(interval)
 
 
-def verdict(expect: Mapping[str, Any], result: Mapping[str, Any], other: Mapping[str, Any] | None) -> str:
+def difference(result: Mapping[str, Any], other: Mapping[str, Any]) -> dict[str, Any]:
+    """`result` minus `other` with the 95% interval of the difference (None where under two jobs
+    on a side leave no spread to resample) and the method that gave it."""
+    if "hits" in result.get("sample", {}) and "hits" in other.get("sample", {}):
+        d = difference_of_proportions(
+            other["sample"]["hits"], other["n"], result["sample"]["hits"], result["n"]
+        )
+        return {"value": d["value"], "interval": d["ci95"], "method": "Newcombe"}
+    if "values" in result.get("sample", {}) and "values" in other.get("sample", {}):
+        a, b = other["sample"], result["sample"]
+        d = difference_of_means(a["values"], b["values"], a["seeds"], b["seeds"])
+        method = "bootstrap, paired by seed" if d["paired"] else "bootstrap, unpaired"
+        return {"value": d["value"], "interval": d["ci95"], "method": method}
+    raise ConfigValueError(
+        "a `compare` rule needs two frequencies or two means over jobs (kinds frequency, mean, "
+        "sample_quality, table2_fit)"
+    )
+
+
+def verdict(expect: Mapping[str, Any], result: Mapping[str, Any], gap: Mapping[str, Any] | None) -> str:
     """The verdict a rule gives: `reproduced` when the whole interval satisfies it, `refuted` when
-    none of it does, `partly` when it straddles the boundary."""
+    none of it does, `partly` when it straddles the boundary. A `compare` rule is judged by the
+    interval of the difference `gap` (`difference`): one without an interval is `partly`."""
     low, high = _bounds(result)
     if "compare" in expect:
-        other_low, other_high = _bounds(other)
+        if gap["interval"] is None:
+            return "partly"
+        gap_low, gap_high = gap["interval"]
         greater = expect.get("relation", "greater") == "greater"
-        if (low > other_high) if greater else (high < other_low):
+        if (gap_low > 0) if greater else (gap_high < 0):
             return "reproduced"
-        if (high < other_low) if greater else (low > other_high):
+        if (gap_high < 0) if greater else (gap_low > 0):
             return "refuted"
         return "partly"
     if "near" in expect:
@@ -251,6 +281,7 @@ def evaluate_claims(spec_file: Path, root: Path) -> list[dict[str, Any]]:
         try:
             result = measure(claim["measure"], root) if "measure" in claim else None
             other = measure(expect["compare"], root) if "compare" in expect else None
+            gap = difference(result, other) if other is not None else None
         except (ConfigValueError, MissingFileError) as problem:
             raise type(problem)(f"{spec_file}, claim {number} ({claim.get('claim')!r}): {problem}") from None
         fixed = claim.get("verdict")
@@ -259,8 +290,10 @@ def evaluate_claims(spec_file: Path, root: Path) -> list[dict[str, Any]]:
                 f"claims: claim {number} has verdict {fixed!r}; use one of {list(VERDICTS)}"
             )
         if fixed is None:
-            fixed = verdict(expect, result, other) if expect and result is not None else "measured"
-        rows.append({**claim, "number": number, "result": result, "other": other, "verdict": fixed})
+            fixed = verdict(expect, result, gap) if expect and result is not None else "measured"
+        rows.append(
+            {**claim, "number": number, "result": result, "other": other, "difference": gap, "verdict": fixed}
+        )
     return rows
 
 
@@ -274,7 +307,11 @@ def claims_markdown(rows: list[dict[str, Any]], commands: Mapping[str, str]) -> 
         for row in (r for r in rows if r["report"] == report):
             measured = "–" if row["result"] is None else _shown(row["result"])
             if row["other"] is not None:
-                measured += f" vs {_shown(row['other'])}"
+                gap = row["difference"]
+                measured += f" vs {_shown(row['other'])}; difference {_number(gap['value'])}"
+                if gap["interval"] is not None:
+                    measured += f" [{_number(gap['interval'][0])}, {_number(gap['interval'][1])}]"
+                measured += f" ({gap['method']})"
             cells = [row["number"], row["where"], row["claim"], row.get("says", ""), f"**{row['verdict']}**"]
             cells += [measured, row.get("why", "")]
             lines.append(

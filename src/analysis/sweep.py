@@ -1,26 +1,29 @@
 """Summaries of sweeps: after any multirun, `SweepSummary` (a Hydra callback, conf/hydra/default.yaml)
 reads every job folder of the sweep and writes summary.json, summary.md and summary.png beside
 them. Jobs are grouped by their overrides other than `seed`, so `model=ca,vae seed='range(0,100)'`
-gives one group per model."""
+gives one group per model; a sweep of several groups compares them (src/analysis/comparison.py)."""
 
 from __future__ import annotations
 
 import atexit
+import fnmatch
 import json
 import logging
+import re
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from src.errors import MissingFileError
+from src.analysis import comparison
+from src.errors import ConfigValueError, MissingFileError
 from src.evaluation.census import OUTCOMES
 from src.evaluation.intervals import numeric_summary, wilson_interval
 from src.evaluation.line_outcomes import LINE_OUTCOMES
-from src.pipeline.config import configuration_key
+from src.pipeline.config import CONFIG_DIR, NOT_SETTINGS, configuration_key
 from src.pipeline.run import read_run
 from src.reporting import wandb as wandb_reporting
 from src.reporting.figures import sweep_summary
@@ -31,6 +34,12 @@ log = logging.getLogger(__name__)
 KNOWN_CATEGORIES = {"test/outcome": OUTCOMES, "test/lines/outcome": LINE_OUTCOMES}
 # The prefix of results that describe a run's state at initialisation (cross-tabulated with outcomes).
 INITIAL_STATE = "init/"
+# The config keys a summary reads from its jobs' config.yaml (conf/config.yaml documents them).
+SUMMARY_SETTINGS = ("headline", "comparison")
+# The performance profile of a group: the fraction of its runs' AUROCs, over every OOD set
+# (ood/<set>/auroc, the decision score's), above each of these thresholds.
+PROFILE_METRIC = re.compile(r"ood/[^/]+/auroc")
+PROFILE_THRESHOLDS = [step / 100 for step in range(101)]
 
 
 def load_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -96,27 +105,187 @@ def crosstabs(finished: list[dict[str, Any]], counts: dict[str, dict[str, int]])
     return tables
 
 
-def summarise_sweep(sweep_dir: Path) -> dict[str, Any]:
-    """The summary of all jobs, and under "groups" one per setting (`configuration_key`: the
-    overrides apart from the seed and paths.*)."""
+def summary_settings(sweep_dir: Path, jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The `headline` globs and the `comparison` settings the sweep's jobs ran with (the first job's
+    config.yaml), conf/config.yaml's where the job's config lacks them."""
+    settings = OmegaConf.masked_copy(OmegaConf.load(CONFIG_DIR / "config.yaml"), list(SUMMARY_SETTINGS))
+    for job in jobs:
+        if (path := sweep_dir / job["dir"] / "config.yaml").is_file():
+            config = OmegaConf.load(path)
+            ran = OmegaConf.masked_copy(config, [key for key in SUMMARY_SETTINGS if key in config])
+            settings = OmegaConf.merge(settings, ran)
+            break
+    return OmegaConf.to_container(settings, resolve=True)
+
+
+def group_jobs(jobs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The jobs by setting (`configuration_key`: the overrides apart from the seed and paths.*)."""
+    by_group: dict[str, list[dict[str, Any]]] = {}
+    for job in jobs:
+        by_group.setdefault(configuration_key(job["overrides"]), []).append(job)
+    return by_group
+
+
+def configurations(by_group: dict[str, list[dict[str, Any]]]) -> list[comparison.Configuration]:
+    """Each group as a configuration to compare: its name, settings and finished jobs' metrics."""
+    return [
+        comparison.Configuration(
+            name,
+            comparison.settings_of([o for o in group[0]["overrides"] if not o.startswith(NOT_SETTINGS)]),
+            [job["metrics"] for job in group if job["metrics"] is not None],
+        )
+        for name, group in by_group.items()
+    ]
+
+
+def headline_keys(groups: dict[str, dict[str, Any]], patterns: list[str]) -> list[str]:
+    """The results of any group that a `headline` glob matches, in the globs' order."""
+    present = list(dict.fromkeys(key for g in groups.values() for key in [*g["metrics"], *g["counts"]]))
+    return list(dict.fromkeys(k for p in patterns for k in present if fnmatch.fnmatchcase(k, p)))
+
+
+def _sweep_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """`load_jobs`, refusing a folder without any."""
     jobs = load_jobs(sweep_dir)
     if not jobs:
         raise MissingFileError(
             f"{sweep_dir} holds no job folders (<job>/.hydra/): give a sweep folder, "
             "e.g. outputs/multiruns/<date>_<time>_<id>."
         )
+    return jobs
+
+
+def summarise_sweep(sweep_dir: Path) -> dict[str, Any]:
+    """The summary of all jobs, under "groups" one per setting (`group_jobs`; with OOD results,
+    each with its `auroc_profile`), the `headline` results, and with two or more groups their
+    `comparisons` (src/analysis/comparison.py; a baseline that names no single group leaves them
+    empty, its problem under `comparison_error`)."""
+    jobs = _sweep_jobs(sweep_dir)
     summary = {"sweep": str(sweep_dir), **summarise(jobs), "groups": {}}
-    by_group: dict[str, list[dict[str, Any]]] = {}
-    for job in jobs:
-        by_group.setdefault(configuration_key(job["overrides"]), []).append(job)
+    by_group = group_jobs(jobs)
     summary["groups"] = {name: summarise(group_jobs) for name, group_jobs in by_group.items()}
+    for name, group in by_group.items():
+        aurocs = [
+            value
+            for job in group
+            for key, value in (job["metrics"] or {}).items()
+            if PROFILE_METRIC.fullmatch(key) and isinstance(value, int | float)
+        ]
+        if aurocs:
+            profile = comparison.performance_profile(aurocs, PROFILE_THRESHOLDS)
+            summary["groups"][name]["auroc_profile"] = {"thresholds": PROFILE_THRESHOLDS, "above": profile}
+    settings = summary_settings(sweep_dir, jobs)
+    summary["headline"] = headline_keys(summary["groups"], settings["headline"])
+    summary["comparisons"] = []
+    if len(by_group) > 1:
+        try:
+            summary["comparisons"] = comparison.comparisons(
+                configurations(by_group),
+                settings["headline"],
+                settings["comparison"]["better"],
+                settings["comparison"]["baseline"],
+                KNOWN_CATEGORIES,
+            )
+        except ConfigValueError as problem:
+            summary["comparison_error"] = str(problem)
     return summary
 
 
+def _data_name(sweep_dir: Path, group: list[dict[str, Any]]) -> str:
+    """The `data.name` a group of jobs trained on (its first job's config.yaml)."""
+    path = sweep_dir / group[0]["dir"] / "config.yaml"
+    config = OmegaConf.load(path) if path.is_file() else OmegaConf.create()
+    return str(OmegaConf.select(config, "data.name", default="(unknown)"))
+
+
+def compare_sweeps(sweep_dirs: list[Path], baseline: str | None = None) -> dict[str, Any]:
+    """The comparison of the configurations of several sweep folders (`python -m src.compare`),
+    named `<folder name>: <group>`: their summaries under "groups", the `headline` results and the
+    `comparisons`, with the headline globs and `better` of the first sweep's jobs. Refuses (one
+    line) sweeps on other data, a configuration with under two finished seeds, and sweeps that
+    share no headline result."""
+    by_group: dict[str, list[dict[str, Any]]] = {}
+    settings: dict[str, Any] = {}
+    data: set[str] = set()
+    shared: set[str] | None = None
+    for sweep_dir in sweep_dirs:
+        jobs = _sweep_jobs(sweep_dir)
+        settings = settings or summary_settings(sweep_dir, jobs)
+        groups = group_jobs(jobs)
+        ran_on = {_data_name(sweep_dir, group) for group in groups.values()}
+        data = data or ran_on
+        if ran_on != data:
+            raise ConfigValueError(
+                f"{sweep_dir} ran on data {sorted(ran_on)}, {sweep_dirs[0]} on {sorted(data)}: "
+                "compare sweeps on the same data"
+            )
+        for name, group in groups.items():
+            finished = sum(job["metrics"] is not None for job in group)
+            if finished < 2:
+                raise ConfigValueError(
+                    f"{sweep_dir}, configuration {name!r}: {finished} finished job(s); a comparison "
+                    "needs at least 2 seeds per configuration (run more seeds)"
+                )
+            by_group[f"{sweep_dir.name}: {name}"] = group
+        measured = {key for job in jobs for key in job["metrics"] or {}}
+        keys = {key for key in measured if any(fnmatch.fnmatchcase(key, p) for p in settings["headline"])}
+        shared = keys if shared is None else shared & keys
+    if not shared:
+        raise ConfigValueError(
+            f"the sweeps {[str(d) for d in sweep_dirs]} share no headline result (the `headline` globs "
+            f"{settings['headline']}): compare sweeps that measured the same metrics"
+        )
+    result: dict[str, Any] = {"sweeps": [str(d) for d in sweep_dirs]}
+    result["groups"] = {name: summarise(group) for name, group in by_group.items()}
+    result["headline"] = headline_keys(result["groups"], settings["headline"])
+    result["comparisons"] = comparison.comparisons(
+        configurations(by_group),
+        settings["headline"],
+        settings["comparison"]["better"],
+        baseline,
+        KNOWN_CATEGORIES,
+    )
+    return result
+
+
+def headline_table(summary: dict[str, Any]) -> list[str]:
+    """One row per headline result (per category of an outcome), one column per group: the mean
+    with its 95% t interval, or the frequency with its 95% Wilson interval."""
+    groups = summary["groups"]
+    rows = [["runs (failed)", *(f"{g['n_jobs']} ({g['n_failed']})" for g in groups.values())]]
+    for key in summary["headline"]:
+        categories = dict.fromkeys(c for g in groups.values() for c in g["counts"].get(key, {}))
+        for category in categories:
+            cells = [
+                "{:.3f} [{:.3f}, {:.3f}]".format(g["frequencies"][key][category], *g["ci95"][key][category])
+                if category in g["counts"].get(key, {})
+                else "–"
+                for g in groups.values()
+            ]
+            rows.append([f"{key} = {category}", *cells])
+        if not categories:
+            rows.append([key, *(_mean_and_interval(g["metrics"].get(key), ".4g") for g in groups.values())])
+    header = ["result", *(f"`{name}`" for name in groups)]
+    return markdown_table(header, rows, "l" + "r" * len(groups))
+
+
+def leading_sections(summary: dict[str, Any]) -> list[str]:
+    """The sections a summary (or a comparison of sweeps) opens with: the headline table, then the
+    comparisons of its groups."""
+    lines = ["## Headline", "", "mean [95% t interval] or frequency [95% Wilson interval] over seeds", ""]
+    lines += [*headline_table(summary), ""]
+    if summary.get("comparison_error"):
+        lines += ["## Comparisons", "", f"None: {summary['comparison_error']}", ""]
+    elif summary["comparisons"]:
+        lines += ["## Comparisons", "", *comparison.markdown(summary["comparisons"])]
+    return lines
+
+
 def markdown(summary: dict[str, Any]) -> str:
-    """summary.md: per group, the failed jobs, each categorical result's counts, frequencies and
-    95% Wilson intervals, and the numeric results' mean with its 95% t interval, std, min and max."""
-    lines = [f"# Sweep summary: {summary['sweep']}", ""]
+    """summary.md: first the headline table (`headline_table`) and the comparisons of the groups;
+    then per group, the failed jobs, each categorical result's counts, frequencies and 95% Wilson
+    intervals, and the numeric results' mean with its 95% t interval, std, min and max."""
+    lines = [f"# Sweep summary: {summary['sweep']}", "", *leading_sections(summary)]
     for name, group in summary["groups"].items():
         lines += [f"## {name}", "", f"jobs: {group['n_jobs']}, failed: {group['n_failed']}", ""]
         for job_dir, error in group["failed"].items():
@@ -164,8 +333,10 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _mean_and_interval(stats: dict[str, Any] | None) -> str:
-    return "–" if stats is None else "{:.3f} [{:.3f}, {:.3f}]".format(stats["mean"], *stats["ci95"])
+def _mean_and_interval(stats: dict[str, Any] | None, digits: str = ".3f") -> str:
+    if stats is None:
+        return "–"
+    return "{} [{}, {}]".format(*(format(value, digits) for value in (stats["mean"], *stats["ci95"])))
 
 
 def table2(summary: dict[str, Any]) -> str | None:
@@ -212,7 +383,7 @@ def write_summary(sweep_dir: Path) -> dict[str, Any]:
     (sweep_dir / "summary.md").write_text(markdown(summary))
     if (table := table2(summary)) is not None:
         (sweep_dir / "table2.md").write_text(table)
-    sweep_summary(summary["groups"], sweep_dir / "summary.png")
+    sweep_summary(summary["groups"], sweep_dir / "summary.png", summary["headline"])
     return summary
 
 
@@ -252,6 +423,8 @@ class SweepSummary(Callback):
             summary["n_jobs"],
             summary["n_failed"],
         )
+        if "comparison_error" in summary:
+            log.error("The summary compares no configurations: %s", summary["comparison_error"])
         if "wandb" in config.get("logger", {}):
             try:
                 wandb_reporting.log_summary(config, sweep_dir, summary)

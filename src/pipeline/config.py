@@ -29,8 +29,9 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 # Overrides that say where a job writes, not what it computes.
 LOCATION_SETTINGS = ("paths.",)
-# Overrides that leave a job's setting unchanged: its seed and its location.
-NOT_SETTINGS = ("seed=", *LOCATION_SETTINGS)
+# Overrides that leave a job's setting unchanged: its seed, its location, and how its sweep's
+# summary compares the configurations (conf/config.yaml, `comparison`).
+NOT_SETTINGS = ("seed=", "comparison.", *LOCATION_SETTINGS)
 # W&B keeps names and groups of at most 128 characters.
 WANDB_NAME_LENGTH = 128
 

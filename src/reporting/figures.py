@@ -93,25 +93,34 @@ def loss_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
     return save(fig, path)
 
 
-def sweep_summary(groups: dict[str, dict], path: Path) -> Path:
-    """Bar charts of a sweep: the frequency of each categorical test result with its 95% Wilson
-    interval (one bar per group), or, when there is none, the mean ± std of the numeric test
-    metrics. Only test results are drawn, not the settings a run reports (such as ood/score)."""
-    categorical = [
+def sweep_summary(groups: dict[str, dict], path: Path, headline: Sequence[str] = ()) -> Path:
+    """Charts of a sweep, one colour per group: the frequency of each categorical test result with
+    its 95% Wilson interval (bars; the `headline` ones, else the first two); the mean of each
+    numeric `headline` result with its 95% t interval (an interval plot; without headline results,
+    the numeric test metrics); and with OOD results, the performance profile: the fraction of
+    runs x OOD sets above each AUROC. Only test results are drawn, not the settings a run reports
+    (such as ood/score)."""
+    drawable = [
         key
         for key in dict.fromkeys(k for g in groups.values() for k in g["counts"])
         if key.startswith("test/") and max(len(g["counts"].get(key, {})) for g in groups.values()) <= 12
-    ][:2]
-    numeric = [
-        key
-        for key in dict.fromkeys(k for g in groups.values() for k in g["metrics"])
-        if key.startswith("test/")
-    ][:6]
-    panels = categorical or numeric or ["(no results)"]
+    ]
+    categorical = ([key for key in headline if key in drawable] or drawable)[:2]
+    numbers = {k for g in groups.values() for k in g["metrics"]}
+    # Per-set OOD results are drawn together in the profile, not one panel each.
+    numeric = [key for key in headline if key in numbers and not key.startswith("ood/")] or [
+        key for key in sorted(numbers) if key.startswith("test/")
+    ]
+    numeric = numeric[:6]
+    profiled = any("auroc_profile" in g for g in groups.values())
+    panels = categorical + numeric + (["performance profile"] if profiled else []) or ["(no results)"]
     fig, axes = plt.subplots(1, len(panels), figsize=(max(6, 4 * len(panels)), 4.5), squeeze=False)
     width = 0.8 / max(1, len(groups))
     for ax, key in zip(axes[0], panels, strict=True):
         for offset, (name, group) in enumerate(groups.items()):
+            # "$" escaped: an override such as ood.background=.../${seed}/... is no mathtext.
+            label = f"{name} (n={group['n_jobs']})".replace("$", r"\$")
+            colour = f"C{offset % 10}"
             if key in categorical:
                 labels = list(group["counts"].get(key, {}))
                 heights = [group["frequencies"][key][c] for c in labels]
@@ -121,18 +130,24 @@ def sweep_summary(groups: dict[str, dict], path: Path) -> Path:
                     [max(0.0, h - low) for h, (low, _) in zip(heights, intervals, strict=True)],
                     [max(0.0, high - h) for h, (_, high) in zip(heights, intervals, strict=True)],
                 ]
+                positions = [i + (offset - (len(groups) - 1) / 2) * width for i in range(len(labels))]
+                ax.bar(positions, heights, width, yerr=errors, capsize=3, label=label, color=colour)
+                ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
                 ax.set_ylabel("frequency (95% Wilson interval)")
             elif key in numeric and key in group["metrics"]:
-                labels, heights = [key.removeprefix("test/")], [group["metrics"][key]["mean"]]
-                errors = [group["metrics"][key]["std"]]
-                ax.set_ylabel("mean ± std over seeds")
-            else:
-                continue
-            positions = [i + (offset - (len(groups) - 1) / 2) * width for i in range(len(labels))]
-            # "$" escaped: an override such as ood.background=.../${seed}/... is no mathtext.
-            label = f"{name} (n={group['n_jobs']})".replace("$", r"\$")
-            ax.bar(positions, heights, width, yerr=errors, capsize=3, label=label)
-            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+                stats = group["metrics"][key]
+                low, high = stats["ci95"]
+                errors = [[max(0.0, stats["mean"] - low)], [max(0.0, high - stats["mean"])]]
+                ax.errorbar(
+                    [offset], [stats["mean"]], yerr=errors, fmt="o", capsize=4, label=label, color=colour
+                )
+                ax.set_xticks([])
+                ax.set_ylabel("mean over seeds (95% t interval)")
+            elif key == "performance profile" and "auroc_profile" in group:
+                profile = group["auroc_profile"]
+                ax.step(profile["thresholds"], profile["above"], where="post", label=label, color=colour)
+                ax.set_xlabel("AUROC threshold")
+                ax.set_ylabel("fraction of runs x OOD sets above it")
         ax.set_title(key)
     axes[0, 0].legend(fontsize=7)
     return save(fig, path)

@@ -181,9 +181,37 @@ def link_job_runs(sweep_dir: Path) -> list[Path]:
     return linked
 
 
+# The columns of the summary run's comparisons table.
+COMPARISON_COLUMNS = ["a", "b", "result", "statistic", "value", "ci95_low", "ci95_high"]
+
+
+def comparison_rows(comparisons: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+    """A sweep summary's comparisons (src/analysis/comparison.py) as one row per pair, result and
+    statistic (`COMPARISON_COLUMNS`; the bounds None where under two runs leave no interval)."""
+    rows = []
+
+    def add(compared: Mapping[str, Any], name: str, statistic: str, entry: Mapping[str, Any]) -> None:
+        low, high = entry["ci95"] or (None, None)
+        rows.append([compared["a"], compared["b"], name, statistic, entry["value"], low, high])
+
+    for compared in comparisons:
+        for key, entry in compared["metrics"].items():
+            pairing = "paired" if entry["difference"]["paired"] else "unpaired"
+            add(compared, key, f"difference of means ({pairing})", entry["difference"])
+            if "probability_of_improvement" in entry:
+                add(compared, key, "probability of improvement", entry["probability_of_improvement"])
+        for key, categories in compared["outcomes"].items():
+            for category, entry in categories.items():
+                add(compared, f"{key} = {category}", "difference of proportions", entry)
+        for family, entry in compared["iqm"].items():
+            add(compared, family, "difference of IQMs", entry["difference"])
+    return rows
+
+
 def log_summary(config: DictConfig, sweep_dir: Path, summary: dict[str, Any]) -> None:
     """The sweep's "summary" run (group: the sweep folder's name): the sweep's config, the
-    frequency and metric tables with their 95 % intervals, and the chart; then the job runs are
+    frequency and metric tables with their 95 % intervals, the comparisons of its configurations
+    (src/analysis/comparison.py, one row per statistic) and the chart; then the job runs are
     linked beside it (`link_job_runs`)."""
     import wandb
     from hydra.core.hydra_config import HydraConfig
@@ -236,6 +264,9 @@ def log_summary(config: DictConfig, sweep_dir: Path, summary: dict[str, Any]) ->
                         for group, results in summary["groups"].items()
                         for key, stats in results["metrics"].items()
                     ],
+                ),
+                "summary/comparisons": wandb.Table(
+                    columns=COMPARISON_COLUMNS, data=comparison_rows(summary.get("comparisons", []))
                 ),
                 "summary/chart": wandb.Image(str(sweep_dir / "summary.png")),
             }

@@ -90,6 +90,37 @@ def test_sweep_with_a_failing_job_is_summarised(tmp_path: Path) -> None:
     assert "test/outcome" in summary["counts"]
 
 
+def test_a_sweep_of_two_widths_compares_them(tmp_path: Path) -> None:
+    """Two configurations over the same seeds: summary.json compares them, the optimal outcome's
+    frequencies by a difference of proportions and test/loss by P(improvement), each with its
+    interval, and summary.md opens with the headline table."""
+    process, sweep_dir = _multirun(
+        tmp_path,
+        "experiment=census_ca_2x2",
+        "model.net.hidden_dims=[2],[4]",
+        "seed=range(0,6)",
+        "trainer.max_epochs=100",
+        "hydra/launcher=batched",
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    (compared,) = summary["comparisons"]
+    assert "hidden_dims=[2]" in compared["a"] and "hidden_dims=[4]" in compared["b"]
+    assert compared["differs_in"] == ["model.net.hidden_dims"]
+    groups = summary["groups"]
+    optimal = compared["outcomes"]["test/outcome"]["optimal"]
+    assert optimal["a"] == groups[compared["a"]]["frequencies"]["test/outcome"]["optimal"]
+    assert optimal["value"] == optimal["b"] - optimal["a"]
+    low, high = optimal["ci95"]
+    assert -1 <= low <= optimal["value"] <= high <= 1 and high - low > 0.1  # 6 seeds: a wide interval
+    loss = compared["metrics"]["test/loss"]
+    assert loss["better"] == "lower" and loss["difference"]["paired"] and loss["n"] == [6, 6]
+    improvement = loss["probability_of_improvement"]
+    assert 0 <= improvement["ci95"][0] <= improvement["value"] <= improvement["ci95"][1] <= 1
+    text = (sweep_dir / "summary.md").read_text()
+    assert text.index("## Headline") < text.index("## Comparisons") < text.index("### test/outcome")
+
+
 @needs_shared_mnist
 def test_mnist_sweep_is_summarised(tmp_path: Path) -> None:
     process, sweep_dir = _multirun(

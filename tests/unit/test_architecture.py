@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import PROJECT_ROOT
 
-ENTRY_POINTS = {"src.run", "src.eval", "src.score", "src.summary", "src.table1", "src.results"}
+ENTRY_POINTS = {"src.run", "src.eval", "src.score", "src.summary", "src.table1", "src.results", "src.compare"}
 SOURCES = sorted(
     path
     for folder in ("src", "hydra_plugins", "benchmarks", "tests")

@@ -198,6 +198,62 @@ def test_claims_are_measured_from_sweep_folders_and_judged_by_their_rules(tmp_pa
     assert claims[4]["result"]["value"] == 3 and claims[4]["other"]["value"] == 1
 
 
+def test_a_comparison_claim_is_judged_by_the_interval_of_the_difference(tmp_path: Path) -> None:
+    """Newcombe's example, 56/70 optimal against 48/80: the two Wilson intervals overlap
+    ([0.692, 0.877] and [0.490, 0.700]), the difference's interval [0.0524, 0.3339] lies above 0,
+    so "greater" is reproduced; means shifted by exactly 0.25 in every seed, paired, likewise."""
+    from src.analysis.claims import claims_markdown, evaluate_claims
+
+    sweep = tmp_path / "outputs" / "sweep"
+    for model, optimal, runs in (("a", 48, 80), ("b", 56, 70)):
+        for seed in range(runs):
+            metrics = {"seed": seed, "test/outcome": "optimal" if seed < optimal else "other", "x": seed % 7}
+            metrics["x"] += 0.25 if model == "b" else 0.0
+            _job(sweep / f"{model}{seed}", [f"model={model}", f"seed={seed}"], metrics)
+    frequency = {"kind": "frequency", "sweep": "outputs/sweep", "key": "test/outcome", "values": "optimal"}
+    mean = {"kind": "mean", "sweep": "outputs/sweep", "key": "x"}
+    claims = [
+        {
+            "measure": {**frequency, "overrides": ["model=b"]},
+            "compare": {**frequency, "overrides": ["model=a"]},
+        },
+        {
+            "measure": {**mean, "overrides": ["model=b"]},
+            "compare": {**mean, "overrides": ["model=a"], "where": {"seed": list(range(70))}},
+        },
+    ]
+    spec = tmp_path / "claims.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "claims": [
+                    {
+                        "report": "000",
+                        "where": "§3",
+                        "claim": "B beats A",
+                        "measure": claim["measure"],
+                        "expect": {"compare": claim["compare"], "relation": "greater"},
+                    }
+                    for claim in claims
+                ]
+            }
+        )
+    )
+    rows = evaluate_claims(spec, tmp_path)
+    proportions, means = rows[0], rows[1]
+    assert proportions["result"]["interval"][0] < proportions["other"]["interval"][1]  # they overlap
+    assert proportions["difference"]["value"] == pytest.approx(0.2)
+    assert proportions["difference"]["interval"] == pytest.approx([0.0524, 0.3339], abs=5e-5)
+    assert proportions["verdict"] == "reproduced"
+    # A's seeds 0-69, as B's: paired, and every seed's difference is 0.25 (x = seed % 7, + 0.25 for b),
+    # while the two t intervals overlap.
+    assert means["result"]["interval"][0] < means["other"]["interval"][1]
+    assert means["difference"]["method"] == "bootstrap, paired by seed"
+    assert means["difference"]["interval"] == pytest.approx([0.25, 0.25]) and means["verdict"] == "reproduced"
+    page = claims_markdown(rows, {"outputs/sweep": "python -m src.run -m ..."})
+    assert "; difference 0.2 [0.05243, 0.3339] (Newcombe)" in page
+
+
 def test_the_ood_benchmark_table_gives_each_score_on_each_set_with_its_cost() -> None:
     from src.analysis.results import oodbench_table
 

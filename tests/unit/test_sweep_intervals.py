@@ -87,3 +87,9 @@ def test_a_group_named_by_an_interpolating_override_is_drawn(tmp_path) -> None: 
     ]
     groups = {"ood.background=runs/${data.name}_${seed}/last.ckpt": summarise(jobs)}
     assert sweep_summary(groups, tmp_path / "summary.png").stat().st_size > 1000
+    # With a headline metric and the AUROC profile: an interval plot and the profile beside it.
+    groups["other"] = {
+        **summarise(jobs),
+        "auroc_profile": {"thresholds": [0.0, 0.5, 1.0], "above": [1.0, 0.5, 0.0]},
+    }
+    assert sweep_summary(groups, tmp_path / "both.png", ["test/loss"]).stat().st_size > 1000
