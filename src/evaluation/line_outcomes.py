@@ -83,10 +83,6 @@ def circle_angles(count: int) -> torch.Tensor:
     return torch.arange(count, dtype=torch.float64) * (2 * math.pi / count)
 
 
-# Images passed through all members at once (memory: members x this many x pixels).
-MEMBER_BATCH = 256
-
-
 class LineOutcomes:
     """The `line_outcomes` evaluation (conf/evaluations/lines.yaml): see the module docstring."""
 
@@ -135,10 +131,7 @@ class LineOutcomes:
         """Every member's readings, the images built once and passed through all members at once."""
         final = members.final
         logits = {
-            name: torch.cat(
-                [final.call(_logits, batch.to(final.device)) for batch in images.split(MEMBER_BATCH)], dim=1
-            )
-            for name, images in self._inputs(datamodule).items()
+            name: final.call_batched(_logits, images) for name, images in self._inputs(datamodule).items()
         }
         size = datamodule.image_shape[-1]
         return [

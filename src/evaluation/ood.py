@@ -145,16 +145,12 @@ def member_pass_scores(
     members: MemberModels, images: Mapping[str, torch.Tensor], batch_size: int
 ) -> list[dict[str, dict[str, torch.Tensor]]]:
     """For each member, the anomaly scores of its deterministic pass (ReconstructionModel.scores)
-    over each set of `images`, in batches of `batch_size` images for all members at once."""
+    over each set of `images`, in batches of at most `batch_size` images for all members at once."""
     wanted = members.template.anomaly_scores
     per_set: dict[str, dict[str, torch.Tensor]] = {}
     for name, values in images.items():
-        parts: dict[str, list[torch.Tensor]] = {}
-        for batch in values.split(batch_size):
-            for score, value in members.call(ReconstructionModel.scores, batch.to(members.device)).items():
-                if score in wanted:
-                    parts.setdefault(score, []).append(value.double().cpu())
-        per_set[name] = {score: torch.cat(value, dim=1) for score, value in parts.items()}
+        scores = members.call_batched(ReconstructionModel.scores, values, batch_size)
+        per_set[name] = {score: value.double().cpu() for score, value in scores.items() if score in wanted}
     return [
         {name: {score: value[index] for score, value in scores.items()} for name, scores in per_set.items()}
         for index in range(members.count)

@@ -30,6 +30,10 @@ class _Method(nn.Module):
         return self.method(self.model, *args)
 
 
+# Values (members x images x pixels) that one vmapped call of `call_batched` passes per tensor.
+MEMBER_BATCH_VALUES = 2**25
+
+
 class MemberModels:
     """`count` members of `template`'s architecture: their parameters and buffers stacked along a
     leading dimension, by the template's state-dict names. The template (a plain model) only gives
@@ -107,6 +111,20 @@ class MemberModels:
         self.template.eval()
         flags = batched if batched is not None else [False] * len(args)
         return self.vmapped(method, flags)(self.parameters, self.buffers, *args)
+
+    @torch.no_grad()
+    def call_batched(
+        self, method: Callable[..., Any], images: torch.Tensor, batch_size: int | None = None
+    ) -> Any:
+        """`call(method, batch)` over `images` in batches of at most `batch_size` images, and few
+        enough that members x images x pixels stays under MEMBER_BATCH_VALUES; the outputs (a
+        tensor, or a dict of tensors, each (members, images, ...)) joined along the images."""
+        fitting = max(1, MEMBER_BATCH_VALUES // (self.count * max(1, images[0].numel())))
+        size = min(fitting, batch_size) if batch_size else fitting
+        outputs = [self.call(method, batch.to(self.device)) for batch in images.split(size)]
+        if isinstance(outputs[0], dict):
+            return {name: torch.cat([output[name] for output in outputs], dim=1) for name in outputs[0]}
+        return torch.cat(outputs, dim=1)
 
     def state_dict(self, index: int) -> dict[str, torch.Tensor]:
         """Member `index`'s weights as its own model's state dict (on the CPU), each tensor its own

@@ -194,3 +194,20 @@ def test_line_evaluations_of_members_at_once_equal_each_models_own(tmp_path: Pat
     assert (folders[1] / "scores.csv").read_text().splitlines()[0] == (
         alone_folders[1] / "scores.csv"
     ).read_text().splitlines()[0]
+
+
+def test_members_called_in_batches_equal_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images split into batches small enough for the memory bound give the one call's outputs."""
+    from src.models import members as members_module
+
+    members = MemberModels.stack(_members(VariationalAutoencoder, count=3))
+    images = torch.rand(11, 1, 2, 2)
+    whole = members.call(ReconstructionModel.scores, images)
+    monkeypatch.setattr(members_module, "MEMBER_BATCH_VALUES", 3 * 4 * 3)  # 3 images a batch
+    batched = members.call_batched(ReconstructionModel.scores, images, batch_size=5)
+    assert batched.keys() == whole.keys()
+    for name, value in whole.items():
+        assert batched[name].shape == value.shape == (3, 11)
+        torch.testing.assert_close(batched[name], value, rtol=1e-6, atol=1e-7)
+    logits = members.call_batched(lambda model, batch: model.encode_pass(batch).logits, images, batch_size=2)
+    assert logits.shape[:2] == (3, 11)
