@@ -118,7 +118,8 @@ class TensorBatches(TensorDataset):
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
         index = torch.as_tensor(indices, device=self.tensors[0].device)
-        return tuple(tensor[index] for tensor in self.tensors)
+        # index_select: the same gather as tensor[index], without advanced indexing's overhead.
+        return tuple(tensor.index_select(0, index) for tensor in self.tensors)
 
     def to(self, device: torch.device) -> TensorBatches:
         return TensorBatches(*(tensor.to(device) for tensor in self.tensors))
@@ -139,8 +140,8 @@ class MemberLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor]]:
         images = self.dataset.tensors[0]  # training needs the images alone
-        for index in self.batch_sampler:
-            yield (images[index],)
+        for index in self.batch_sampler:  # images[index], gathered flat (far cheaper on a CPU)
+            yield (images.index_select(0, index.reshape(-1)).view(*index.shape, *images.shape[1:]),)
 
 
 def whole_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
