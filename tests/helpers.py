@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -79,3 +80,12 @@ TINY_LINES = [
     "data.batch_size=8",
     "model.net.hidden_dims=[8]",
 ]
+
+
+def history_rows(run_dir: Path) -> list[dict[str, str]]:
+    """A run folder's history.csv without its timing column (train/images_per_s differs run to run)."""
+    with (run_dir / "history.csv").open(newline="") as handle:
+        return [
+            {key: value for key, value in row.items() if key != "train/images_per_s"}
+            for row in csv.DictReader(handle)
+        ]
