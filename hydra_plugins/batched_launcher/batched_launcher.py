@@ -84,15 +84,37 @@ class BatchedLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         groups: dict[tuple[str, ...], list[tuple[int, Sequence[str], int | None]]] = {}
         for offset, overrides in enumerate(job_overrides):
             rest, seed = split_seed(overrides)
             groups.setdefault(rest, []).append((initial_job_idx + offset, overrides, seed))
+        if problem := self.settings_problem(groups):  # before anything is written or trained
+            print(f"error: {problem}", file=sys.stderr)
+            raise SystemExit(2)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         returns: dict[int, JobReturn] = {}
         for rest, jobs in groups.items():
             returns.update(self._launch_group(" ".join(filter_overrides(rest)) or "the base config", jobs))
         return [returns[index] for index in sorted(returns)]
+
+    def settings_problem(
+        self, groups: dict[tuple[str, ...], list[tuple[int, Sequence[str], int | None]]]
+    ) -> str | None:
+        """What in the launcher's settings or the jobs' seeds would fail only after training: a
+        chunk size below 1, a job without a seed among jobs trained together."""
+        size = self.max_members
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            return (
+                f"hydra.launcher.max_members must be a whole number >= 1 (seeds per chunk), got "
+                f"{size!r}: e.g. hydra.launcher.max_members=250"
+            )
+        for jobs in groups.values():
+            if len(jobs) > 1 and any(seed is None for *_, seed in jobs):
+                return (
+                    "seed=null in a batched sweep: each seed trained together needs its own seed; give "
+                    "the seeds (e.g. seed='range(0,4)'), or drop hydra/launcher=batched"
+                )
+        return None
 
     def _launch_group(
         self, label: str, jobs: list[tuple[int, Sequence[str], int | None]]
