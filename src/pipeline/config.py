@@ -172,10 +172,10 @@ def misspelt_keys(arguments: list[str]) -> list[str]:
     return lines
 
 
-# The top-level keys of the config: conf/config.yaml's and the config groups (conf/<group>/).
-TOP_LEVEL_KEYS = frozenset(
-    {*yaml.safe_load((CONFIG_DIR / "config.yaml").read_text()), "hydra"}
-    | {path.name for path in CONFIG_DIR.iterdir() if path.is_dir()}
+# The config groups (conf/<group>/), and the top-level keys: conf/config.yaml's and the groups.
+CONFIG_GROUPS = frozenset(path.name for path in CONFIG_DIR.iterdir() if path.is_dir())
+TOP_LEVEL_KEYS = (
+    frozenset({*yaml.safe_load((CONFIG_DIR / "config.yaml").read_text()), "hydra"}) | CONFIG_GROUPS
 )
 # The precisions the evaluations after training run in (their float32 data, the models' own dtype);
 # Lightning's aliases included.
