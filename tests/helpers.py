@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +82,37 @@ TINY_LINES = [
     "data.batch_size=8",
     "model.net.hidden_dims=[8]",
 ]
+
+
+def history_rows(run_dir: Path) -> list[dict[str, str]]:
+    """A run folder's history.csv without its timing column (train/images_per_s differs run to run)."""
+    with (run_dir / "history.csv").open(newline="") as handle:
+        return [
+            {key: value for key, value in row.items() if key != "train/images_per_s"}
+            for row in csv.DictReader(handle)
+        ]
+
+
+def fingerprint(root: Path) -> dict[str, str]:
+    """Every file under `root` by its path relative to it, with its content's hash."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
+def entry_point(module: str, arguments: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """`python -m <module> <arguments>` as its command line runs it, in this process (no start-up
+    cost): its exit status, stdout and stderr."""
+    argv = sys.argv
+    sys.argv = [module, *arguments]
+    try:
+        runpy.run_module(module, run_name="__main__")
+        status = 0
+    except SystemExit as stop:
+        status = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        sys.argv = argv
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err

@@ -17,6 +17,7 @@ import copy
 import functools
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -53,10 +54,56 @@ def split_seed(overrides: Sequence[str]) -> tuple[tuple[str, ...], int | None]:
     return tuple(rest), seed
 
 
+# Job keys that tell every job of a sweep apart.
+UNIQUE_PER_JOB = ("hydra.job.num", "hydra.job.id", "hydra.job.override_dirname")
+
+
+def shared_job_folder(subdir: str, batch: Sequence[Sequence[str]]) -> tuple[int, int] | None:
+    """Two jobs of `batch` (by position) that the unresolved `hydra.sweep.subdir` would put into one
+    folder, or None: jobs whose overrides give every key the subdir names the same value (a key no
+    override sets has the base config's value in each). Overrides of config groups may change any
+    key, so jobs that differ in one are counted apart."""
+    from src.pipeline.config import CONFIG_GROUPS
+
+    names = re.findall(r"\$\{([\w.]+)\}", subdir)
+    if any(name in UNIQUE_PER_JOB for name in names):
+        return None
+    seen: dict[tuple[str, ...], int] = {}
+    for position, overrides in enumerate(batch):
+        parsed = _parser().parse_overrides(list(overrides))
+        key = tuple(
+            text
+            for text, override in zip(overrides, parsed, strict=True)
+            if override.key_or_group.split("/")[0] in CONFIG_GROUPS
+            or any(
+                name == override.key_or_group or name.startswith(override.key_or_group + ".")
+                for name in names
+            )
+        )
+        if key in seen:
+            return seen[key], position
+        seen[key] = position
+    return None
+
+
 class GroupedSweeper(BasicSweeper):
-    """The basic sweeper, validating one job per group of jobs that differ only in `seed`."""
+    """The basic sweeper, validating one job per group of jobs that differ only in `seed`, after
+    refusing a `hydra.sweep.subdir` that would put two jobs into one folder."""
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        subdir = OmegaConf.to_container(self.config.hydra.sweep, resolve=False)["subdir"]
+        if shared := shared_job_folder(str(subdir), batch):
+            one, other = (batch[index] for index in shared)  # named by the overrides they differ in
+            first, second = (
+                " ".join(o for o in a if o not in b) or "-" for a, b in ((one, other), (other, one))
+            )
+            print(
+                f"error: hydra.sweep.subdir={subdir} puts the jobs [{first}] and [{second}] into one "
+                "folder: name each job's folder apart, e.g. with ${hydra.job.num} (the default) or with "
+                "every swept key",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
         representatives: dict[tuple[str, ...], Sequence[str]] = {}
         for overrides in batch:
             representatives.setdefault(split_seed(overrides)[0], overrides)
@@ -84,15 +131,37 @@ class BatchedLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         groups: dict[tuple[str, ...], list[tuple[int, Sequence[str], int | None]]] = {}
         for offset, overrides in enumerate(job_overrides):
             rest, seed = split_seed(overrides)
             groups.setdefault(rest, []).append((initial_job_idx + offset, overrides, seed))
+        if problem := self.settings_problem(groups):  # before anything is written or trained
+            print(f"error: {problem}", file=sys.stderr)
+            raise SystemExit(2)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         returns: dict[int, JobReturn] = {}
         for rest, jobs in groups.items():
             returns.update(self._launch_group(" ".join(filter_overrides(rest)) or "the base config", jobs))
         return [returns[index] for index in sorted(returns)]
+
+    def settings_problem(
+        self, groups: dict[tuple[str, ...], list[tuple[int, Sequence[str], int | None]]]
+    ) -> str | None:
+        """What in the launcher's settings or the jobs' seeds would fail only after training: a
+        chunk size below 1, a job without a seed among jobs trained together."""
+        size = self.max_members
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            return (
+                f"hydra.launcher.max_members must be a whole number >= 1 (seeds per chunk), got "
+                f"{size!r}: e.g. hydra.launcher.max_members=250"
+            )
+        for jobs in groups.values():
+            if len(jobs) > 1 and any(seed is None for *_, seed in jobs):
+                return (
+                    "seed=null in a batched sweep: each seed trained together needs its own seed; give "
+                    "the seeds (e.g. seed='range(0,4)'), or drop hydra/launcher=batched"
+                )
+        return None
 
     def _launch_group(
         self, label: str, jobs: list[tuple[int, Sequence[str], int | None]]

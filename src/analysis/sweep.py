@@ -15,8 +15,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import yaml
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from src.analysis import comparison
 from src.errors import ConfigValueError, MissingFileError
@@ -36,6 +41,8 @@ KNOWN_CATEGORIES = {"test/outcome": OUTCOMES, "test/lines/outcome": LINE_OUTCOME
 INITIAL_STATE = "init/"
 # The config keys a summary reads from its jobs' config.yaml (conf/config.yaml documents them).
 SUMMARY_SETTINGS = ("headline", "comparison")
+# Not results: the seed, the checkpoint file the metrics were measured on, the precision that ran.
+NOT_RESULTS = ("seed", "checkpoint", "precision")
 # The performance profile of a group: the fraction of its runs' AUROCs, over every OOD set
 # (ood/<set>/auroc, the decision score's), above each of these thresholds.
 PROFILE_METRIC = re.compile(r"ood/[^/]+/auroc")
@@ -73,8 +80,7 @@ def summarise(jobs: list[dict[str, Any]]) -> dict[str, Any]:
         "ci95": {},
         "metrics": {},
     }
-    # Not results: the seed, and the checkpoint file the metrics were measured on.
-    keys = sorted({key for metrics in finished for key in metrics if key not in ("seed", "checkpoint")})
+    keys = sorted({key for metrics in finished for key in metrics if key not in NOT_RESULTS})
     for key in keys:
         values = [metrics[key] for metrics in finished if key in metrics and metrics[key] is not None]
         if all(isinstance(value, str) for value in values):
@@ -144,6 +150,22 @@ def headline_keys(groups: dict[str, dict[str, Any]], patterns: list[str]) -> lis
     return list(dict.fromkeys(k for p in patterns for k in present if fnmatch.fnmatchcase(k, p)))
 
 
+def jobs_named(sweep_dir: Path) -> int | None:
+    """How many jobs the sweep's multirun.yaml names: its sweep overrides expanded as Hydra's basic
+    sweeper expands them. None without a readable multirun.yaml, or for a sweeper that searches
+    (Optuna's trials are not named up front)."""
+    try:
+        hydra = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
+        if not str(hydra.sweeper.get("_target_")).endswith(("GroupedSweeper", "BasicSweeper")):
+            return None
+        params = [f"{key}={value}" for key, value in (hydra.sweeper.get("params") or {}).items()]
+        overrides = OverridesParser.create().parse_overrides([*params, *hydra.overrides.task])
+        batches = BasicSweeper.split_arguments(overrides, None)
+    except (OSError, yaml.YAMLError, OmegaConfBaseException, HydraException):
+        return None
+    return sum(len(batch) for batch in batches)
+
+
 def _sweep_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     """`load_jobs`, refusing a folder without any."""
     jobs = load_jobs(sweep_dir)
@@ -162,6 +184,8 @@ def summarise_sweep(sweep_dir: Path) -> dict[str, Any]:
     empty, its problem under `comparison_error`)."""
     jobs = _sweep_jobs(sweep_dir)
     summary = {"sweep": str(sweep_dir), **summarise(jobs), "groups": {}}
+    if (named := jobs_named(sweep_dir)) is not None and named > len(jobs):
+        summary["n_named"] = named  # more than the folders found: stopped early, or jobs sharing one
     by_group = group_jobs(jobs)
     summary["groups"] = {name: summarise(group_jobs) for name, group_jobs in by_group.items()}
     for name, group in by_group.items():
@@ -285,7 +309,14 @@ def markdown(summary: dict[str, Any]) -> str:
     """summary.md: first the headline table (`headline_table`) and the comparisons of the groups;
     then per group, the failed jobs, each categorical result's counts, frequencies and 95% Wilson
     intervals, and the numeric results' mean with its 95% t interval, std, min and max."""
-    lines = [f"# Sweep summary: {summary['sweep']}", "", *leading_sections(summary)]
+    lines = [f"# Sweep summary: {summary['sweep']}", ""]
+    if "n_named" in summary:
+        lines += [
+            f"**multirun.yaml names {summary['n_named']} jobs, but only {summary['n_jobs']} job folders "
+            "were found**: the sweep stopped early, or its jobs shared folders (hydra.sweep.subdir).",
+            "",
+        ]
+    lines += leading_sections(summary)
     for name, group in summary["groups"].items():
         lines += [f"## {name}", "", f"jobs: {group['n_jobs']}, failed: {group['n_failed']}", ""]
         for job_dir, error in group["failed"].items():

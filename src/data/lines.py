@@ -51,6 +51,11 @@ class LinesDataModule(InMemoryDataModule):
             raise ConfigValueError(f"data.image_size must be at least 2, got {image_size}")
         self.image_size, self.offset_jitter, self.seed = image_size, offset_jitter, seed
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}
+        for split, count in self.sizes.items():
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ConfigValueError(
+                    f"data.n_{split} must be a whole number >= 1 (images in the {split} set), got {count!r}"
+                )
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:

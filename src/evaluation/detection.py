@@ -3,6 +3,8 @@ AUROC, AUPR, FPR at 95% TPR, and precision/recall/F1 of both classes (torchmetri
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torchmetrics.functional.classification import (
     binary_auroc,
@@ -34,7 +36,7 @@ def labelled(in_scores: torch.Tensor, ood_scores: torch.Tensor) -> tuple[torch.T
 
 def percentile_threshold(validation_scores: torch.Tensor, percentile: float) -> float:
     """The `percentile`-th percentile (linear interpolation) of in-distribution validation scores."""
-    if not 0 <= percentile <= 100:
+    if not 0 <= percentile <= 100:  # nan included
         raise ConfigValueError(f"ood.threshold.percentile must be in [0, 100], got {percentile}")
     return float(torch.quantile(validation_scores.double(), percentile / 100))
 
@@ -108,5 +110,7 @@ def choose_threshold(
             raise ConfigValueError(
                 "ood.threshold.method=fixed needs a value: set ood.threshold.value=<number>"
             )
+        if not math.isfinite(value):
+            raise ConfigValueError(f"ood.threshold.value must be a finite number, got {value}")
         return float(value)
     return None

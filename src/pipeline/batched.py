@@ -307,7 +307,7 @@ class MemberData(pl.LightningDataModule):
 class TrainedMembers:
     """The outcome of `train_members`: the members' final and initial weights (on the device they
     trained on), each member's history (`rows(member)`) and generator, the datamodule, the steps
-    and epochs run, the validation batches and the training time."""
+    and epochs run, the validation batches, the training time and the precision that ran."""
 
     final: MemberModels
     initial: MemberModels
@@ -319,6 +319,7 @@ class TrainedMembers:
     steps: int
     val_batches: int
     seconds: float
+    precision: str
 
     def model(self, index: int) -> ReconstructionModel:
         """Member `index` as a model of its own, with its trained weights, on the training device."""
@@ -397,6 +398,7 @@ def train_members(
         steps=trainer.global_step,
         val_batches=int(trainer.num_val_batches[0]) if trainer.num_val_batches else 0,
         seconds=elapsed,
+        precision=trainer.precision,
     )
 
 
@@ -447,6 +449,7 @@ def _member_job(
         state = members.final.state_dict(index)
         metrics.update(
             seed=cfg.seed,
+            precision=members.precision,
             epochs=members.epochs,
             steps=members.steps,
             parameters=sum(

@@ -52,7 +52,8 @@ class History(Callback):
     validated epoch's and the last (thousands of full-batch epochs would otherwise fill a sweep
     with rows nobody reads). Adds the training throughput `train/images_per_s`: images over the
     seconds from the epoch's start to its last training batch's end (data loading included,
-    validation excluded)."""
+    validation excluded). The rows are kept in every checkpoint and restored when a run resumes
+    from one, so that a resumed run's history.csv holds the epochs before its interruption too."""
 
     def __init__(self, path: str | Path, write_every_s: float = 10.0, max_rows: int | None = 100) -> None:
         self.path = Path(path)
@@ -96,6 +97,12 @@ class History(Callback):
 
     def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
         self.write()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict["rows"])
 
     def write(self) -> None:
         write_history(self.path, self.rows)

@@ -146,7 +146,8 @@ def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
 
 
 def misspelt_keys(arguments: list[str]) -> list[str]:
-    """One line for each `key=value` argument that names no key of the composed config, with the
+    """One line for each `+key=value` argument that names a key the config has (Hydra refuses to
+    add it), and for each `key=value` argument that names no key of the composed config, with the
     nearest keys there are (Hydra's own message only suggests adding the key with `+`)."""
     overrides = [arg for arg in arguments if "=" in arg and not arg.startswith(("-", "+", "~", "hydra"))]
     groups = [arg for arg in overrides if (CONFIG_DIR / arg.split("=", 1)[0]).is_dir()]
@@ -157,6 +158,10 @@ def misspelt_keys(arguments: list[str]) -> list[str]:
         return []
     known = _dotted_keys(OmegaConf.to_container(cfg, resolve=False))
     lines = []
+    for addition in (arg for arg in arguments if arg.startswith("+") and not arg.startswith("++")):
+        key = addition[1:].split("=", 1)[0]
+        if "=" in addition and OmegaConf.select(cfg, key, default="<absent>") != "<absent>":
+            lines.append(f"error: {key} is already a config key: set it with {key}=... (no +)")
     for override in overrides:
         key = override.split("=", 1)[0]
         if override in groups or OmegaConf.select(cfg, key, default="<absent>") != "<absent>":
@@ -167,9 +172,54 @@ def misspelt_keys(arguments: list[str]) -> list[str]:
     return lines
 
 
+# The config groups (conf/<group>/), and the top-level keys: conf/config.yaml's and the groups.
+CONFIG_GROUPS = frozenset(path.name for path in CONFIG_DIR.iterdir() if path.is_dir())
+TOP_LEVEL_KEYS = (
+    frozenset({*yaml.safe_load((CONFIG_DIR / "config.yaml").read_text()), "hydra"}) | CONFIG_GROUPS
+)
+# The precisions the evaluations after training run in (their float32 data, the models' own dtype);
+# Lightning's aliases included.
+PRECISIONS = ("32-true", "32", 32, "16-mixed", "16", 16, "bf16-mixed", "bf16")
+
+
+def check_unread_keys(cfg: DictConfig) -> None:
+    """Refuse a top-level key that nothing reads: neither the project's (TOP_LEVEL_KEYS) nor one an
+    interpolation names (an experiment's own, e.g. `near_ood`); and `paths.run_dir` set by hand (the
+    run sets it to its folder)."""
+    raw = repr(OmegaConf.to_container(cfg, resolve=False))
+    for key in cfg:
+        if key not in TOP_LEVEL_KEYS and not re.search(r"\$\{" + re.escape(str(key)) + r"\b", raw):
+            raise ConfigValueError(
+                f"{key} is read by nothing (not a key of conf/config.yaml or a config group, and no "
+                f"interpolation names it): drop +{key}=..., or see python -m src.run --cfg job"
+            )
+    if any(o.lstrip("+").startswith("paths.run_dir=") for o in _job_overrides() or []):
+        raise ConfigValueError(
+            "paths.run_dir is the run's own folder, set by the run: choose the folder with "
+            "hydra.run.dir=<folder> (a sweep's with hydra.sweep.dir=<folder>)"
+        )
+
+
+def check_trainer(trainer: DictConfig) -> None:
+    """Refuse trainer settings that would fail, or mislead, only after training."""
+    precision = trainer.get("precision")
+    if precision not in PRECISIONS:
+        raise ConfigValueError(
+            f"trainer.precision={precision} cannot run the evaluations after training (they take "
+            "float32 data): choose trainer.precision=32-true, bf16-mixed or 16-mixed"
+        )
+    if trainer.get("limit_train_batches") == 0:
+        raise ConfigValueError(
+            "trainer.limit_train_batches=0 trains nothing, and the test metrics would be an untrained "
+            "model's: give a number of batches >= 1 or a fraction in (0, 1] (null: all)"
+        )
+
+
 def check_config(cfg: DictConfig) -> None:
     """Refuse config values of the wrong type, and values that would be silently ignored."""
     check_types(cfg)
+    check_unread_keys(cfg)
+    check_trainer(cfg.trainer)
     if cfg.trainer.get("callbacks") is not None:
         raise ConfigValueError(
             "trainer.callbacks is not used: the run's callbacks come from the `callbacks` group. Add one "

@@ -6,12 +6,15 @@ reads them through `read_run`."""
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import logging
+import os
+import socket
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,6 +152,65 @@ class Run:
         return path
 
 
+# A run folder's lock: "<pid> <host>" of the process writing it, there while it runs.
+LOCK = ".lock"
+
+
+class FolderInUse(UserError):
+    """A run folder another running process is writing."""
+
+
+def _holder(lock: Path) -> tuple[int, str] | None:
+    """The pid and host in a lock file; None when it holds neither (being written, or damaged)."""
+    try:
+        pid, host = lock.read_text().split()
+        return int(pid), host
+    except (OSError, ValueError):
+        return None
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def folder_lock(run_dir: Path) -> Iterator[None]:
+    """Within the block, `run_dir` is this process's: <run>/.lock holds its pid and host, made
+    atomically, and is removed at the end. A lock whose process no longer runs on this host is
+    taken over (a killed run started again); a lock from another host is taken over too, with a
+    warning (its process cannot be asked: a requeued cluster job). Another live process's lock:
+    FolderInUse, before anything in the folder is touched."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock, here = run_dir / LOCK, socket.gethostname()
+    while True:
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _holder(lock)
+            if holder is not None and holder[1] == here and holder[0] != os.getpid() and _running(holder[0]):
+                raise FolderInUse(
+                    f"{run_dir} is in use by pid {holder[0]} (its {LOCK}): wait for that run to end, or "
+                    "start this one in another folder (hydra.run.dir=<folder>)"
+                ) from None
+            if holder is not None and holder[1] != here:
+                log.warning("Taking over %s from pid %d on host %s", lock, *holder)
+            lock.unlink(missing_ok=True)  # its process has ended
+            continue
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(f"{os.getpid()} {here}\n")
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 @dataclass
 class RunRecord:
     """What a finished (or failed) run folder holds: its metrics (None if it never finished), the
@@ -195,15 +257,22 @@ def run_job(
     """Run `job` on the Run of `run_dir`. A failure leaves error.txt beside whatever the run already
     wrote; a single run then raises, while a sweep job returns None so that the other jobs go on and
     the sweep summary counts it as failed. A user error (src/errors.py) is one line on stderr and
-    exit status 2, its traceback in error.txt. A SIGTERM or SIGINT stops the job, and a sweep with
-    it, with error.txt saying where and how to resume, and exit status 143 or 130. The closing line
-    is logged unless `quiet` (a batched sweep's members: the sweep has its own). Returns the
-    validation loss, which sweepers such as Optuna minimise."""
+    exit status 2, its traceback in error.txt. A folder another running process holds
+    (`folder_lock`) is refused in one line, exit status 2, without writing into it. A SIGTERM or
+    SIGINT stops the job, and a sweep with it, with error.txt saying where and how to resume, and
+    exit status 143 or 130. The closing line is logged unless `quiet` (a batched sweep's members:
+    the sweep has its own). Returns the validation loss, which sweepers such as Optuna minimise."""
     prepare_training_process()
     run = Run(cfg, run_dir)
     try:
-        with interrupt_on_signals():
+        with folder_lock(run_dir), interrupt_on_signals():
             metrics = job(run)
+    except FolderInUse as error:  # the folder is another run's: nothing written into it
+        if in_sweep:
+            log.error("Job %s not run: %s", run_dir, error)
+            return None
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     except UserError as error:
         error_file = run.fail()
         wandb_reporting.finish_open_run(exit_code=2)

@@ -95,6 +95,7 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
             else {}
         ),
         "seed": cfg.seed,
+        "precision": trainer.precision,  # what ran: Lightning swaps some (16-mixed on a CPU: bf16-mixed)
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "parameters": sum(p.numel() for p in model.parameters()),

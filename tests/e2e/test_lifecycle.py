@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import FAST, TINY_LINES, src_run, src_run_started
+from tests.helpers import FAST, TINY_LINES, history_rows, src_run, src_run_started
 
 pytestmark = pytest.mark.slow
 
@@ -66,6 +66,8 @@ def test_a_signal_stops_the_run_with_its_status_and_a_way_to_resume(
     resumed_weights, whole_weights = _weights(resumed), _weights(whole)
     for key, value in whole_weights.items():
         assert torch.equal(resumed_weights[key], value), key
+    # The epochs before the interruption came with the checkpoint: the whole history, as uninterrupted.
+    assert len(history_rows(whole)) == 300 and history_rows(resumed) == history_rows(whole)
 
 
 def test_a_killed_sweep_is_summarised_and_exits_non_zero(tmp_path: Path) -> None:
@@ -86,22 +88,26 @@ def test_a_killed_sweep_is_summarised_and_exits_non_zero(tmp_path: Path) -> None
     assert not (sweep_dir / "2").exists()
 
 
-def test_a_job_started_again_in_its_folder_resumes_there(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_a_job_started_again_in_its_folder_resumes_there(tmp_path: Path, signum: int) -> None:
     """What a requeued cluster job does (submitit requeues the same job, into the same folder): the
-    same command again resumes from the folder's own last.ckpt and ends as an uninterrupted run."""
+    same command again resumes from the folder's own last.ckpt and ends as an uninterrupted run,
+    its history.csv too (after a SIGKILL as well: the history comes with the checkpoint)."""
     folder, whole = tmp_path / "job", tmp_path / "whole"
     process = src_run_started(*LONG, f"hydra.run.dir={folder}")
     _wait_for(folder / "checkpoints" / "last.ckpt", process)
     time.sleep(0.5)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=120) == 143
+    process.send_signal(signum)
+    assert process.wait(timeout=120) in (128 + signum, -signum)
     again = src_run(*LONG, f"hydra.run.dir={folder}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Resuming the interrupted run in" in again.stdout + again.stderr
     assert not (folder / "error.txt").exists()
-    assert (folder / "error.before-resume.txt").read_text().startswith("Interrupted by SIGTERM")
+    if signum == signal.SIGTERM:
+        assert (folder / "error.before-resume.txt").read_text().startswith("Interrupted by SIGTERM")
     assert src_run(*LONG, f"hydra.run.dir={whole}").returncode == 0
     got, expected = (json.loads((path / "metrics.json").read_text()) for path in (folder, whole))
     assert got["steps"] == expected["steps"] and got["val/loss"] == expected["val/loss"]
     for key, value in _weights(whole).items():
         assert torch.equal(_weights(folder)[key], value), key
+    assert len(history_rows(whole)) == 300 and history_rows(folder) == history_rows(whole)

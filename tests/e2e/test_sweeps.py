@@ -19,6 +19,7 @@ from tests.helpers import (
     SHARED_DATASETS,
     SMALL_DATA,
     TINY_LINES,
+    history_rows,
     needs_shared_mnist,
     src_run,
     src_run_started,
@@ -220,6 +221,13 @@ def test_a_killed_batched_sweep_resumes_to_the_uninterrupted_result(tmp_path: Pa
         got = json.loads((resumed_dir / job / "metrics.json").read_text())
         for key in ("test/loss", "val/loss", "train/loss", "test/lines/correct_fraction", "steps"):
             assert got[key] == pytest.approx(expected[key], rel=1e-6), (job, key)
+        # The thinned history of the epochs before the kill came with the chunk's checkpoint.
+        got_rows, expected_rows = history_rows(resumed_dir / job), history_rows(tmp_path / "whole" / job)
+        assert [row["epoch"] for row in got_rows] == [row["epoch"] for row in expected_rows], job
+        for got_row, expected_row in zip(got_rows, expected_rows, strict=True):
+            assert {k: float(v) for k, v in got_row.items()} == pytest.approx(
+                {k: float(v) for k, v in expected_row.items()}, rel=1e-6
+            ), (job, got_row["epoch"])
 
 
 def test_batched_job_folders_named_by_seed_are_each_their_own_seed(tmp_path: Path) -> None:
