@@ -19,6 +19,7 @@ from src.analysis.sweep import markdown as sweep_markdown
 from src.analysis.sweep import write_summary
 from src.analysis.table1 import write_table1
 from src.errors import ConfigValueError, MissingFileError
+from src.pipeline.files import write_text_atomic
 from src.pipeline.run import read_run
 from src.reporting.tables import markdown_table
 
@@ -260,5 +261,5 @@ def write_page(
     text = "\n".join([header, *sections])
     if notes is not None:
         text += "\n## Notes\n\n" + notes.read_text()
-    output.write_text(text)
+    write_text_atomic(output, text)
     return text

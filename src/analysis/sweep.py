@@ -24,6 +24,7 @@ from src.evaluation.census import OUTCOMES
 from src.evaluation.intervals import numeric_summary, wilson_interval
 from src.evaluation.line_outcomes import LINE_OUTCOMES
 from src.pipeline.config import CONFIG_DIR, NOT_SETTINGS, configuration_key
+from src.pipeline.files import write_text_atomic
 from src.pipeline.run import read_run
 from src.reporting import wandb as wandb_reporting
 from src.reporting.figures import sweep_summary
@@ -379,10 +380,10 @@ def write_summary(sweep_dir: Path) -> dict[str, Any]:
     """Write summary.json, summary.md and summary.png (and table2.md for OOD results) into the
     sweep folder; return the summary."""
     summary = summarise_sweep(sweep_dir)
-    (sweep_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    (sweep_dir / "summary.md").write_text(markdown(summary))
+    write_text_atomic(sweep_dir / "summary.json", json.dumps(summary, indent=2))
+    write_text_atomic(sweep_dir / "summary.md", markdown(summary))
     if (table := table2(summary)) is not None:
-        (sweep_dir / "table2.md").write_text(table)
+        write_text_atomic(sweep_dir / "table2.md", table)
     sweep_summary(summary["groups"], sweep_dir / "summary.png", summary["headline"])
     return summary
 

@@ -30,6 +30,7 @@ from src.evaluation.scorer import OODSettings, Scorer
 from src.evaluation.scoring import latent_codes, png_seconds_per_image
 from src.models.base import ReconstructionModel
 from src.models.members import MemberModels
+from src.pipeline.files import write_text_atomic
 from src.reporting import figures as figures_module
 from src.reporting.tables import ood_report, write_scores_csv
 
@@ -323,7 +324,8 @@ def evaluate(
     for name, seconds in score_costs(list(scored["test"]), scorer.timings, statistics).items():
         metrics[f"{COST}{name}"] = seconds / counted * 1000
     sizes = {name: len(values[settings.score]) for name, values in scored.items()}
-    (run_dir / "ood.md").write_text(
+    write_text_atomic(
+        run_dir / "ood.md",
         ood_report(
             datamodule.name,
             tables["results"],
@@ -332,7 +334,7 @@ def evaluate(
             _threshold_header(settings, tables["threshold"]),
             tables["classwise"],
             {key.removeprefix(COST): value for key, value in metrics.items() if key.startswith(COST)},
-        )
+        ),
     )
     indices = {
         split: evenly_spaced_indices(len(datamodule.images(split)), count) for split in ("val", "test")

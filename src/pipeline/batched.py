@@ -37,9 +37,16 @@ from src.models.base import ReconstructionModel
 from src.models.ca import ClassicalAutoencoder
 from src.models.members import MemberModels
 from src.models.vae import VariationalAutoencoder
-from src.pipeline.callbacks import LastCheckpoint, WhereInterrupted, history_stride, keeps_epoch
-from src.pipeline.checkpoints import save_weights
-from src.pipeline.config import MemberConfigs, build, check_config
+from src.pipeline.callbacks import (
+    AtomicCheckpointIO,
+    LastCheckpoint,
+    WhereInterrupted,
+    history_stride,
+    keeps_epoch,
+)
+from src.pipeline.checkpoints import check_resumable, save_weights
+from src.pipeline.config import MemberConfigs, build, check_config, parse_bool
+from src.pipeline.files import remove_partials
 from src.pipeline.finishing import finish, finishings_of_members
 from src.pipeline.process import prepare_training_process
 from src.pipeline.run import Run
@@ -367,7 +374,7 @@ def train_members(
         models,
         cpu_states,
         [cfg.seed for cfg in cfgs],
-        compile=bool(cfgs[0].compile),
+        compile=parse_bool("compile", cfgs[0].compile),
         history_rows=OmegaConf.select(cfgs[0], "callbacks.history.max_rows", default=None),
     )
     last = chunk_dir / "last.ckpt"
@@ -380,10 +387,14 @@ def train_members(
             callbacks=[LastCheckpoint(chunk_dir, every_n_epochs=every), WhereInterrupted(), *callbacks],
             default_root_dir=str(chunk_dir),
             enable_model_summary=False,
+            plugins=[AtomicCheckpointIO()],
         )
         seeds = [int(cfg.data.shuffle_seed) for cfg in cfgs]
         started = time.perf_counter()
+        remove_partials(chunk_dir)  # what a kill during a checkpoint's writing left
         resume = str(last) if last.is_file() else None
+        if resume is not None:
+            check_resumable(last)
         trainer.fit(ensemble, datamodule=MemberData(datamodule, seeds), ckpt_path=resume)
         elapsed = time.perf_counter() - started
     return TrainedMembers(

@@ -3,6 +3,7 @@ load uses torch.load(weights_only=True): a checkpoint holds tensors and plain va
 
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.errors import MissingFileError
 from src.models.base import ReconstructionModel
-from src.pipeline.config import build
+from src.pipeline.config import build, load_run_config
+from src.pipeline.files import write_bytes_atomic
 
 
 class CheckpointError(MissingFileError):
@@ -39,7 +41,7 @@ def run_folder(ckpt_path: Path) -> Path:
 
 def run_config(ckpt_path: Path) -> DictConfig:
     """The resolved config of the run that wrote `ckpt_path`."""
-    return OmegaConf.load(run_folder(ckpt_path) / "config.yaml")
+    return load_run_config(run_folder(ckpt_path) / "config.yaml")
 
 
 def load_checkpoint(ckpt_path: Path) -> dict[str, Any]:
@@ -128,5 +130,26 @@ def save_weights(
         "epoch": epoch,
         "pytorch-lightning_version": pl.__version__,
     }
-    torch.save(checkpoint, path)
+    save_checkpoint_file(checkpoint, path)
     return path
+
+
+def save_checkpoint_file(checkpoint: dict[str, Any], path: Path) -> None:
+    """`checkpoint` as the file `path`, whole or not at all: a temporary file in the same folder,
+    flushed and renamed over the name (never a copy from another file system, which a kill would
+    leave half-written), its size named if the disk is full."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    write_bytes_atomic(path, buffer.getbuffer())
+
+
+def check_resumable(ckpt_path: Path) -> None:
+    """Refuse in one line a checkpoint to resume from that does not load (a damaged last.ckpt),
+    naming the file and what to do, before Lightning fails on it with a bare EOFError."""
+    try:
+        load_checkpoint(ckpt_path)
+    except CheckpointError as error:
+        raise CheckpointError(
+            f"cannot resume: {error} To train afresh, move {ckpt_path} aside (or give ckpt_path=null); to "
+            f"resume from another state, give ckpt_path=<one of {ckpt_path.parent}/*.ckpt>."
+        ) from None

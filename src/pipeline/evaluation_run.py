@@ -10,7 +10,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from src.pipeline.checkpoints import load_model, run_config, run_folder
-from src.pipeline.config import build
+from src.pipeline.config import build, parse_bool
 from src.pipeline.finishing import finish
 from src.pipeline.run import Run
 
@@ -35,7 +35,7 @@ def evaluate_checkpoint(run: Run) -> dict[str, Any]:
         {
             "ckpt_path": str(ckpt_path.resolve()),
             "test": True,
-            "figures": eval_cfg.figures,
+            "figures": parse_bool("figures", eval_cfg.figures),
             "job_type": "eval",
         },
     )

@@ -22,7 +22,7 @@ from src.data.memory import InMemoryDataModule
 from src.evaluation.base import EvaluationContext, EvaluationResult, MemberSet
 from src.models.base import ReconstructionModel
 from src.pipeline.callbacks import write_history
-from src.pipeline.config import build
+from src.pipeline.config import build, parse_bool
 from src.pipeline.run import Run, loaded_model
 from src.reporting import tensorboard as tensorboard_reporting
 from src.reporting import wandb as wandb_reporting
@@ -77,7 +77,7 @@ def stage_batches(
 
 
 def evaluation_context(cfg: DictConfig, run_dir: Path) -> EvaluationContext:
-    return EvaluationContext(run_dir, bool(cfg.figures), cfg, loaded_model)
+    return EvaluationContext(run_dir, parse_bool("figures", cfg.figures), cfg, loaded_model)
 
 
 def declared_evaluations(cfg: DictConfig) -> list[Any]:
