@@ -79,3 +79,41 @@ TINY_LINES = [
     "data.batch_size=8",
     "model.net.hidden_dims=[8]",
 ]
+
+
+def python_m(
+    module: str, *arguments: str, cwd: Path = PROJECT_ROOT, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """`python -m <module> <arguments>` (src.score, src.eval, ...) in a fresh process, as a user
+    runs it, its output captured."""
+    command = [sys.executable, "-m", module, *arguments]
+    return subprocess.run(
+        command, cwd=cwd, env=_environment(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def entry_point(module: str, arguments: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """`python -m <module> <arguments>` run in this process, as `python -m` runs it (its own argv,
+    its exit status): the status and stderr. Cheaper than a process for the many cases of a class."""
+    import runpy
+
+    argv = sys.argv
+    sys.argv = [module, *arguments]
+    try:
+        runpy.run_module(module, run_name="__main__")
+        status = 0
+    except SystemExit as stop:
+        status = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        sys.argv = argv
+    return status, capsys.readouterr().err
+
+
+def one_line_failure(status: int, stderr: str, message: str, expected: int = 2) -> str:
+    """Assert that a command failed with status `expected`, no traceback, and `message` in the last
+    line of its stderr; that line."""
+    assert status == expected, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert message in last, stderr[-3000:]
+    return last

@@ -152,7 +152,7 @@ def parse_bool(key: str, value: Any) -> bool:
     if text in TRUE or text in FALSE:
         return text in TRUE
     raise ConfigValueError(
-        f"{key}={value!r} is not a boolean: give {key}=true or {key}=false (or yes/no, 1/0)."
+        f"{key}={value} is not a boolean: give {key}=true or {key}=false (or yes/no, 1/0)."
     )
 
 

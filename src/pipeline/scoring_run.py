@@ -153,6 +153,11 @@ def load_run(ckpt_path: Path) -> tuple[ReconstructionModel, dict[str, Any], Dict
     """The model of a checkpoint, the run's metrics and its config."""
     try:
         record = read_run(run_folder(ckpt_path))
+        if record.metrics is None and (record.dir / "metrics.json").is_file():
+            raise ScoreInputError(
+                f"{record.error}: the run's score and threshold are read from it; restore it, or evaluate "
+                f"the run again (python -m src.eval ckpt_path={ckpt_path})."
+            )
         cfg = record.config()
         model, _ = load_model(ckpt_path, cfg)
     except CheckpointError as error:
