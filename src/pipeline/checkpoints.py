@@ -44,6 +44,11 @@ def run_config(ckpt_path: Path) -> DictConfig:
     return load_run_config(run_folder(ckpt_path) / "config.yaml")
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's first line, or its type when it has no message (an EOFError)."""
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
 def load_checkpoint(ckpt_path: Path) -> dict[str, Any]:
     """The checkpoint's contents, loaded without running any code from the file."""
     try:
@@ -51,12 +56,12 @@ def load_checkpoint(ckpt_path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"{ckpt_path} holds more than tensors and plain values, so it is not loaded (it could run "
-            f"code): {str(error).splitlines()[0]}. Use a checkpoint written by this project."
+            f"code): {first_line(error)}. Use a checkpoint written by this project."
         ) from None
     except (RuntimeError, EOFError, OSError) as error:
         raise CheckpointError(
             f"{ckpt_path} ({ckpt_path.stat().st_size} bytes) is truncated or not a checkpoint "
-            f"({str(error).splitlines()[0]}); use another of the run's checkpoints, or train again."
+            f"({first_line(error)}); use another of the run's checkpoints, or train again."
         ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{ckpt_path} is not a checkpoint of this project (no state_dict in it).")
