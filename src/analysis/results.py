@@ -245,6 +245,11 @@ def write_page(
         raise ConfigValueError(f"unknown kind {kind!r}; choose from {list(SECTIONS)}")
     if missing := [str(source) for source in sources if not source.exists()]:
         raise MissingFileError(f"not found: {missing}")
+    for source in [*sources, *([notes] if notes is not None else [])]:
+        if output.resolve() == source.resolve():
+            raise ConfigValueError(
+                f"--output {output} is an input ({source}); give another file for the page."
+            )
     output.parent.mkdir(parents=True, exist_ok=True)
     command = shlex.join(
         ["python", "-m", "src.results", kind, *map(str, sources), "--output", str(output)]

@@ -45,7 +45,7 @@ from src.pipeline.callbacks import (
     keeps_epoch,
 )
 from src.pipeline.checkpoints import check_resumable, save_weights
-from src.pipeline.config import MemberConfigs, build, check_config, parse_bool
+from src.pipeline.config import MemberConfigs, build, check_config, check_trusted, parse_bool
 from src.pipeline.files import remove_partials
 from src.pipeline.finishing import finish, finishings_of_members
 from src.pipeline.process import prepare_training_process
@@ -57,6 +57,7 @@ BATCHABLE_MODELS = (ClassicalAutoencoder, VariationalAutoencoder)
 
 def batching_problem(cfg: DictConfig) -> str | None:
     """Why jobs with this config cannot train in the batched path, or None if they can."""
+    check_trusted(cfg.model)  # before its class is imported
     if get_class(cfg.model._target_) not in BATCHABLE_MODELS:
         return f"model {cfg.model._target_} is not a CA or VAE"
     if cfg.trainer.get("gradient_clip_val") or cfg.trainer.get("accumulate_grad_batches", 1) != 1:

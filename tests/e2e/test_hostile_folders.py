@@ -405,3 +405,34 @@ def test_score_names_a_damaged_run_file_in_one_line(
     status, stderr = _score(capsys, folder, f"input={_images(tmp_path)}", f"output={tmp_path / 'scores.csv'}")
     one_line_failure(status, stderr, expected)
     assert not (tmp_path / "scores.csv").exists()
+
+
+@pytest.mark.parametrize("same", ["spec", "notes"])
+def test_results_refuses_an_output_that_is_an_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture, same: str
+) -> None:
+    spec, notes = tmp_path / "claims.yaml", tmp_path / "notes.md"
+    spec.write_text(yaml.safe_dump({"claims": []}))
+    notes.write_text(KEEP)
+    output = spec if same == "spec" else notes
+    arguments = ["claims", str(spec), "--notes", str(notes), "--output", str(output)]
+    status, stderr = entry_point("src.results", arguments, capsys)
+    one_line_failure(status, stderr, f"--output {output} is an input")
+    assert notes.read_text() == KEEP and yaml.safe_load(spec.read_text()) == {"claims": []}
+
+
+def test_table1_without_finished_runs_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    status, stderr = entry_point("src.table1", [str(tmp_path)], capsys)
+    one_line_failure(status, stderr, "no finished runs (*/metrics.json)")
+
+
+def test_an_unexpected_failure_is_one_line_naming_its_traceback_file(
+    finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    sweep = _sweep_of(finished, tmp_path)
+    (sweep / "summary.json").mkdir()  # a folder where the summary goes: no user error foreseen
+    status, stderr = entry_point("src.summary", [str(sweep)], capsys)
+    line = one_line_failure(status, stderr, "src.summary: unexpected IsADirectoryError", expected=1)
+    traceback_file = Path(line.rsplit("traceback in ", 1)[1].rstrip(")"))
+    assert "Traceback" in traceback_file.read_text()
+    traceback_file.unlink()
