@@ -11,7 +11,7 @@ from pathlib import Path
 
 from src.analysis.sweep import compare_sweeps, leading_sections
 from src.errors import run_command
-from src.pipeline.files import write_text_atomic
+from src.files import write_text_atomic
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m src.compare", description=__doc__.split("\n\n")[0])

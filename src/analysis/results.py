@@ -19,7 +19,7 @@ from src.analysis.sweep import markdown as sweep_markdown
 from src.analysis.sweep import write_summary
 from src.analysis.table1 import write_table1
 from src.errors import ConfigValueError, MissingFileError
-from src.pipeline.files import write_text_atomic
+from src.files import write_text_atomic
 from src.pipeline.run import read_run
 from src.reporting.tables import markdown_table
 

@@ -13,9 +13,9 @@ from torch import nn
 
 from src.errors import MissingFileError
 from src.evaluation.sample_quality import sample_measures, train_digit_classifier
+from src.files import write_text_atomic
 from src.pipeline.checkpoints import load_model
 from src.pipeline.config import build
-from src.pipeline.files import write_text_atomic
 from src.pipeline.run import read_run
 from src.reporting.figures import samples_side_by_side
 from src.reporting.tables import markdown_table

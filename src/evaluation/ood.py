@@ -28,9 +28,9 @@ from src.evaluation.detection import (
 from src.evaluation.neighbours import NEIGHBOUR_SCORES
 from src.evaluation.scorer import OODSettings, Scorer
 from src.evaluation.scoring import latent_codes, png_seconds_per_image
+from src.files import write_text_atomic
 from src.models.base import ReconstructionModel
 from src.models.members import MemberModels
-from src.pipeline.files import write_text_atomic
 from src.reporting import figures as figures_module
 from src.reporting.tables import ood_report, write_scores_csv
 

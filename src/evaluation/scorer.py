@@ -20,7 +20,7 @@ from src.evaluation.neighbours import NEIGHBOUR_SCORES, TrainingNeighbours, shar
 from src.evaluation.scoring import LIKELIHOOD_SCORES, score_images
 from src.evaluation.typicality import NOT_STATISTICS, default_statistics, dose_scores
 from src.models.base import ReconstructionModel
-from src.pipeline.config import parse_bool
+from src.values import parse_bool
 
 
 def _whole(key: str, value: Any, minimum: int, hint: str) -> int:

@@ -27,8 +27,8 @@ from src.data.lines import LINES_2X2
 from src.data.memory import InMemoryDataModule
 from src.evaluation.base import EvaluationContext, EvaluationResult, MemberSet
 from src.evaluation.initial_state import applies
+from src.files import write_text_atomic
 from src.models.base import ReconstructionModel
-from src.pipeline.files import write_text_atomic
 from src.reporting.tables import markdown_table
 
 

@@ -33,6 +33,7 @@ from torch import nn
 
 from src.data.memory import InMemoryDataModule
 from src.evaluation.base import MemberSet
+from src.files import remove_partials
 from src.models.base import ReconstructionModel
 from src.models.ca import ClassicalAutoencoder
 from src.models.members import MemberModels
@@ -45,12 +46,12 @@ from src.pipeline.callbacks import (
     keeps_epoch,
 )
 from src.pipeline.checkpoints import check_resumable, save_weights
-from src.pipeline.config import MemberConfigs, build, check_config, check_trusted, parse_bool
-from src.pipeline.files import remove_partials
+from src.pipeline.config import MemberConfigs, build, check_config, check_trusted
 from src.pipeline.finishing import finish, finishings_of_members
 from src.pipeline.process import prepare_training_process
 from src.pipeline.run import Run
 from src.pipeline.training import seeded_model
+from src.values import parse_bool
 
 BATCHABLE_MODELS = (ClassicalAutoencoder, VariationalAutoencoder)
 

@@ -15,8 +15,8 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from src.files import atomic_path
 from src.pipeline.checkpoints import save_checkpoint_file
-from src.pipeline.files import atomic_path
 from src.pipeline.process import Interrupted
 
 

@@ -12,9 +12,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import MissingFileError
+from src.files import write_bytes_atomic
 from src.models.base import ReconstructionModel
 from src.pipeline.config import build, load_run_config
-from src.pipeline.files import write_bytes_atomic
 
 
 class CheckpointError(MissingFileError):

@@ -24,8 +24,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from src.errors import ConfigValueError
-from src.pipeline.files import write_text_atomic
+from src.files import write_text_atomic
 from src.pipeline.targets import CONFIG_DIR, check_targets, command_line_targets
+from src.values import parse_bool
 
 # Overrides that say where a job writes, not what it computes.
 LOCATION_SETTINGS = ("paths.",)
@@ -140,20 +141,6 @@ BOOLEANS = (
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
 )
-TRUE, FALSE = ("true", "yes", "1"), ("false", "no", "0")
-
-
-def parse_bool(key: str, value: Any) -> bool:
-    """A yes-or-no value: true/false, yes/no or 1/0 (any case); anything else is refused in one line
-    (`bool("flase")` would be true)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower() if isinstance(value, str | int) else None
-    if text in TRUE or text in FALSE:
-        return text in TRUE
-    raise ConfigValueError(
-        f"{key}={value} is not a boolean: give {key}=true or {key}=false (or yes/no, 1/0)."
-    )
 
 
 def check_booleans(cfg: DictConfig) -> None:
@@ -260,9 +247,10 @@ def build(config: DictConfig | dict, **kwargs: Any) -> Any:
         return instantiate(config, **kwargs)
 
 
-def load_run_config(path: Path) -> DictConfig:
-    """A run folder's config.yaml, refused in one line when it is not a readable config with model
-    and data sections, or names a `_target_` the project does not build: the folder is data."""
+def load_run_config(path: Path, sections: Sequence[str] = ("model", "data")) -> DictConfig:
+    """A run folder's config.yaml, refused in one line when it is not a readable config with the
+    `sections` to build from (each with its `_target_`), or names a `_target_` the project does not
+    build: the folder is data."""
     try:
         cfg = OmegaConf.load(path)
     except (yaml.YAMLError, UnicodeDecodeError, ValueError, OmegaConfBaseException) as error:
@@ -270,12 +258,16 @@ def load_run_config(path: Path) -> DictConfig:
         raise ConfigValueError(
             f"{path} is not a readable config ({problem}); restore it or train the run again."
         ) from None
-    if not isinstance(cfg, DictConfig) or not all(
-        isinstance(cfg.get(section), DictConfig) and "_target_" in cfg[section]
-        for section in ("model", "data")
-    ):
+    if not isinstance(cfg, DictConfig):
+        raise ConfigValueError(f"{path} is not a mapping of config keys; restore it or train the run again.")
+    if lacking := [
+        section
+        for section in sections
+        if not isinstance(cfg.get(section), DictConfig) or "_target_" not in cfg[section]
+    ]:
         raise ConfigValueError(
-            f"{path} lacks the model or data section (truncated?); restore it or train the run again."
+            f"{path} lacks its {' and '.join(lacking)} section (truncated?); restore it or train the run "
+            "again."
         )
     check_targets(cfg, source=str(path))
     return cfg

@@ -10,9 +10,10 @@ from typing import Any
 import pytorch_lightning as pl
 
 from src.pipeline.checkpoints import load_model, run_config, run_folder
-from src.pipeline.config import build, parse_bool
+from src.pipeline.config import build
 from src.pipeline.finishing import finish
 from src.pipeline.run import Run
+from src.values import parse_bool
 
 
 def read_history(path: Path) -> list[dict[str, float]]:

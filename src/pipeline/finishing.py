@@ -22,11 +22,12 @@ from src.data.memory import InMemoryDataModule
 from src.evaluation.base import EvaluationContext, EvaluationResult, MemberSet
 from src.models.base import ReconstructionModel
 from src.pipeline.callbacks import write_history
-from src.pipeline.config import build, parse_bool
+from src.pipeline.config import build
 from src.pipeline.run import Run, loaded_model
 from src.reporting import tensorboard as tensorboard_reporting
 from src.reporting import wandb as wandb_reporting
 from src.reporting.figures import run_figures
+from src.values import parse_bool
 
 BatchMetrics = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 

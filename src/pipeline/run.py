@@ -23,10 +23,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from pytorch_lightning.loggers import Logger
 
 from src.errors import ConfigValueError, UserError
+from src.files import remove_partials, write_text_atomic
 from src.models.base import ReconstructionModel
 from src.pipeline.checkpoints import CheckpointError, check_resumable, load_checkpoint, load_model
 from src.pipeline.config import build, load_run_config, save_config, write_config_values
-from src.pipeline.files import remove_partials, write_text_atomic
 from src.pipeline.loggers import build_loggers
 from src.pipeline.process import Interrupted, interrupt_on_signals, prepare_training_process
 from src.reporting import wandb as wandb_reporting

@@ -18,12 +18,13 @@ from PIL import Image, UnidentifiedImageError
 
 from src.errors import ConfigValueError, MissingFileError, UserError
 from src.evaluation.scorer import OODSettings, Scorer
+from src.files import atomic_path
 from src.models.base import ReconstructionModel
 from src.pipeline.checkpoints import CheckpointError, load_model, run_folder
-from src.pipeline.config import build, parse_bool
-from src.pipeline.files import atomic_path
+from src.pipeline.config import build
 from src.pipeline.run import read_run
 from src.reporting.tables import read_scores_csv
+from src.values import parse_bool
 
 USAGE = (
     "usage: python -m src.score ckpt_path=<file.ckpt> input=<file.npy | folder of PNGs> output=<file.csv> "

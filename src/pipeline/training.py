@@ -26,9 +26,10 @@ from src.pipeline.callbacks import (
     epoch_metrics,
 )
 from src.pipeline.checkpoints import check_resumable
-from src.pipeline.config import build, check_config, check_trusted, constructor_errors, parse_bool
+from src.pipeline.config import build, check_config, check_trusted, constructor_errors
 from src.pipeline.finishing import finish
 from src.pipeline.run import Run
+from src.values import parse_bool
 
 
 def seeded_model(cfg: DictConfig) -> ReconstructionModel:

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
-from src.pipeline.files import atomic_path
+from src.files import atomic_path
 
 
 def save(fig: plt.Figure, path: Path) -> Path:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from src.errors import ConfigValueError
-from src.pipeline.files import atomic_path
+from src.files import atomic_path
 
 
 def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], align: str = "") -> list[str]:

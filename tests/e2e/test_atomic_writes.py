@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from src.files import PARTIAL, write_text_atomic
 from src.pipeline.checkpoints import load_checkpoint, save_checkpoint_file
-from src.pipeline.files import PARTIAL, write_text_atomic
 from tests.helpers import FAST, entry_point, one_line_failure, src_run_started
 
 pytestmark = pytest.mark.slow

@@ -241,7 +241,7 @@ def test_summary_names_a_damaged_file_in_one_line(
     elif damage == "overrides":
         (job / ".hydra" / "overrides.yaml").write_text("- seed=0\n  [unclosed: {")
     else:
-        (job / "config.yaml").write_text((job / "config.yaml").read_text()[:40])
+        (job / "config.yaml").write_bytes(b"\xff\xfe\x00binary")
     status, stderr = entry_point("src.summary", [str(sweep)], capsys)
     if damage == "binary_metrics":  # the job counts as failed, with the reason
         assert status == 0, stderr[-3000:]
