@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from src.analysis.sweep import compare_sweeps, leading_sections
-from src.errors import UserError
+from src.errors import run_command
+from src.files import write_text_atomic
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m src.compare", description=__doc__.split("\n\n")[0])
@@ -21,14 +21,13 @@ if __name__ == "__main__":
     arguments = parser.parse_args()
     if missing := [str(sweep) for sweep in arguments.sweeps if not sweep.is_dir()]:
         parser.error(f"not a folder: {', '.join(missing)}")
-    try:
+
+    def compare() -> None:
         result = compare_sweeps(arguments.sweeps, arguments.baseline)
-    except UserError as error:
-        print(f"src.compare: {error}", file=sys.stderr)
-        sys.exit(2)
-    text = "\n".join([f"# Comparison of {', '.join(result['sweeps'])}", "", *leading_sections(result)])
-    if arguments.output is not None:
-        arguments.output.mkdir(parents=True, exist_ok=True)
-        (arguments.output / "comparison.json").write_text(json.dumps(result, indent=2))
-        (arguments.output / "comparison.md").write_text(text)
-    print(text)
+        text = "\n".join([f"# Comparison of {', '.join(result['sweeps'])}", "", *leading_sections(result)])
+        if arguments.output is not None:
+            write_text_atomic(arguments.output / "comparison.json", json.dumps(result, indent=2))
+            write_text_atomic(arguments.output / "comparison.md", text)
+        print(text)
+
+    run_command("src.compare", compare)

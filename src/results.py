@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from src.analysis.results import SECTIONS, write_page
-from src.errors import UserError
+from src.errors import run_command
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -18,8 +18,9 @@ if __name__ == "__main__":
     parser.add_argument("--title", help="the page's title (default: one per kind)")
     parser.add_argument("--notes", type=Path, help="Markdown appended verbatim under 'Notes'")
     args = parser.parse_args()
-    try:
+
+    def write() -> None:
         write_page(args.kind, args.sources, args.output, args.title, args.notes)
-    except UserError as error:
-        parser.exit(2, f"src.results: {error}\n")
-    print(f"wrote {args.output}")
+        print(f"wrote {args.output}")
+
+    run_command("src.results", write)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import sys
 
+from src.errors import run_command
 from src.pipeline.scoring_run import command
 
 if __name__ == "__main__":
-    sys.exit(command(sys.argv[1:]))
+    run_command("src.score", lambda: command(sys.argv[1:]))

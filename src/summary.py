@@ -7,14 +7,10 @@ import sys
 from pathlib import Path
 
 from src.analysis.sweep import markdown, write_summary
-from src.errors import UserError
+from src.errors import run_command
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
         print("usage: python -m src.summary <sweep folder>", file=sys.stderr)
         sys.exit(2)
-    try:
-        print(markdown(write_summary(Path(sys.argv[1]))))
-    except UserError as error:
-        print(f"src.summary: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_command("src.summary", lambda: print(markdown(write_summary(Path(sys.argv[1])))))

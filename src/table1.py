@@ -11,10 +11,11 @@ import argparse
 from pathlib import Path
 
 from src.analysis.table1 import write_table1
+from src.errors import run_command
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", type=Path, nargs="+", help="multirun folders of experiment=table1_mnist")
     parser.add_argument("--samples", type=int, default=1000, help="prior samples per run")
     args = parser.parse_args()
-    print(write_table1(args.folders, args.samples))
+    run_command("src.table1", lambda: print(write_table1(args.folders, args.samples)))

@@ -102,9 +102,29 @@ def fingerprint(root: Path) -> dict[str, str]:
     }
 
 
-def entry_point(module: str, arguments: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    """`python -m <module> <arguments>` as its command line runs it, in this process (no start-up
-    cost): its exit status, stdout and stderr."""
+def python_m(
+    module: str, *arguments: str, cwd: Path = PROJECT_ROOT, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """`python -m <module> <arguments>` (src.score, src.eval, ...) in a fresh process, as a user
+    runs it, its output captured."""
+    command = [sys.executable, "-m", module, *arguments]
+    return subprocess.run(
+        command, cwd=cwd, env=_environment(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def entry_point(module: str, arguments: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """`python -m <module> <arguments>` run in this process, as `python -m` runs it (its own argv,
+    its exit status): the status and stderr. Cheaper than a process for the many cases of a class."""
+    status, _, stderr = entry_point_output(module, arguments, capsys)
+    return status, stderr
+
+
+def entry_point_output(
+    module: str, arguments: list[str], capsys: pytest.CaptureFixture
+) -> tuple[int, str, str]:
+    """`entry_point`, with its stdout: the status, stdout and stderr."""
+
     argv = sys.argv
     sys.argv = [module, *arguments]
     try:
@@ -116,3 +136,13 @@ def entry_point(module: str, arguments: list[str], capsys: pytest.CaptureFixture
         sys.argv = argv
     captured = capsys.readouterr()
     return status, captured.out, captured.err
+
+
+def one_line_failure(status: int, stderr: str, message: str, expected: int = 2) -> str:
+    """Assert that a command failed with status `expected`, no traceback, and `message` in the last
+    line of its stderr; that line."""
+    assert status == expected, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert message in last, stderr[-3000:]
+    return last

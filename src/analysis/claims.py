@@ -49,9 +49,10 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -125,14 +126,32 @@ def pooled_ratio(tops: list[float], bottoms: list[float]) -> dict[str, Any]:
     return {"value": top.sum() / bottom.sum(), "interval": (float(low), float(high)), "n": len(top)}
 
 
+# The one module whose functions an `exact` measure may call: a claims file is data, never code.
+MEASUREMENT_MODULE = "src.evaluation.initial_state"
+
+
+def exact_function(dotted: Any) -> Callable[..., Any]:
+    """The public function of MEASUREMENT_MODULE that an `exact` measure's `function` names;
+    anything else is refused before any module is imported."""
+    module, _, name = str(dotted).rpartition(".")
+    if module != MEASUREMENT_MODULE or name.startswith("_"):
+        raise ConfigValueError(
+            f"measure function {dotted!r} is not a function of {MEASUREMENT_MODULE}: an exact measure "
+            "calls only that module's public functions, e.g. opposed_signs_probability."
+        )
+    function = getattr(importlib.import_module(module), name, None)
+    if not inspect.isfunction(function) or function.__module__ != module:
+        raise ConfigValueError(f"measure function {dotted!r}: {MEASUREMENT_MODULE} has no function {name!r}.")
+    return function
+
+
 def measure(spec: Mapping[str, Any], root: Path) -> dict[str, Any]:
     """The measurement `spec` declares: value, interval (low, high) or None, and sample size."""
     kind = spec.get("kind")
     if kind not in KINDS:
         raise ConfigValueError(f"measure kind {kind!r} is not one of {list(KINDS)}")
     if kind == "exact":
-        module, name = spec["function"].rsplit(".", 1)
-        value = float(getattr(importlib.import_module(module), name)(**spec.get("arguments", {})))
+        value = float(exact_function(spec.get("function"))(**spec.get("arguments", {})))
         return {"value": value, "interval": None, "n": "exact"}
     sweep = root / spec["sweep"]
     if not sweep.is_dir():

@@ -19,6 +19,7 @@ from src.analysis.sweep import markdown as sweep_markdown
 from src.analysis.sweep import write_summary
 from src.analysis.table1 import write_table1
 from src.errors import ConfigValueError, MissingFileError
+from src.files import write_text_atomic
 from src.pipeline.run import read_run
 from src.reporting.tables import markdown_table
 
@@ -244,6 +245,11 @@ def write_page(
         raise ConfigValueError(f"unknown kind {kind!r}; choose from {list(SECTIONS)}")
     if missing := [str(source) for source in sources if not source.exists()]:
         raise MissingFileError(f"not found: {missing}")
+    for source in [*sources, *([notes] if notes is not None else [])]:
+        if output.resolve() == source.resolve():
+            raise ConfigValueError(
+                f"--output {output} is an input ({source}); give another file for the page."
+            )
     output.parent.mkdir(parents=True, exist_ok=True)
     command = shlex.join(
         ["python", "-m", "src.results", kind, *map(str, sources), "--output", str(output)]
@@ -260,5 +266,5 @@ def write_page(
     text = "\n".join([header, *sections])
     if notes is not None:
         text += "\n## Notes\n\n" + notes.read_text()
-    output.write_text(text)
+    write_text_atomic(output, text)
     return text

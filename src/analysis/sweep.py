@@ -28,7 +28,8 @@ from src.errors import ConfigValueError, MissingFileError
 from src.evaluation.census import OUTCOMES
 from src.evaluation.intervals import numeric_summary, wilson_interval
 from src.evaluation.line_outcomes import LINE_OUTCOMES
-from src.pipeline.config import CONFIG_DIR, NOT_SETTINGS, configuration_key
+from src.files import write_text_atomic
+from src.pipeline.config import CONFIG_DIR, NOT_SETTINGS, configuration_key, load_run_config
 from src.pipeline.run import read_run
 from src.reporting import wandb as wandb_reporting
 from src.reporting.figures import sweep_summary
@@ -117,7 +118,7 @@ def summary_settings(sweep_dir: Path, jobs: list[dict[str, Any]]) -> dict[str, A
     settings = OmegaConf.masked_copy(OmegaConf.load(CONFIG_DIR / "config.yaml"), list(SUMMARY_SETTINGS))
     for job in jobs:
         if (path := sweep_dir / job["dir"] / "config.yaml").is_file():
-            config = OmegaConf.load(path)
+            config = load_run_config(path, sections=())
             ran = OmegaConf.masked_copy(config, [key for key in SUMMARY_SETTINGS if key in config])
             settings = OmegaConf.merge(settings, ran)
             break
@@ -218,7 +219,7 @@ def summarise_sweep(sweep_dir: Path) -> dict[str, Any]:
 def _data_name(sweep_dir: Path, group: list[dict[str, Any]]) -> str:
     """The `data.name` a group of jobs trained on (its first job's config.yaml)."""
     path = sweep_dir / group[0]["dir"] / "config.yaml"
-    config = OmegaConf.load(path) if path.is_file() else OmegaConf.create()
+    config = load_run_config(path, sections=()) if path.is_file() else OmegaConf.create()
     return str(OmegaConf.select(config, "data.name", default="(unknown)"))
 
 
@@ -410,10 +411,10 @@ def write_summary(sweep_dir: Path) -> dict[str, Any]:
     """Write summary.json, summary.md and summary.png (and table2.md for OOD results) into the
     sweep folder; return the summary."""
     summary = summarise_sweep(sweep_dir)
-    (sweep_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    (sweep_dir / "summary.md").write_text(markdown(summary))
+    write_text_atomic(sweep_dir / "summary.json", json.dumps(summary, indent=2))
+    write_text_atomic(sweep_dir / "summary.md", markdown(summary))
     if (table := table2(summary)) is not None:
-        (sweep_dir / "table2.md").write_text(table)
+        write_text_atomic(sweep_dir / "table2.md", table)
     sweep_summary(summary["groups"], sweep_dir / "summary.png", summary["headline"])
     return summary
 

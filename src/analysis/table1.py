@@ -11,7 +11,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from src.errors import MissingFileError
 from src.evaluation.sample_quality import sample_measures, train_digit_classifier
+from src.files import write_text_atomic
 from src.pipeline.checkpoints import load_model
 from src.pipeline.config import build
 from src.pipeline.run import read_run
@@ -72,7 +74,10 @@ def write_table1(folders: Sequence[Path], count: int = 1000) -> str:
     first one; returns the table."""
     run_dirs = [path.parent for folder in folders for path in sorted(folder.glob("*/metrics.json"))]
     if not run_dirs:
-        raise SystemExit(f"No finished runs (*/metrics.json) in {[str(f) for f in folders]}")
+        raise MissingFileError(
+            f"no finished runs (*/metrics.json) in {[str(f) for f in folders]}: give the sweep folders of "
+            "python -m src.run -m experiment=table1_mnist."
+        )
     datamodule = build(read_run(run_dirs[0]).config().data)
     references = datamodule.images("test")
     classifier = train_digit_classifier(datamodule.images("train"), datamodule.labels("train"))
@@ -85,6 +90,6 @@ def write_table1(folders: Sequence[Path], count: int = 1000) -> str:
     held_out, others = references[:count], references[count:]
     reference_row = {"model": "MNIST test images", **sample_measures(held_out, others, classifier)}
     table = markdown([*rows, reference_row])
-    (folders[0] / "table1.md").write_text(table)
+    write_text_atomic(folders[0] / "table1.md", table)
     samples_side_by_side(samples, folders[0] / "table1_samples.png")
     return table

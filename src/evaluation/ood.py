@@ -28,6 +28,7 @@ from src.evaluation.detection import (
 from src.evaluation.neighbours import NEIGHBOUR_SCORES
 from src.evaluation.scorer import OODSettings, Scorer
 from src.evaluation.scoring import latent_codes, png_seconds_per_image
+from src.files import write_text_atomic
 from src.models.base import ReconstructionModel
 from src.models.members import MemberModels
 from src.reporting import figures as figures_module
@@ -319,7 +320,8 @@ def evaluate(
     for name, seconds in score_costs(list(scored["test"]), scorer.timings, statistics).items():
         metrics[f"{COST}{name}"] = seconds / counted * 1000
     sizes = {name: len(values[settings.score]) for name, values in scored.items()}
-    (run_dir / "ood.md").write_text(
+    write_text_atomic(
+        run_dir / "ood.md",
         ood_report(
             datamodule.name,
             tables["results"],
@@ -328,7 +330,7 @@ def evaluate(
             _threshold_header(settings, tables["threshold"]),
             tables["classwise"],
             {key.removeprefix(COST): value for key, value in metrics.items() if key.startswith(COST)},
-        )
+        ),
     )
     indices = {
         split: evenly_spaced_indices(len(datamodule.images(split)), count) for split in ("val", "test")

@@ -20,6 +20,7 @@ from src.evaluation.neighbours import NEIGHBOUR_SCORES, TrainingNeighbours, shar
 from src.evaluation.scoring import LIKELIHOOD_SCORES, score_images
 from src.evaluation.typicality import NOT_STATISTICS, default_statistics, dose_scores
 from src.models.base import ReconstructionModel
+from src.values import parse_bool
 
 
 def _whole(key: str, value: Any, minimum: int, hint: str) -> int:
@@ -96,7 +97,7 @@ class OODSettings:
         statistics = values.get("dose_statistics")
         background = values.get("background")
         return cls(
-            enabled=bool(values.get("enabled", True)),
+            enabled=parse_bool("ood.enabled", values.get("enabled", True)),
             sets=sets,
             score=str(values.get("score", cls.score)),
             threshold=threshold,
@@ -108,7 +109,7 @@ class OODSettings:
             noise_amplitude=float(values.get("noise_amplitude", cls.noise_amplitude)),
             max_images=max_images,
             batch_size=_whole("batch_size", values.get("batch_size", cls.batch_size), 1, "images per batch"),
-            plots=bool(values.get("plots", True)),
+            plots=parse_bool("ood.plots", values.get("plots", True)),
             plot_points=_whole(
                 "plot_points", values.get("plot_points", cls.plot_points), 1, "points per set"
             ),

@@ -27,6 +27,7 @@ from src.data.lines import LINES_2X2
 from src.data.memory import InMemoryDataModule
 from src.evaluation.base import EvaluationContext, EvaluationResult, MemberSet
 from src.evaluation.initial_state import applies
+from src.files import write_text_atomic
 from src.models.base import ReconstructionModel
 from src.reporting.tables import markdown_table
 
@@ -101,7 +102,9 @@ def solution_readings(
         dtype=outputs.dtype,
     )
     metrics["test/solution/consistent"] = "yes" if torch.equal(read, outputs) else "no"
-    (run_dir / "solution.md").write_text(solution_markdown(dict(zip(names, codes, strict=True)), tables))
+    write_text_atomic(
+        run_dir / "solution.md", solution_markdown(dict(zip(names, codes, strict=True)), tables)
+    )
     return metrics
 
 

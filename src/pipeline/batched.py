@@ -33,23 +33,32 @@ from torch import nn
 
 from src.data.memory import InMemoryDataModule
 from src.evaluation.base import MemberSet
+from src.files import remove_partials
 from src.models.base import ReconstructionModel
 from src.models.ca import ClassicalAutoencoder
 from src.models.members import MemberModels
 from src.models.vae import VariationalAutoencoder
-from src.pipeline.callbacks import LastCheckpoint, WhereInterrupted, history_stride, keeps_epoch
-from src.pipeline.checkpoints import save_weights
-from src.pipeline.config import MemberConfigs, build, check_config
+from src.pipeline.callbacks import (
+    AtomicCheckpointIO,
+    LastCheckpoint,
+    WhereInterrupted,
+    history_stride,
+    keeps_epoch,
+)
+from src.pipeline.checkpoints import check_resumable, save_weights
+from src.pipeline.config import MemberConfigs, build, check_config, check_trusted
 from src.pipeline.finishing import finish, finishings_of_members
 from src.pipeline.process import prepare_training_process
 from src.pipeline.run import Run
 from src.pipeline.training import seeded_model
+from src.values import parse_bool
 
 BATCHABLE_MODELS = (ClassicalAutoencoder, VariationalAutoencoder)
 
 
 def batching_problem(cfg: DictConfig) -> str | None:
     """Why jobs with this config cannot train in the batched path, or None if they can."""
+    check_trusted(cfg.model)  # before its class is imported
     if get_class(cfg.model._target_) not in BATCHABLE_MODELS:
         return f"model {cfg.model._target_} is not a CA or VAE"
     if cfg.trainer.get("gradient_clip_val") or cfg.trainer.get("accumulate_grad_batches", 1) != 1:
@@ -368,7 +377,7 @@ def train_members(
         models,
         cpu_states,
         [cfg.seed for cfg in cfgs],
-        compile=bool(cfgs[0].compile),
+        compile=parse_bool("compile", cfgs[0].compile),
         history_rows=OmegaConf.select(cfgs[0], "callbacks.history.max_rows", default=None),
     )
     last = chunk_dir / "last.ckpt"
@@ -381,10 +390,14 @@ def train_members(
             callbacks=[LastCheckpoint(chunk_dir, every_n_epochs=every), WhereInterrupted(), *callbacks],
             default_root_dir=str(chunk_dir),
             enable_model_summary=False,
+            plugins=[AtomicCheckpointIO()],
         )
         seeds = [int(cfg.data.shuffle_seed) for cfg in cfgs]
         started = time.perf_counter()
+        remove_partials(chunk_dir)  # what a kill during a checkpoint's writing left
         resume = str(last) if last.is_file() else None
+        if resume is not None:
+            check_resumable(last)
         trainer.fit(ensemble, datamodule=MemberData(datamodule, seeds), ckpt_path=resume)
         elapsed = time.perf_counter() - started
     return TrainedMembers(

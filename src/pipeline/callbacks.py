@@ -13,7 +13,10 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from src.files import atomic_path
+from src.pipeline.checkpoints import save_checkpoint_file
 from src.pipeline.process import Interrupted
 
 
@@ -115,7 +118,7 @@ def write_history(path: Path, rows: list[dict[str, float]]) -> None:
     if not rows:
         return
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with path.open("w", newline="") as handle:
+    with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         # Nine significant digits give back every float32 exactly (the metrics are float32 means).
@@ -189,3 +192,14 @@ class WhereInterrupted(Callback):
     def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, Interrupted):
             exception.epoch, exception.step = trainer.current_epoch, trainer.global_step
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writing through `save_checkpoint_file` (Lightning's own writes to the
+    system's temporary folder and moves the file, a copy when the run folder is on another file
+    system). Given to every Trainer the project builds."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        save_checkpoint_file(checkpoint, Path(path))

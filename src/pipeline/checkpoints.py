@@ -3,6 +3,7 @@ load uses torch.load(weights_only=True): a checkpoint holds tensors and plain va
 
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import MissingFileError
+from src.files import write_bytes_atomic
 from src.models.base import ReconstructionModel
-from src.pipeline.config import build
+from src.pipeline.config import build, load_run_config
 
 
 class CheckpointError(MissingFileError):
@@ -39,7 +41,12 @@ def run_folder(ckpt_path: Path) -> Path:
 
 def run_config(ckpt_path: Path) -> DictConfig:
     """The resolved config of the run that wrote `ckpt_path`."""
-    return OmegaConf.load(run_folder(ckpt_path) / "config.yaml")
+    return load_run_config(run_folder(ckpt_path) / "config.yaml")
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first line, or its type when it has no message (an EOFError)."""
+    return (str(error).splitlines() or [type(error).__name__])[0]
 
 
 def load_checkpoint(ckpt_path: Path) -> dict[str, Any]:
@@ -49,12 +56,12 @@ def load_checkpoint(ckpt_path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"{ckpt_path} holds more than tensors and plain values, so it is not loaded (it could run "
-            f"code): {str(error).splitlines()[0]}. Use a checkpoint written by this project."
+            f"code): {first_line(error)}. Use a checkpoint written by this project."
         ) from None
     except (RuntimeError, EOFError, OSError) as error:
         raise CheckpointError(
             f"{ckpt_path} ({ckpt_path.stat().st_size} bytes) is truncated or not a checkpoint "
-            f"({str(error).splitlines()[0]}); use another of the run's checkpoints, or train again."
+            f"({first_line(error)}); use another of the run's checkpoints, or train again."
         ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{ckpt_path} is not a checkpoint of this project (no state_dict in it).")
@@ -128,5 +135,26 @@ def save_weights(
         "epoch": epoch,
         "pytorch-lightning_version": pl.__version__,
     }
-    torch.save(checkpoint, path)
+    save_checkpoint_file(checkpoint, path)
     return path
+
+
+def save_checkpoint_file(checkpoint: dict[str, Any], path: Path) -> None:
+    """`checkpoint` as the file `path`, whole or not at all: a temporary file in the same folder,
+    flushed and renamed over the name (never a copy from another file system, which a kill would
+    leave half-written), its size named if the disk is full."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    write_bytes_atomic(path, buffer.getbuffer())
+
+
+def check_resumable(ckpt_path: Path) -> None:
+    """Refuse in one line a checkpoint to resume from that does not load (a damaged last.ckpt),
+    naming the file and what to do, before Lightning fails on it with a bare EOFError."""
+    try:
+        load_checkpoint(ckpt_path)
+    except CheckpointError as error:
+        raise CheckpointError(
+            f"cannot resume: {error} To train afresh, move {ckpt_path} aside (or give ckpt_path=null); to "
+            f"resume from another state, give ckpt_path=<one of {ckpt_path.parent}/*.ckpt>."
+        ) from None

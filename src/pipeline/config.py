@@ -21,11 +21,12 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import OmegaConfBaseException
 
 from src.errors import ConfigValueError
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
-
+from src.files import write_text_atomic
+from src.pipeline.targets import CONFIG_DIR, check_targets, command_line_targets
+from src.values import parse_bool
 
 # Overrides that say where a job writes, not what it computes.
 LOCATION_SETTINGS = ("paths.",)
@@ -124,6 +125,33 @@ TYPES: dict[str, tuple[tuple[type, ...], str]] = {
 }
 
 
+# Every yes-or-no setting of the configs (tests/unit/test_configs.py checks that conf/ has no other).
+BOOLEANS = (
+    "test",
+    "figures",
+    "print_config",
+    "resume_in_place",
+    "compile",
+    "ood.enabled",
+    "ood.plots",
+    "model.standardize_inputs",
+    "model.optimizer.fused",
+    "data.download",
+    "trainer.deterministic",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+)
+
+
+def check_booleans(cfg: DictConfig) -> None:
+    """Each key of BOOLEANS that the config has holds a boolean (`parse_bool`), set as one."""
+    for key in BOOLEANS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not isinstance(value, bool):
+            with read_write(cfg), open_dict(cfg):
+                OmegaConf.update(cfg, key, parse_bool(key, value), force_add=False)
+
+
 def check_types(cfg: DictConfig) -> None:
     """Each key of TYPES that the config has holds a value of its type."""
     for key, (types, example) in TYPES.items():
@@ -216,7 +244,10 @@ def check_trainer(trainer: DictConfig) -> None:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Refuse config values of the wrong type, and values that would be silently ignored."""
+    """Refuse untrusted targets, config values of the wrong type, and values that would be
+    silently ignored."""
+    check_trusted(cfg)
+    check_booleans(cfg)
     check_types(cfg)
     check_unread_keys(cfg)
     check_trainer(cfg.trainer)
@@ -252,10 +283,44 @@ def constructor_errors() -> Iterator[None]:
         raise cause from None
 
 
+def check_trusted(config: DictConfig | dict, source: str = "the config") -> None:
+    """Every `_target_` in `config` is one the project builds (src/pipeline/targets.py), or one
+    that this job's own command line names."""
+    check_targets(config, command_line_targets(_job_overrides() or []), source)
+
+
 def build(config: DictConfig | dict, **kwargs: Any) -> Any:
-    """hydra.utils.instantiate, with the constructor's own errors (`constructor_errors`)."""
+    """hydra.utils.instantiate of a config whose targets are trusted (`check_trusted`), with the
+    constructor's own errors (`constructor_errors`)."""
+    check_trusted(config)
     with constructor_errors():
         return instantiate(config, **kwargs)
+
+
+def load_run_config(path: Path, sections: Sequence[str] = ("model", "data")) -> DictConfig:
+    """A run folder's config.yaml, refused in one line when it is not a readable config with the
+    `sections` to build from (each with its `_target_`), or names a `_target_` the project does not
+    build: the folder is data."""
+    try:
+        cfg = OmegaConf.load(path)
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError, OmegaConfBaseException) as error:
+        problem = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+        raise ConfigValueError(
+            f"{path} is not a readable config ({problem}); restore it or train the run again."
+        ) from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigValueError(f"{path} is not a mapping of config keys; restore it or train the run again.")
+    if lacking := [
+        section
+        for section in sections
+        if not isinstance(cfg.get(section), DictConfig) or "_target_" not in cfg[section]
+    ]:
+        raise ConfigValueError(
+            f"{path} lacks its {' and '.join(lacking)} section (truncated?); restore it or train the run "
+            "again."
+        )
+    check_targets(cfg, source=str(path))
+    return cfg
 
 
 def save_config(cfg: DictConfig, path: Path, resolve: bool = True) -> None:
@@ -271,7 +336,7 @@ def config_yaml(values: dict[str, Any]) -> str:
 
 def write_config_values(values: dict[str, Any], path: Path) -> None:
     """Plain config values as a YAML file (`config_yaml`)."""
-    path.write_text(config_yaml(values))
+    write_text_atomic(path, config_yaml(values))
 
 
 def _interpolated_keys(values: Any, prefix: str = "") -> list[str]:

@@ -13,6 +13,7 @@ from src.pipeline.checkpoints import load_model, run_config, run_folder
 from src.pipeline.config import build
 from src.pipeline.finishing import finish
 from src.pipeline.run import Run
+from src.values import parse_bool
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
@@ -35,7 +36,7 @@ def evaluate_checkpoint(run: Run) -> dict[str, Any]:
         {
             "ckpt_path": str(ckpt_path.resolve()),
             "test": True,
-            "figures": eval_cfg.figures,
+            "figures": parse_bool("figures", eval_cfg.figures),
             "job_type": "eval",
         },
     )

@@ -27,6 +27,7 @@ from src.pipeline.run import Run, loaded_model
 from src.reporting import tensorboard as tensorboard_reporting
 from src.reporting import wandb as wandb_reporting
 from src.reporting.figures import run_figures
+from src.values import parse_bool
 
 BatchMetrics = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
@@ -77,7 +78,7 @@ def stage_batches(
 
 
 def evaluation_context(cfg: DictConfig, run_dir: Path) -> EvaluationContext:
-    return EvaluationContext(run_dir, bool(cfg.figures), cfg, loaded_model)
+    return EvaluationContext(run_dir, parse_bool("figures", cfg.figures), cfg, loaded_model)
 
 
 def declared_evaluations(cfg: DictConfig) -> list[Any]:

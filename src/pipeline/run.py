@@ -25,10 +25,11 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from pytorch_lightning.loggers import Logger
 
-from src.errors import UserError
+from src.errors import ConfigValueError, UserError
+from src.files import remove_partials, write_text_atomic
 from src.models.base import ReconstructionModel
-from src.pipeline.checkpoints import load_checkpoint, load_model
-from src.pipeline.config import build, save_config, write_config_values
+from src.pipeline.checkpoints import CheckpointError, check_resumable, load_checkpoint, load_model
+from src.pipeline.config import build, load_run_config, save_config, write_config_values
 from src.pipeline.loggers import build_loggers
 from src.pipeline.process import Interrupted, interrupt_on_signals, prepare_training_process
 from src.reporting import wandb as wandb_reporting
@@ -97,7 +98,7 @@ class Run:
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         """metrics.json: the run's results (written once, when it has finished)."""
-        (self.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        write_text_atomic(self.dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
 
     def headline(self, metrics: dict[str, Any]) -> str:
         """The closing line: the run folder and the metrics named by `headline` (glob patterns)."""
@@ -121,35 +122,45 @@ class Run:
             with kept.open("a") as handle:
                 handle.write(error.read_text())
             error.unlink()
+        remove_partials(last.parent)  # what a kill during a checkpoint's writing left
+        check_resumable(last)
         log.info("Resuming the interrupted run in %s from %s", self.dir, last)
         return str(last)
 
-    def interrupted(self, interrupt: Interrupted) -> Path:
+    def interrupted(self, interrupt: Interrupted) -> str:
         """error.txt for a job stopped by a signal: when, what is kept, and how to resume."""
         where = f" at epoch {interrupt.epoch}, step {interrupt.step}" if interrupt.step is not None else ""
         last = self.dir / "checkpoints" / "last.ckpt"
-        if last.is_file():
-            saved = load_checkpoint(last)
+        try:
+            saved = load_checkpoint(last) if last.is_file() else None
+        except CheckpointError as error:
+            resume = f"{error}"
+        else:
             resume = (
                 f"The state after epoch {saved['epoch']} (step {saved['global_step']}) is in {last}: resume "
                 f"with the same command and ckpt_path={last}; the result equals an uninterrupted run's."
+                if saved is not None
+                else "No epoch had finished, so there is no checkpoint to resume from: run the job again."
             )
-        else:
-            resume = "No epoch had finished, so there is no checkpoint to resume from: run the job again."
-        path = self.dir / "error.txt"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(
+        return self._write_error(
             f"Interrupted by {interrupt.signal}{where} (exit status {interrupt.status}); no metrics.json "
             f"was written. {resume} Every file written before is kept.\n"
         )
-        return path
 
-    def fail(self) -> Path:
+    def fail(self) -> str:
         """Write the current exception's traceback to error.txt beside whatever the run wrote."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        return self._write_error(traceback.format_exc())
+
+    def _write_error(self, text: str) -> str:
+        """error.txt with `text`, written whole or not at all; where the text went (the file, or
+        stderr when the file cannot be written, e.g. on a full disk)."""
         path = self.dir / "error.txt"
-        path.write_text(traceback.format_exc())
-        return path
+        try:
+            write_text_atomic(path, text)
+        except OSError as problem:
+            print(text, file=sys.stderr)
+            return f"the text above ({path} could not be written: {problem})"
+        return str(path)
 
 
 # A run folder's lock: "<pid> <host>" of the process writing it, there while it runs.
@@ -229,7 +240,7 @@ class RunRecord:
 
     def config(self) -> DictConfig:
         """The run's resolved config.yaml."""
-        return OmegaConf.load(self.dir / "config.yaml")
+        return load_run_config(self.dir / "config.yaml")
 
 
 def read_run(run_dir: Path) -> RunRecord:
@@ -239,16 +250,34 @@ def read_run(run_dir: Path) -> RunRecord:
     metrics, error = None, None
     if metrics_file.is_file():
         try:
-            metrics = json.loads(metrics_file.read_text())
-        except json.JSONDecodeError as problem:
+            metrics = json.loads(metrics_file.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as problem:
             error = f"{metrics_file} is corrupt ({problem})"
+        if metrics is not None and not isinstance(metrics, dict):
+            metrics, error = None, f"{metrics_file} is corrupt (not a mapping of metrics)"
     if error_file.is_file():
-        lines = error_file.read_text().strip().splitlines()
+        lines = error_file.read_text(errors="replace").strip().splitlines()
         error = lines[-1] if lines else f"{error_file} is empty"
     elif metrics is None and error is None:
         error = "no metrics.json and no error.txt (killed?)"
-    overrides = (yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.is_file() else []
-    return RunRecord(run_dir, metrics, error, overrides)
+    return RunRecord(run_dir, metrics, error, read_overrides(overrides_file))
+
+
+def read_overrides(path: Path) -> list[str]:
+    """A job's command-line overrides as Hydra recorded them (.hydra/overrides.yaml; none if the
+    file is absent), refused in one line when the file is not a YAML list of texts."""
+    if not path.is_file():
+        return []
+    try:
+        overrides = yaml.safe_load(path.read_bytes()) or []
+    except yaml.YAMLError as problem:
+        overrides = problem
+    if not isinstance(overrides, list) or not all(isinstance(item, str) for item in overrides):
+        raise ConfigValueError(
+            f"{path} is not a YAML list of overrides (damaged?): restore it, e.g. ['seed=0'] as the job was "
+            f"started, or move the job folder {path.parent.parent} out of the sweep."
+        )
+    return overrides
 
 
 def run_job(

@@ -16,13 +16,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
-from src.errors import ConfigValueError, MissingFileError
+from src.errors import ConfigValueError, MissingFileError, UserError
 from src.evaluation.scorer import OODSettings, Scorer
+from src.files import atomic_path
 from src.models.base import ReconstructionModel
 from src.pipeline.checkpoints import CheckpointError, load_model, run_folder
 from src.pipeline.config import build
 from src.pipeline.run import read_run
 from src.reporting.tables import read_scores_csv
+from src.values import parse_bool
 
 USAGE = (
     "usage: python -m src.score ckpt_path=<file.ckpt> input=<file.npy | folder of PNGs> output=<file.csv> "
@@ -74,36 +76,60 @@ def _grayscale(image: Image.Image, file: Path) -> Image.Image:
     )
 
 
+def png_files(path: Path) -> list[Path]:
+    """The PNGs of a folder, sorted, or the one PNG `path`: regular files only (a FIFO or device
+    named *.png would block the read for ever), the others skipped with a notice."""
+    candidates = sorted(path.glob("*.png")) if path.is_dir() else [path]
+    files = [file for file in candidates if file.is_file()]
+    if skipped := [file.name for file in candidates if not file.is_file()]:
+        if not path.is_dir():
+            raise ScoreInputError(
+                f"input={path} is not a regular file; give a .npy file, a .png or a folder."
+            )
+        print(f"src.score: skipped {skipped} in {path}: not regular files", file=sys.stderr)
+    if not files:
+        raise ScoreInputError(f"input={path} holds no .png files; put the images there as PNGs.")
+    return files
+
+
+def _read_png(file: Path, image_shape: tuple[int, ...]) -> np.ndarray:
+    """A PNG as 8-bit grayscale, its size checked against the model's from the header, before
+    anything is decoded (a small file can hold a huge image)."""
+    height, width = image_shape[-2:]
+    with Image.open(file) as image:
+        if image.size != (width, height):
+            raise ScoreInputError(
+                f"{file} is {image.width}x{image.height} pixels; the model takes {width}x{height} images: "
+                "resize it."
+            )
+        return np.asarray(_grayscale(image, file))
+
+
 def load_images(path: Path, image_shape: tuple[int, ...]) -> tuple[list[str], torch.Tensor]:
     """Identifiers and images (N, 1, H, W) in [0, 1] from a .npy array (ids: row numbers), a PNG,
     or a folder of PNGs (ids: file names, sorted)."""
     if not path.exists():
         raise ScoreInputError(f"input={path} does not exist; give a .npy file, a .png or a folder of PNGs.")
     if path.is_dir() or path.suffix.lower() == ".png":
-        files = sorted(path.glob("*.png")) if path.is_dir() else [path]
-        if not files:
-            raise ScoreInputError(f"input={path} holds no .png files; put the images there as PNGs.")
+        files = png_files(path)
         arrays = []
         for file in files:
             try:
-                with Image.open(file) as image:
-                    arrays.append(np.asarray(_grayscale(image, file)))
-            except (UnidentifiedImageError, OSError) as error:
+                arrays.append(_read_png(file, image_shape))
+            except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as error:
                 raise ScoreInputError(
                     f"{file} could not be read as a PNG ({error}); replace or remove it."
                 ) from None
-        sizes = {array.shape for array in arrays}
-        if len(sizes) > 1:
-            raise ScoreInputError(
-                f"{path}: PNGs of different sizes {sorted(sizes)}; resize all to {tuple(image_shape[-2:])}."
-            )
         return [file.name for file in files], _as_images(np.stack(arrays), str(path), image_shape)
     if path.suffix.lower() != ".npy":
         raise ScoreInputError(
             f"input={path}: unknown file type; give a .npy file, a .png or a folder of PNGs."
         )
+    if not path.is_file():
+        raise ScoreInputError(f"input={path} is not a regular file; give a .npy file, a .png or a folder.")
     try:
-        array = np.load(path, allow_pickle=False)
+        # Mapped, not read: its shape is checked before a claimed huge array is read into memory.
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
         raise ScoreInputError(
             f"{path} could not be read as a .npy array ({error}); save it with numpy.save."
@@ -128,6 +154,11 @@ def load_run(ckpt_path: Path) -> tuple[ReconstructionModel, dict[str, Any], Dict
     """The model of a checkpoint, the run's metrics and its config."""
     try:
         record = read_run(run_folder(ckpt_path))
+        if record.metrics is None and (record.dir / "metrics.json").is_file():
+            raise ScoreInputError(
+                f"{record.error}: the run's score and threshold are read from it; restore it, or evaluate "
+                f"the run again (python -m src.eval ckpt_path={ckpt_path})."
+            )
         cfg = record.config()
         model, _ = load_model(ckpt_path, cfg)
     except CheckpointError as error:
@@ -193,7 +224,7 @@ def score_file(
     decision = scores[score] > threshold if threshold is not None else None
     output_path.parent.mkdir(parents=True, exist_ok=True)
     names = list(scores)
-    with output_path.open("w", newline="") as handle:
+    with atomic_path(output_path) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "score", "ood", *names])
         for row, image_id in enumerate(ids):
@@ -255,7 +286,7 @@ def command(argv: list[str]) -> int:
         if batch_size < 1:
             raise ScoreInputError(f"batch_size={batch_size}: give a whole number of at least 1.")
         output = Path(str(args.output))
-        check_output(Path(str(args.input)), output, bool(args.get("overwrite", False)))
+        check_output(Path(str(args.input)), output, parse_bool("overwrite", args.get("overwrite", False)))
         summary = score_file(
             Path(str(args.ckpt_path)),
             Path(str(args.input)),
@@ -264,7 +295,7 @@ def command(argv: list[str]) -> int:
             threshold,
             batch_size,
         )
-    except ScoreInputError as error:
+    except UserError as error:
         print(f"src.score: {error}", file=sys.stderr)
         return 2
     flagged = summary["flagged_ood"]

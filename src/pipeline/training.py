@@ -18,10 +18,18 @@ from pytorch_lightning.callbacks import Callback
 from src.errors import MissingFileError
 from src.models.base import ReconstructionModel
 from src.models.lightning_module import AutoencoderModule
-from src.pipeline.callbacks import History, LastCheckpoint, WhereInterrupted, epoch_metrics
-from src.pipeline.config import build, check_config, constructor_errors
+from src.pipeline.callbacks import (
+    AtomicCheckpointIO,
+    History,
+    LastCheckpoint,
+    WhereInterrupted,
+    epoch_metrics,
+)
+from src.pipeline.checkpoints import check_resumable
+from src.pipeline.config import build, check_config, check_trusted, constructor_errors
 from src.pipeline.finishing import finish
 from src.pipeline.run import Run
+from src.values import parse_bool
 
 
 def seeded_model(cfg: DictConfig) -> ReconstructionModel:
@@ -38,6 +46,7 @@ def build_model(model_cfg: DictConfig) -> ReconstructionModel:
     which is what instantiate does, at a fraction of its cost (a batched chunk builds a thousand)."""
     if model_cfg.get("_recursive_") is not False or model_cfg.get("_convert_") != "all":
         return build(model_cfg)
+    check_trusted(model_cfg)
     values = OmegaConf.to_container(model_cfg, resolve=True)
     model_class = get_class(values["_target_"])
     with constructor_errors():  # the net inside is built by instantiate
@@ -54,6 +63,7 @@ def resume_path(cfg: DictConfig) -> str | None:
             f"ckpt_path={cfg.ckpt_path} does not exist. Point it at a checkpoint of an earlier run, e.g. "
             "ckpt_path=outputs/runs/<run>/checkpoints/last.ckpt, or drop it (ckpt_path=null) to train afresh."
         )
+    check_resumable(path)
     return str(path)
 
 
@@ -62,7 +72,7 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     run folder: src/pipeline/finishing.py); return the metrics. `callbacks` join the configured ones
     (the benchmark's interleaved hand-loop steps use it)."""
     cfg, run_dir = run.cfg, run.dir
-    run.start(show=bool(cfg.get("print_config")))
+    run.start(show=parse_bool("print_config", cfg.get("print_config", False)))
     check_config(cfg)
     ckpt_path = resume_path(cfg) or run.checkpoint_to_resume()
     model = seeded_model(cfg)
@@ -74,6 +84,7 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
         cfg.trainer,
         logger=run.loggers or False,
         callbacks=[*configured, WhereInterrupted(), *callbacks],
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
     )
     started = time.perf_counter()

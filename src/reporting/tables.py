@@ -10,6 +10,9 @@ from typing import Any
 
 import torch
 
+from src.errors import ConfigValueError
+from src.files import atomic_path
+
 
 def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], align: str = "") -> list[str]:
     """The lines of a Markdown table. `align` holds one letter per column, `l` or `r` (default l)."""
@@ -28,7 +31,7 @@ def write_scores_csv(
     """One row per image: set, label (0 in-distribution, 1 OOD), index (the image's index in its
     source, from `indices`; without them, its position in its set), every score."""
     names = list(dict.fromkeys(name for scores in scored.values() for name in scores))
-    with path.open("w", newline="") as handle:
+    with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["set", "label", "index", *names])
         for set_name, scores in scored.items():
@@ -42,13 +45,20 @@ def write_scores_csv(
 def read_scores_csv(path: Path) -> dict[str, dict[str, list]]:
     """scores.csv by set: {set: {"label": [...], "index": [...], score: [...]}}, in file order."""
     scored: dict[str, dict[str, list]] = {}
-    with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            columns = scored.setdefault(row.pop("set"), {})
-            for name, value in row.items():
-                columns.setdefault(name, []).append(
-                    int(value) if name in ("label", "index") else float(value)
-                )
+    with path.open(newline="", errors="replace") as handle:
+        reader = csv.DictReader(handle)
+        try:
+            for row in reader:
+                columns = scored.setdefault(row.pop("set"), {})
+                for name, value in row.items():
+                    columns.setdefault(name, []).append(
+                        int(value) if name in ("label", "index") else float(value)
+                    )
+        except (ValueError, TypeError, KeyError, csv.Error) as error:
+            raise ConfigValueError(
+                f"{path} is damaged at line {reader.line_num} ({type(error).__name__}: {error}): the run "
+                "wrote it whole, so it was cut or edited; evaluate the run again (python -m src.eval)."
+            ) from None
     return scored
 
 

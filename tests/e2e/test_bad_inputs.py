@@ -5,8 +5,6 @@ traceback, and leaves every file already written as it was."""
 from __future__ import annotations
 
 import hashlib
-import runpy
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from src.pipeline.run import Run
 from src.pipeline.scoring_run import command as score_command
 from src.pipeline.training import train
 from tests.helpers import FAST, SHARED_DATASETS, needs_shared_mnist
+from tests.helpers import entry_point as _entry_point
 
 pytestmark = pytest.mark.slow
 
@@ -36,20 +35,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("witness") / "runs" / "finished"
     train(Run(compose_config(["data=lines2x2", *FAST, "trainer.max_epochs=2"], run), run))
     return run
-
-
-def _entry_point(module: str, arguments: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    """Run `python -m <module> <arguments>` in this process; its exit status and stderr."""
-    argv = sys.argv
-    sys.argv = [module, *arguments]
-    try:
-        runpy.run_module(module, run_name="__main__")
-        status = 0
-    except SystemExit as stop:
-        status = stop.code if isinstance(stop.code, int) else 1
-    finally:
-        sys.argv = argv
-    return status, capsys.readouterr().err
 
 
 def _fails_cleanly(status: int, stderr: str, message: str) -> None:

@@ -18,7 +18,7 @@ import pytest
 from src.pipeline.config import compose_config
 from src.pipeline.run import LOCK, Run
 from src.pipeline.training import train
-from tests.helpers import FAST, entry_point, fingerprint, src_run_started
+from tests.helpers import FAST, entry_point, entry_point_output, fingerprint, src_run_started
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,7 @@ def test_a_value_that_would_fail_after_training_is_refused_before_it(
 ) -> None:
     root = witness.parent.parent
     before = fingerprint(root)
-    status, _, stderr = entry_point("src.run", [*SMALL, *overrides, f"paths.output_root={root}"], capsys)
+    status, stderr = entry_point("src.run", [*SMALL, *overrides, f"paths.output_root={root}"], capsys)
     _refused(status, stderr, message)
     after = fingerprint(root)
     assert {key: after[key] for key in before} == before
@@ -79,7 +79,7 @@ def test_the_precision_that_ran_is_recorded(tmp_path: Path, capsys) -> None:
     """16-mixed has no CPU kernels: Lightning runs bf16-mixed instead, and metrics.json says so."""
     folder = tmp_path / "run"
     arguments = [*SMALL, "trainer.accelerator=cpu", "trainer.precision=16-mixed", f"hydra.run.dir={folder}"]
-    status, _, stderr = entry_point("src.run", arguments, capsys)
+    status, stderr = entry_point("src.run", arguments, capsys)
     assert status == 0, stderr[-2000:]
     assert json.loads((folder / "metrics.json").read_text())["precision"] == "bf16-mixed"
 
@@ -106,16 +106,16 @@ def test_the_precision_that_ran_is_recorded(tmp_path: Path, capsys) -> None:
 def test_a_sweep_that_would_fail_after_training_is_refused_before_it(
     tmp_path: Path, capsys, overrides: list[str], message: str
 ) -> None:
-    status, _, stderr = entry_point("src.run", [*SWEEP, *overrides, f"hydra.sweep.dir={tmp_path}"], capsys)
+    status, stderr = entry_point("src.run", [*SWEEP, *overrides, f"hydra.sweep.dir={tmp_path}"], capsys)
     _refused(status, stderr, message)
     assert not list(tmp_path.glob("*/.hydra")) and not (tmp_path / "batched").exists()
 
 
 def test_src_summary_says_when_job_folders_are_missing(tmp_path: Path, capsys) -> None:
-    status, _, stderr = entry_point("src.run", [*SWEEP, "seed=0,1,2", f"hydra.sweep.dir={tmp_path}"], capsys)
+    status, stderr = entry_point("src.run", [*SWEEP, "seed=0,1,2", f"hydra.sweep.dir={tmp_path}"], capsys)
     assert status == 0, stderr[-2000:]
     shutil.rmtree(tmp_path / "2")
-    status, stdout, _ = entry_point("src.summary", [str(tmp_path)], capsys)
+    status, stdout, _ = entry_point_output("src.summary", [str(tmp_path)], capsys)
     assert status == 0
     assert "multirun.yaml names 3 jobs, but only 2 job folders were found" in stdout
     assert json.loads((tmp_path / "summary.json").read_text())["n_named"] == 3
@@ -130,7 +130,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused_at_once(tmp_path: Path, ca
             assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0][-3000:]
             time.sleep(0.05)
         config = (folder / "config.yaml").read_bytes()
-        status, _, stderr = entry_point("src.run", [*SMALL, f"hydra.run.dir={folder}"], capsys)
+        status, stderr = entry_point("src.run", [*SMALL, f"hydra.run.dir={folder}"], capsys)
         _refused(status, stderr, f"{folder} is in use by pid {first.pid} (its {LOCK})")
         assert (folder / "config.yaml").read_bytes() == config and not (folder / "error.txt").exists()
         assert first.poll() is None  # the first run goes on
@@ -145,6 +145,6 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path: Path, capsys) -> No
     ended = subprocess.Popen(["true"])  # a process that has ended, for its pid
     ended.wait()
     (folder / LOCK).write_text(f"{ended.pid} {socket.gethostname()}\n")
-    status, _, stderr = entry_point("src.run", [*SMALL, f"hydra.run.dir={folder}"], capsys)
+    status, stderr = entry_point("src.run", [*SMALL, f"hydra.run.dir={folder}"], capsys)
     assert status == 0, stderr[-2000:]
     assert (folder / "metrics.json").is_file() and not (folder / LOCK).exists()

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
 
 from src.errors import ConfigValueError, UserError
 from src.models.ca import ClassicalAutoencoder
 from src.models.vae import VariationalAutoencoder
-from src.pipeline.config import CONFIG_DIR, check_config
+from src.pipeline.config import BOOLEANS, CONFIG_DIR, check_config
 from src.pipeline.run import Run
 
 GROUPS = CONFIG_DIR
@@ -225,3 +226,23 @@ def test_the_benchmark_scores_the_held_back_sets_only_in_its_final_stage(make_co
     final = make_config("experiment=oodbench", f"data={data}", "near_ood.stage=final").ood.sets
     assert list(final) == ["cyrillic", "symbols"]
     assert not set(final) & set(development) and {"hflip", "rot180", "latin"} <= set(development)
+
+
+# Keys whose value may be a boolean or something else (Lightning's and W&B's own), and Hydra's.
+NOT_ONLY_BOOLEAN = {"trainer.fast_dev_run", "logger.wandb.log_model", "model._recursive_"}
+
+
+def _boolean_keys(node: object, prefix: str = "") -> set[str]:
+    if isinstance(node, dict):
+        return {key for name, value in node.items() for key in _boolean_keys(value, f"{prefix}{name}.")}
+    return {prefix.removesuffix(".")} if isinstance(node, bool) else set()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [[], ["model=vae", "data=mnist", "logger=wandb", "debug=fast"], ["experiment=census_lines_ca"]],
+)
+def test_every_boolean_of_conf_is_parsed(make_config, overrides: list[str]) -> None:
+    values = OmegaConf.to_container(make_config(*overrides), resolve=False)
+    del values["hydra"]
+    assert _boolean_keys(values) - NOT_ONLY_BOOLEAN <= set(BOOLEANS)
