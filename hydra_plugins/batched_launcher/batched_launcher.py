@@ -53,14 +53,71 @@ def split_seed(overrides: Sequence[str]) -> tuple[tuple[str, ...], int | None]:
     return tuple(rest), seed
 
 
+# A job of a sweep: its number (hydra.job.num), its overrides and its seed.
+Job = tuple[int, Sequence[str], int | None]
+
+
+def job_folder(template: DictConfig, index: int, seed: int | None) -> Path:
+    """Job `index`'s folder, hydra.sweep.subdir resolved on `template` (its group's composed config)
+    pointed at the job's seed and number."""
+    with read_write(template), open_dict(template), read_write(template.hydra.job):
+        template.seed = seed
+        template.hydra.job.num = template.hydra.job.id = index
+    return Path(str(template.hydra.sweep.dir)) / str(template.hydra.sweep.subdir)
+
+
+def earlier_states(template: DictConfig, jobs: Sequence[Job]) -> dict[int, tuple[str, Path]]:
+    """For a sweep started again in its folder: each job's folder and what an earlier start left
+    there (src.pipeline.run.earlier_state), its composed config (.hydra/config.yaml, as Hydra and
+    this launcher write it) compared with the job's."""
+    from src.pipeline.run import earlier_state
+
+    task = OmegaConf.to_container(template, resolve=False)
+    task.pop("hydra", None)
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    states = {}
+    for index, _, seed in jobs:
+        run_dir = job_folder(template, index, seed)
+        composed = run_dir / ".hydra" / "config.yaml"
+
+        def same_config(composed: Path = composed, seed: int | None = seed) -> bool:
+            return composed.is_file() and yaml.load(composed.read_text(), loader) == {**task, "seed": seed}
+
+        states[index] = (earlier_state(run_dir, same_config), run_dir)
+    return states
+
+
+def says_what_resumes(sweep_dir: str, states: Sequence[str]) -> None:
+    """One line, when a sweep starts again in a folder holding an earlier start's jobs."""
+    from src.pipeline.run import FAILED, FINISHED, INTERRUPTED, NEW
+
+    counts = {state: sum(1 for s in states if s == state) for state in (FINISHED, INTERRUPTED, FAILED, NEW)}
+    if counts[NEW] < len(states):
+        log.info(
+            "Sweep %s started again: %d finished (skipped), %d interrupted (resumed from last.ckpt), "
+            "%d failed or with another config (trained afresh), %d new",
+            sweep_dir,
+            *counts.values(),
+        )
+
+
 class GroupedSweeper(BasicSweeper):
-    """The basic sweeper, validating one job per group of jobs that differ only in `seed`."""
+    """The basic sweeper, composing one job per group of jobs that differ only in `seed` to check
+    them, and saying what a sweep started again in its folder finds there (`says_what_resumes`)."""
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
-        representatives: dict[tuple[str, ...], Sequence[str]] = {}
-        for overrides in batch:
-            representatives.setdefault(split_seed(overrides)[0], overrides)
-        super().validate_batch_is_legal(list(representatives.values()))
+        first = getattr(self, "_next_index", 0)
+        self._next_index = first + len(batch)
+        groups: dict[tuple[str, ...], list[Job]] = {}
+        for offset, overrides in enumerate(batch):
+            rest, seed = split_seed(overrides)
+            groups.setdefault(rest, []).append((first + offset, overrides, seed))
+        loader = self.hydra_context.config_loader
+        states = []
+        for jobs in groups.values():
+            template = loader.load_sweep_config(master_config=self.config, sweep_overrides=list(jobs[0][1]))
+            states += [state for state, _ in earlier_states(template, jobs).values()]
+        says_what_resumes(str(self.config.hydra.sweep.dir), states)
 
 
 class BatchedLauncher(Launcher):
@@ -85,7 +142,7 @@ class BatchedLauncher(Launcher):
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        groups: dict[tuple[str, ...], list[tuple[int, Sequence[str], int | None]]] = {}
+        groups: dict[tuple[str, ...], list[Job]] = {}
         for offset, overrides in enumerate(job_overrides):
             rest, seed = split_seed(overrides)
             groups.setdefault(rest, []).append((initial_job_idx + offset, overrides, seed))
@@ -94,18 +151,29 @@ class BatchedLauncher(Launcher):
             returns.update(self._launch_group(" ".join(filter_overrides(rest)) or "the base config", jobs))
         return [returns[index] for index in sorted(returns)]
 
-    def _launch_group(
-        self, label: str, jobs: list[tuple[int, Sequence[str], int | None]]
-    ) -> dict[int, JobReturn]:
+    def _launch_group(self, label: str, jobs: list[Job]) -> dict[int, JobReturn]:
         from src.pipeline.batched import batching_problem
+        from src.pipeline.run import FINISHED, read_run
 
         template = self.hydra_context.config_loader.load_sweep_config(self.config, list(jobs[0][1]))
+        returns: dict[int, JobReturn] = {}
+        states = earlier_states(template, jobs)
+        for index, overrides, _ in jobs:  # finished in an earlier start of the sweep: skipped
+            state, run_dir = states[index]
+            if state == FINISHED:
+                returns[index] = JobReturn(overrides=list(overrides), working_dir=str(Path.cwd()))
+                returns[index].status = JobStatus.COMPLETED
+                returns[index].return_value = read_run(run_dir).metrics.get("val/loss")
+        jobs = [job for job in jobs if job[0] not in returns]
+        if not jobs:
+            return returns
         problem = "a single job" if len(jobs) == 1 else batching_problem(template)
         if problem:
             log.warning("Batched launcher: running %d job(s) [%s] one by one: %s", len(jobs), label, problem)
-            return {index: self._run_one(template, overrides, seed, index) for index, overrides, seed in jobs}
+            for index, overrides, seed in jobs:
+                returns[index] = self._run_one(template, overrides, seed, index)
+            return returns
         chunks = [jobs[start : start + self.max_members] for start in range(0, len(jobs), self.max_members)]
-        returns: dict[int, JobReturn] = {}
         if self.executor is None:
             from src.errors import UserError
 
@@ -135,16 +203,14 @@ class BatchedLauncher(Launcher):
         return returns
 
     def chunk_job(
-        self, template: DictConfig, label: str, chunk: list[tuple[int, Sequence[str], int | None]], state: Any
+        self, template: DictConfig, label: str, chunk: list[Job], state: Any
     ) -> dict[int, JobReturn]:
         """One chunk in a submitit job (another process or machine): Hydra's state, then the chunk."""
         Singleton.set_state(state)
         setup_globals()
         return self.train_chunk(template, label, chunk)
 
-    def train_chunk(
-        self, template: DictConfig, label: str, chunk: list[tuple[int, Sequence[str], int | None]]
-    ) -> dict[int, JobReturn]:
+    def train_chunk(self, template: DictConfig, label: str, chunk: list[Job]) -> dict[int, JobReturn]:
         """Train the seeds of `chunk` together, finish them together and write their job folders
         (those a resumed sweep has not written already)."""
         from src.pipeline.batched import member_jobs, train_members
@@ -159,10 +225,9 @@ class BatchedLauncher(Launcher):
         # Hydra's view of the current job (what ${hydra:...}, ${job_name:...} resolve) is set once and
         # then pointed at each member in place: a thousand copies of it would cost seconds.
         HydraConfig.instance().set_config(self._set_job(template, chunk[0][1], chunk[0][0]))
-        sweep_dir = Path(str(template.hydra.sweep.dir))
         returns, pending = {}, []
         for member, (index, overrides, _) in enumerate(chunk):
-            result, run_dir = self._job_folder(template, sweep_dir, configs, member, overrides, index)
+            result, run_dir = self._job_folder(template, configs, member, overrides, index)
             returns[index] = result
             if (record := read_run(run_dir)).finished:  # a resumed sweep keeps what it had written
                 result.return_value = record.metrics.get("val/loss")
@@ -242,7 +307,6 @@ class BatchedLauncher(Launcher):
     def _job_folder(
         self,
         template: DictConfig,
-        sweep_dir: Path,
         configs: Any,
         member: int,
         overrides: Sequence[str],
@@ -252,10 +316,7 @@ class BatchedLauncher(Launcher):
         the jobs it runs) and its JobReturn; the folder is resolved with the member's own seed and
         number (hydra.sweep.subdir=${seed})."""
         cfg = configs[member]
-        with read_write(template), open_dict(template), read_write(template.hydra.job):
-            template.seed = cfg.seed
-            template.hydra.job.num = template.hydra.job.id = index
-        run_dir = sweep_dir / str(template.hydra.sweep.subdir)
+        run_dir = job_folder(template, index, cfg.seed)
         result = JobReturn(overrides=list(overrides), cfg=cfg, working_dir=str(Path.cwd()))
         result.status = JobStatus.COMPLETED
         if not (run_dir / ".hydra" / "config.yaml").is_file():

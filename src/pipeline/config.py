@@ -207,20 +207,10 @@ def build(config: DictConfig | dict, **kwargs: Any) -> Any:
         return instantiate(config, **kwargs)
 
 
-def save_config(cfg: DictConfig, path: Path, resolve: bool = True) -> None:
-    """The config as YAML (`write_config_values`), resolved unless `resolve` is false."""
-    write_config_values(OmegaConf.to_container(cfg, resolve=resolve), path)
-
-
 def config_yaml(values: dict[str, Any]) -> str:
     """Plain config values as YAML, with libyaml's emitter (OmegaConf's pure-Python one is too slow
     for a thousand job folders: docs/performance.md)."""
     return yaml.dump(values, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False)
-
-
-def write_config_values(values: dict[str, Any], path: Path) -> None:
-    """Plain config values as a YAML file (`config_yaml`)."""
-    path.write_text(config_yaml(values))
 
 
 def _interpolated_keys(values: Any, prefix: str = "") -> list[str]:
