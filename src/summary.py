@@ -1,20 +1,31 @@
 """`python -m src.summary <sweep folder>`: (re)write a sweep's summary.json, summary.md and
-summary.png from its job folders (every multirun writes them itself when it ends)."""
+summary.png from its job folders (every multirun writes them itself when it ends). For a sweep
+submitted to a cluster and still running, it says how many jobs are done, running, failed and
+missing, and prints the summary of those that ended without writing it."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from src.analysis.sweep import markdown, write_summary
+from src.analysis.sweep import markdown, summarise_sweep, write_summary
 from src.errors import UserError
+from src.pipeline.cluster import progress
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
         print("usage: python -m src.summary <sweep folder>", file=sys.stderr)
         sys.exit(2)
+    sweep_dir = Path(sys.argv[1])
     try:
-        print(markdown(write_summary(Path(sys.argv[1]))))
+        counts = progress(sweep_dir)
+        if counts is not None:
+            print(f"{sum(counts.values())} jobs: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+        if counts is not None and counts["running"]:
+            print("Still running: summary.json is written when its jobs have ended. So far:\n")
+            print(markdown(summarise_sweep(sweep_dir)))
+        else:
+            print(markdown(write_summary(sweep_dir)))
     except UserError as error:
         print(f"src.summary: {error}", file=sys.stderr)
         sys.exit(2)

@@ -101,6 +101,15 @@ def says_what_resumes(sweep_dir: str, states: Sequence[str]) -> None:
         )
 
 
+def completed(overrides: Sequence[str], value: Any) -> JobReturn:
+    """The return of a job that ran elsewhere, earlier or not at all (a cluster job, a finished job of
+    a sweep started again, a detached sweep's job): its folder says how it went."""
+    result = JobReturn(overrides=list(overrides), working_dir=str(Path.cwd()))
+    result.status = JobStatus.COMPLETED
+    result.return_value = value
+    return result
+
+
 class GroupedSweeper(BasicSweeper):
     """The basic sweeper, composing one job per group of jobs that differ only in `seed` to check
     them, and saying what a sweep started again in its folder finds there (`says_what_resumes`)."""
@@ -122,14 +131,23 @@ class GroupedSweeper(BasicSweeper):
 
 class BatchedLauncher(Launcher):
     def __init__(
-        self, max_members: int = 1000, executor: str | None = None, submitit: dict | None = None
+        self,
+        max_members: int = 1000,
+        executor: str | None = None,
+        submitit: dict | None = None,
+        detach: bool = False,
     ) -> None:
         self.max_members = max_members
         # None: chunks train one after another in this process; "local" or "slurm": each chunk is
         # a submitit job with the `submitit` parameters (timeout_min, slurm_partition, gpus_per_node, ...).
         if executor not in (None, "local", "slurm"):
             raise ValueError(f"hydra.launcher.executor must be null, local or slurm, got {executor!r}")
-        self.executor = executor
+        if detach and executor != "slurm":
+            raise ValueError(
+                f"hydra.launcher.detach=true needs hydra.launcher.executor=slurm (got {executor}): "
+                "a local chunk ends with the process that started it"
+            )
+        self.executor, self.detach = executor, detach
         self.submitit = dict(submitit or {})
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
@@ -161,9 +179,7 @@ class BatchedLauncher(Launcher):
         for index, overrides, _ in jobs:  # finished in an earlier start of the sweep: skipped
             state, run_dir = states[index]
             if state == FINISHED:
-                returns[index] = JobReturn(overrides=list(overrides), working_dir=str(Path.cwd()))
-                returns[index].status = JobStatus.COMPLETED
-                returns[index].return_value = read_run(run_dir).metrics.get("val/loss")
+                returns[index] = completed(overrides, read_run(run_dir).metrics.get("val/loss"))
         jobs = [job for job in jobs if job[0] not in returns]
         if not jobs:
             return returns
@@ -186,29 +202,58 @@ class BatchedLauncher(Launcher):
             return returns
         import submitit
 
+        from src.pipeline.cluster import detach, record_submission, wait_for, watch_queue
+
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        # A chunk that reaches its time limit is requeued (`checkpoint`) this many times at most.
+        timeouts = {"slurm_max_num_timeout": 3} if self.executor == "slurm" else {}
         executor = submitit.AutoExecutor(
-            folder=Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "%j", cluster=self.executor
+            folder=sweep_dir / ".submitit" / "%j", cluster=self.executor, **timeouts
         )
         executor.update_parameters(**self.submitit)
+        watch_queue()
+        state = Singleton.get_state()
+        submitted = [executor.submit(self, template, label, chunk, state) for chunk in chunks]
         log.info(
-            "Batched launcher: %d chunk(s) of [%s] submitted to submitit (%s)",
+            "Batched launcher: %d chunk(s) of [%s] submitted to submitit (%s): job(s) %s",
             len(chunks),
             label,
             self.executor,
+            ", ".join(job.job_id for job in submitted),
         )
-        state = Singleton.get_state()
-        submitted = [executor.submit(self.chunk_job, template, label, chunk, state) for chunk in chunks]
-        for job in submitted:
-            returns.update(job.result())
+        record_submission(
+            sweep_dir,
+            {
+                str(job_folder(template, index, seed).relative_to(sweep_dir)): (overrides, job.job_id)
+                for chunk, job in zip(chunks, submitted, strict=True)
+                for index, overrides, seed in chunk
+            },
+        )
+        if self.detach:
+            detach(executor, sweep_dir, [job.job_id for job in submitted])
+            results = [None] * len(chunks)
+        else:
+            labels = [f"Chunk of jobs #{chunk[0][0]}-#{chunk[-1][0]}" for chunk in chunks]
+            results = wait_for(submitted, labels)
+        for chunk, result in zip(chunks, results, strict=True):
+            # A chunk that ended without a result (cancelled, killed): its jobs' folders say so.
+            returns.update(result or {index: completed(overrides, None) for index, overrides, _ in chunk})
         return returns
 
-    def chunk_job(
+    def __call__(
         self, template: DictConfig, label: str, chunk: list[Job], state: Any
     ) -> dict[int, JobReturn]:
         """One chunk in a submitit job (another process or machine): Hydra's state, then the chunk."""
         Singleton.set_state(state)
         setup_globals()
         return self.train_chunk(template, label, chunk)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """submitit, at a chunk's time limit: the same chunk again, requeued (it resumes from its
+        last.ckpt, and writes only the job folders it has not written)."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
     def train_chunk(self, template: DictConfig, label: str, chunk: list[Job]) -> dict[int, JobReturn]:
         """Train the seeds of `chunk` together, finish them together and write their job folders
