@@ -33,12 +33,16 @@ ClusterName=local
 SlurmctldHost=$node
 SlurmUser=root
 AuthType=auth/munge
+# A requeued job may start again after this many seconds (120 by default): tests requeue jobs.
+AuthInfo=cred_expire=5
 CredType=cred/munge
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 SchedulerType=sched/backfill
+# Schedule every second (a requeued job starts again at once; the default loop is 60 s).
+SchedulerParameters=sched_interval=1,bf_interval=1
 MpiDefault=none
 ReturnToService=2
 StateSaveLocation=/var/spool/slurmctld

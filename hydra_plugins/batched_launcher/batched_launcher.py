@@ -243,10 +243,14 @@ class BatchedLauncher(Launcher):
     def __call__(
         self, template: DictConfig, label: str, chunk: list[Job], state: Any
     ) -> dict[int, JobReturn]:
-        """One chunk in a submitit job (another process or machine): Hydra's state, then the chunk."""
+        """One chunk in a submitit job (another process or machine): Hydra's state, then the chunk,
+        stopped by SIGTERM (preemption, scancel, a requeue) as a single run is."""
+        from src.pipeline.process import interrupt_on_signals
+
         Singleton.set_state(state)
         setup_globals()
-        return self.train_chunk(template, label, chunk)
+        with interrupt_on_signals():
+            return self.train_chunk(template, label, chunk)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """submitit, at a chunk's time limit: the same chunk again, requeued (it resumes from its

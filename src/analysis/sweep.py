@@ -44,7 +44,7 @@ def load_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
             "dir": folder,
             "overrides": entry["overrides"],
             "metrics": None,
-            "error": f"no job folder: cluster job {entry['job_id']} ended before the job began",
+            "error": f"no job folder: cluster job {entry['job_id']} ended without writing it",
         }
         for folder, entry in submitted(sweep_dir).items()
         if not (sweep_dir / folder / ".hydra").is_dir()
