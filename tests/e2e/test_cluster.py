@@ -96,12 +96,18 @@ def _same_results(got: Path, expected: Path) -> None:
     assert summaries[0] == summaries[1]
 
 
-def _requeue_when_saved(sweep_dir: Path, folder: str, checkpoint: Path) -> None:
+def _requeue_when_saved(sweep_dir: Path, folder: str, checkpoint: Path) -> str:
     """`scontrol requeue` of the job of `folder` once it has saved `checkpoint` (mid-training)."""
     _wait(lambda: (sweep_dir / "jobs.json").is_file(), "the submission")
     job_id = _job_id(sweep_dir, folder)
     _wait(checkpoint.is_file, f"{checkpoint}")
     subprocess.run(["scontrol", "requeue", job_id], check=True)
+    return job_id
+
+
+def _restarts(job_id: str) -> int:
+    shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True)
+    return int(shown.stdout.split("Restarts=")[1].split()[0])
 
 
 def test_a_slurm_array_sweep_survives_a_requeue_and_equals_the_local_sweep(tmp_path: Path) -> None:
@@ -122,13 +128,19 @@ def test_a_batched_sweep_in_slurm_chunks_survives_a_requeue_and_equals_the_local
     on_slurm, local = tmp_path / "slurm", tmp_path / "local"
     sweep = ["-m", *CENSUS, "seed=range(0,4)"]
     process = src_run_started(*sweep, *BATCHED_SLURM, f"hydra.sweep.dir={on_slurm}")
-    _requeue_when_saved(on_slurm, "2", on_slurm / "batched" / "2-3" / "last.ckpt")
+    job_id = _requeue_when_saved(on_slurm, "2", on_slurm / "batched" / "2-3" / "last.ckpt")
     local_run = src_run(
         *sweep, "hydra/launcher=batched", "hydra.launcher.max_members=2", f"hydra.sweep.dir={local}"
     )
     assert local_run.returncode == 0, local_run.stderr[-3000:]
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output[-3000:]
+    assert _restarts(job_id) == 1
+    # The chunk stopped at the requeue and resumed from its last.ckpt (submitit's log of the job).
+    assert (
+        "Interrupted: interrupted by SIGTERM"
+        in (on_slurm / ".submitit" / job_id / f"{job_id}_0_log.err").read_text()
+    )
     _same_results(on_slurm, local)
 
 
