@@ -230,7 +230,7 @@ class BatchedLauncher(Launcher):
             },
         )
         if self.detach:
-            detach(executor, sweep_dir, [job.job_id for job in submitted])
+            detach(executor, sweep_dir, [job.job_id for job in submitted], len(jobs))
             results = [None] * len(chunks)
         else:
             labels = [f"Chunk of jobs #{chunk[0][0]}-#{chunk[-1][0]}" for chunk in chunks]
@@ -264,23 +264,26 @@ class BatchedLauncher(Launcher):
         (those a resumed sweep has not written already)."""
         from src.pipeline.batched import member_jobs, train_members
         from src.pipeline.config import MemberConfigs
-        from src.pipeline.run import read_run, run_job
+        from src.pipeline.run import FINISHED, read_run, run_job
 
         configs = MemberConfigs(self._task_config(template, None), [seed for _, _, seed in chunk])
         chunk_dir = Path(str(self.config.hydra.sweep.dir)) / "batched" / f"{chunk[0][0]}-{chunk[-1][0]}"
         log.info("Batched launcher: training %d seeds of [%s] together", len(chunk), label)
         members = train_members(configs, chunk_dir)
         started = time.perf_counter()
+        # A requeued chunk keeps the job folders it had written.
+        states = earlier_states(template, chunk)
+        finished = {index for index, (state, _) in states.items() if state == FINISHED}
         # Hydra's view of the current job (what ${hydra:...}, ${job_name:...} resolve) is set once and
         # then pointed at each member in place: a thousand copies of it would cost seconds.
         HydraConfig.instance().set_config(self._set_job(template, chunk[0][1], chunk[0][0]))
         returns, pending = {}, []
-        for member, (index, overrides, _) in enumerate(chunk):
-            result, run_dir = self._job_folder(template, configs, member, overrides, index)
-            returns[index] = result
-            if (record := read_run(run_dir)).finished:  # a resumed sweep keeps what it had written
-                result.return_value = record.metrics.get("val/loss")
+        for member, (index, overrides, seed) in enumerate(chunk):
+            if index in finished:
+                run_dir = job_folder(template, index, seed)
+                returns[index] = completed(overrides, read_run(run_dir).metrics.get("val/loss"))
             else:
+                returns[index], run_dir = self._job_folder(template, configs, member, overrides, index)
                 pending.append((member, index, run_dir))
         jobs = member_jobs(
             members, configs, [member for member, *_ in pending], [run_dir for *_, run_dir in pending]
@@ -368,8 +371,7 @@ class BatchedLauncher(Launcher):
         run_dir = job_folder(template, index, cfg.seed)
         result = JobReturn(overrides=list(overrides), cfg=cfg, working_dir=str(Path.cwd()))
         result.status = JobStatus.COMPLETED
-        if not (run_dir / ".hydra" / "config.yaml").is_file():
-            (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-            (run_dir / ".hydra" / "config.yaml").write_text(configs.unresolved_yaml(member))
-            (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
+        (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+        (run_dir / ".hydra" / "config.yaml").write_text(configs.unresolved_yaml(member))
+        (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
         return result, run_dir

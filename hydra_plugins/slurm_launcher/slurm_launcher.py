@@ -106,7 +106,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             },
         )
         if self.detach:
-            detach(executor, sweep_dir, [job.job_id for job in submitted])
+            detach(executor, sweep_dir, [job.job_id for job in submitted], len(submitted))
             results = [completed(overrides, None) for (_, overrides, _), _ in pending]
         else:
             labels = [f"Job #{index} ({' '.join(filter_overrides(o))})" for (index, o, _), _ in pending]

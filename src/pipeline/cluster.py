@@ -111,9 +111,10 @@ def summarise(sweep_dir: str) -> None:
     print(f"{summary['n_jobs']} jobs, {summary['n_failed']} failed: {sweep_dir}/summary.md")
 
 
-def detach(executor: Any, sweep_dir: Path, job_ids: Sequence[str]) -> None:
+def detach(executor: Any, sweep_dir: Path, job_ids: Sequence[str], jobs: int) -> None:
     """Submit the summary job, to run after all of `job_ids` (afterany), then say what was submitted
-    and how to follow it; the launching process returns without waiting."""
+    (the sweep's `jobs` in them) and how to follow it; the launching process returns without waiting."""
+    sweep_dir = sweep_dir.resolve()
     arrays = sorted({job_id.split("_")[0] for job_id in job_ids})
     executor.update_parameters(
         slurm_dependency="afterany:" + ":".join(arrays),
@@ -127,10 +128,10 @@ def detach(executor: Any, sweep_dir: Path, job_ids: Sequence[str]) -> None:
     arguments = [a for a in sys.argv[1:] if not a.startswith("hydra.sweep.dir=")]
     again = " ".join(shlex.quote(a) for a in [*arguments, f"hydra.sweep.dir={sweep_dir}"])
     log.info(
-        "Detached: %d job(s) in SLURM job(s) %s; summary job %s runs after them.\n"
+        "Detached: the sweep's %d job(s) in SLURM job(s) %s; summary job %s runs after them.\n"
         "  Sweep folder: %s\n  Follow it:    python -m src.summary %s   (or squeue -j %s)\n"
         "  Resume it:    python -m src.run %s",
-        len(job_ids),
+        jobs,
         ",".join(arrays),
         summary_job.job_id,
         sweep_dir,
