@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from submitit.helpers import CommandFunction
 from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
 log = logging.getLogger(__name__)
@@ -103,14 +104,6 @@ def record_submission(sweep_dir: Path, jobs: dict[str, tuple[Sequence[str], str]
     (sweep_dir / SUBMITTED).write_text(json.dumps(record, indent=1, sort_keys=True))
 
 
-def summarise(sweep_dir: str) -> None:
-    """A detached sweep's summary job: summary.json, .md and .png once all its jobs have ended."""
-    from src.analysis.sweep import write_summary
-
-    summary = write_summary(Path(sweep_dir))
-    print(f"{summary['n_jobs']} jobs, {summary['n_failed']} failed: {sweep_dir}/summary.md")
-
-
 def detach(executor: Any, sweep_dir: Path, job_ids: Sequence[str], jobs: int) -> None:
     """Submit the summary job, to run after all of `job_ids` (afterany), then say what was submitted
     (the sweep's `jobs` in them) and how to follow it; the launching process returns without waiting."""
@@ -124,7 +117,8 @@ def detach(executor: Any, sweep_dir: Path, job_ids: Sequence[str], jobs: int) ->
         mem_gb=4,
         timeout_min=60,
     )
-    summary_job = executor.submit(summarise, str(sweep_dir))
+    # The summary job runs what a user would (src.summary): its output is in its submitit log.
+    summary_job = executor.submit(CommandFunction([sys.executable, "-m", "src.summary", str(sweep_dir)]))
     arguments = [a for a in sys.argv[1:] if not a.startswith("hydra.sweep.dir=")]
     again = " ".join(shlex.quote(a) for a in [*arguments, f"hydra.sweep.dir={sweep_dir}"])
     log.info(
