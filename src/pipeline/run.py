@@ -123,8 +123,11 @@ class Run:
                 evaluation.check(self.cfg, model_class)
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
-        """metrics.json: the run's results (written once, when it has finished)."""
-        (self.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        """metrics.json: the run's results (written once, when it has finished), whole or not at all
+        (written aside, then renamed: a job killed meanwhile leaves no half file)."""
+        path = self.dir / "metrics.json"
+        path.with_suffix(".json.partial").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        path.with_suffix(".json.partial").replace(path)
 
     def headline(self, metrics: dict[str, Any]) -> str:
         """The closing line: the run folder and the metrics named by `headline` (glob patterns)."""
@@ -227,7 +230,7 @@ def earlier_state(run_dir: Path, same_config: Callable[[], bool]) -> str:
         return FINISHED if same_config() else FAILED
     error = run_dir / "error.txt"
     interrupted = (
-        record.metrics is None
+        not (run_dir / "metrics.json").exists()
         and (run_dir / "checkpoints" / "last.ckpt").is_file()
         and (not error.is_file() or error.read_text().startswith(INTERRUPTED_BY))
     )
