@@ -57,6 +57,8 @@ JobCompType=jobcomp/none
 # Ended jobs stay visible to squeue/scontrol for this many seconds (there is no sacct).
 MinJobAge=600
 KillWait=10
+# A job that asks for no memory gets its CPUs' share, not the whole node.
+DefMemPerCPU=$(( memory / cpus ))
 NodeName=$node CPUs=$cpus RealMemory=$memory State=UNKNOWN
 PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP
 CONF

@@ -202,6 +202,7 @@ class BatchedLauncher(Launcher):
             return returns
         import submitit
 
+        from src.analysis.sweep import write_summary
         from src.pipeline.cluster import detach, record_submission, wait_for, watch_queue
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -230,7 +231,7 @@ class BatchedLauncher(Launcher):
             },
         )
         if self.detach:
-            detach(executor, sweep_dir, [job.job_id for job in submitted], len(jobs))
+            detach(executor, sweep_dir, [job.job_id for job in submitted], len(jobs), write_summary)
             results = [None] * len(chunks)
         else:
             labels = [f"Chunk of jobs #{chunk[0][0]}-#{chunk[-1][0]}" for chunk in chunks]

@@ -63,6 +63,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         return executor
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from src.analysis.sweep import write_summary
         from src.pipeline.cluster import detach, record_submission, wait_for
         from src.pipeline.run import FINISHED, read_run
 
@@ -106,7 +107,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             },
         )
         if self.detach:
-            detach(executor, sweep_dir, [job.job_id for job in submitted], len(submitted))
+            detach(executor, sweep_dir, [job.job_id for job in submitted], len(submitted), write_summary)
             results = [completed(overrides, None) for (_, overrides, _), _ in pending]
         else:
             labels = [f"Job #{index} ({' '.join(filter_overrides(o))})" for (index, o, _), _ in pending]

@@ -11,11 +11,10 @@ import logging
 import shlex
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from submitit.helpers import CommandFunction
 from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
 log = logging.getLogger(__name__)
@@ -104,9 +103,12 @@ def record_submission(sweep_dir: Path, jobs: dict[str, tuple[Sequence[str], str]
     (sweep_dir / SUBMITTED).write_text(json.dumps(record, indent=1, sort_keys=True))
 
 
-def detach(executor: Any, sweep_dir: Path, job_ids: Sequence[str], jobs: int) -> None:
-    """Submit the summary job, to run after all of `job_ids` (afterany), then say what was submitted
-    (the sweep's `jobs` in them) and how to follow it; the launching process returns without waiting."""
+def detach(
+    executor: Any, sweep_dir: Path, job_ids: Sequence[str], jobs: int, summarise: Callable[[Path], Any]
+) -> None:
+    """Submit the summary job, `summarise(sweep_dir)` after all of `job_ids` (afterany), then say
+    what was submitted (the sweep's `jobs` in them) and how to follow it; the launching process
+    returns without waiting."""
     sweep_dir = sweep_dir.resolve()
     arrays = sorted({job_id.split("_")[0] for job_id in job_ids})
     executor.update_parameters(
@@ -117,8 +119,7 @@ def detach(executor: Any, sweep_dir: Path, job_ids: Sequence[str], jobs: int) ->
         mem_gb=4,
         timeout_min=60,
     )
-    # The summary job runs what a user would (src.summary): its output is in its submitit log.
-    summary_job = executor.submit(CommandFunction([sys.executable, "-m", "src.summary", str(sweep_dir)]))
+    summary_job = executor.submit(summarise, sweep_dir)
     arguments = [a for a in sys.argv[1:] if not a.startswith("hydra.sweep.dir=")]
     again = " ".join(shlex.quote(a) for a in [*arguments, f"hydra.sweep.dir={sweep_dir}"])
     log.info(
@@ -135,19 +136,15 @@ def detach(executor: Any, sweep_dir: Path, job_ids: Sequence[str], jobs: int) ->
     )
 
 
-def queue_states(job_ids: Sequence[str]) -> dict[str, str]:
-    """squeue's state of each of `job_ids` it still knows ({} where squeue does not answer)."""
+def queue_states(job_ids: Sequence[str]) -> dict[str, str] | None:
+    """squeue's state of each of `job_ids` it still knows; None where squeue does not answer."""
     arrays = sorted({job_id.split("_")[0] for job_id in job_ids})
+    command = ["squeue", "--states=all", "--array", "--noheader", "-o", "%i|%T", "-j", ",".join(arrays)]
     try:
-        output = subprocess.run(
-            ["squeue", "--states=all", "--array", "--noheader", "-o", "%i|%T", "-j", ",".join(arrays)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {}
+        output = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as error:
+        log.warning("squeue did not answer (%s): jobs without a result are counted as running", error)
+        return None
     return dict(line.split("|", 1) for line in output.split() if "|" in line)
 
 
@@ -165,7 +162,7 @@ def progress(sweep_dir: Path) -> dict[str, int] | None:
         run = read_run(sweep_dir / folder) if (sweep_dir / folder).is_dir() else None
         if run is not None and run.finished:
             counts["done"] += 1
-        elif states.get(entry["job_id"]) in QUEUED:
+        elif states is None or states.get(entry["job_id"]) in QUEUED:
             counts["running"] += 1
         elif run is not None and (sweep_dir / folder / "error.txt").is_file():
             counts["failed"] += 1
