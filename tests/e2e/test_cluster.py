@@ -18,11 +18,11 @@ from tests.helpers import PROJECT_ROOT, src_run, src_run_started
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
-# The census of 2x2 images, long enough to be interrupted mid-training (last.ckpt every 250 epochs).
+# The census of 2x2 images, long enough to be interrupted mid-training (last.ckpt every 100 epochs).
 CENSUS = [
     "experiment=census_ca_2x2",
-    "trainer.max_epochs=1500",
-    "callbacks.last_checkpoint.every_n_epochs=250",
+    "trainer.max_epochs=1000",
+    "callbacks.last_checkpoint.every_n_epochs=100",
 ]
 SLURM = [
     "hydra/launcher=slurm",
