@@ -86,9 +86,67 @@ def shared_job_folder(subdir: str, batch: Sequence[Sequence[str]]) -> tuple[int,
     return None
 
 
+# A job of a sweep: its number (hydra.job.num), its overrides and its seed.
+Job = tuple[int, Sequence[str], int | None]
+
+
+def job_folder(template: DictConfig, index: int, seed: int | None) -> Path:
+    """Job `index`'s folder, hydra.sweep.subdir resolved on `template` (its group's composed config)
+    pointed at the job's seed and number."""
+    with read_write(template), open_dict(template), read_write(template.hydra.job):
+        template.seed = seed
+        template.hydra.job.num = template.hydra.job.id = index
+    return Path(str(template.hydra.sweep.dir)) / str(template.hydra.sweep.subdir)
+
+
+def earlier_states(template: DictConfig, jobs: Sequence[Job]) -> dict[int, tuple[str, Path]]:
+    """For a sweep started again in its folder: each job's folder and what an earlier start left
+    there (src.pipeline.run.earlier_state), its composed config (.hydra/config.yaml, as Hydra and
+    this launcher write it) compared with the job's."""
+    from src.pipeline.run import earlier_state
+
+    task = OmegaConf.to_container(template, resolve=False)
+    task.pop("hydra", None)
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    states = {}
+    for index, _, seed in jobs:
+        run_dir = job_folder(template, index, seed)
+        composed = run_dir / ".hydra" / "config.yaml"
+
+        def same_config(composed: Path = composed, seed: int | None = seed) -> bool:
+            return composed.is_file() and yaml.load(composed.read_text(), loader) == {**task, "seed": seed}
+
+        states[index] = (earlier_state(run_dir, same_config), run_dir)
+    return states
+
+
+def says_what_resumes(sweep_dir: str, states: Sequence[str]) -> None:
+    """One line, when a sweep starts again in a folder holding an earlier start's jobs."""
+    from src.pipeline.run import FAILED, FINISHED, INTERRUPTED, NEW
+
+    counts = {state: sum(1 for s in states if s == state) for state in (FINISHED, INTERRUPTED, FAILED, NEW)}
+    if counts[NEW] < len(states):
+        log.info(
+            "Sweep %s started again: %d finished (skipped), %d interrupted (resumed from last.ckpt), "
+            "%d failed or with another config (trained afresh), %d new",
+            sweep_dir,
+            *counts.values(),
+        )
+
+
+def completed(overrides: Sequence[str], value: Any) -> JobReturn:
+    """The return of a job that ran elsewhere, earlier or not at all (a cluster job, a finished job of
+    a sweep started again, a detached sweep's job): its folder says how it went."""
+    result = JobReturn(overrides=list(overrides), working_dir=str(Path.cwd()))
+    result.status = JobStatus.COMPLETED
+    result.return_value = value
+    return result
+
+
 class GroupedSweeper(BasicSweeper):
-    """The basic sweeper, validating one job per group of jobs that differ only in `seed`, after
-    refusing a `hydra.sweep.subdir` that would put two jobs into one folder."""
+    """The basic sweeper, refusing a `hydra.sweep.subdir` that would put two jobs into one folder,
+    composing one job per group of jobs that differ only in `seed` to check them, and saying what a
+    sweep started again in its folder finds there (`says_what_resumes`)."""
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         subdir = OmegaConf.to_container(self.config.hydra.sweep, resolve=False)["subdir"]
@@ -104,22 +162,39 @@ class GroupedSweeper(BasicSweeper):
                 file=sys.stderr,
             )
             raise SystemExit(2)
-        representatives: dict[tuple[str, ...], Sequence[str]] = {}
-        for overrides in batch:
-            representatives.setdefault(split_seed(overrides)[0], overrides)
-        super().validate_batch_is_legal(list(representatives.values()))
+        start = getattr(self, "_next_index", 0)
+        self._next_index = start + len(batch)
+        groups: dict[tuple[str, ...], list[Job]] = {}
+        for offset, overrides in enumerate(batch):
+            rest, seed = split_seed(overrides)
+            groups.setdefault(rest, []).append((start + offset, overrides, seed))
+        loader = self.hydra_context.config_loader
+        states = []
+        for jobs in groups.values():
+            template = loader.load_sweep_config(master_config=self.config, sweep_overrides=list(jobs[0][1]))
+            states += [state for state, _ in earlier_states(template, jobs).values()]
+        says_what_resumes(str(self.config.hydra.sweep.dir), states)
 
 
 class BatchedLauncher(Launcher):
     def __init__(
-        self, max_members: int = 1000, executor: str | None = None, submitit: dict | None = None
+        self,
+        max_members: int = 1000,
+        executor: str | None = None,
+        submitit: dict | None = None,
+        detach: bool = False,
     ) -> None:
         self.max_members = max_members
         # None: chunks train one after another in this process; "local" or "slurm": each chunk is
         # a submitit job with the `submitit` parameters (timeout_min, slurm_partition, gpus_per_node, ...).
         if executor not in (None, "local", "slurm"):
             raise ValueError(f"hydra.launcher.executor must be null, local or slurm, got {executor!r}")
-        self.executor = executor
+        if detach and executor != "slurm":
+            raise ValueError(
+                f"hydra.launcher.detach=true needs hydra.launcher.executor=slurm (got {executor}): "
+                "a local chunk ends with the process that started it"
+            )
+        self.executor, self.detach = executor, detach
         self.submitit = dict(submitit or {})
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
@@ -131,7 +206,8 @@ class BatchedLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        groups: dict[tuple[str, ...], list[tuple[int, Sequence[str], int | None]]] = {}
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        groups: dict[tuple[str, ...], list[Job]] = {}
         for offset, overrides in enumerate(job_overrides):
             rest, seed = split_seed(overrides)
             groups.setdefault(rest, []).append((initial_job_idx + offset, overrides, seed))
@@ -144,9 +220,7 @@ class BatchedLauncher(Launcher):
             returns.update(self._launch_group(" ".join(filter_overrides(rest)) or "the base config", jobs))
         return [returns[index] for index in sorted(returns)]
 
-    def settings_problem(
-        self, groups: dict[tuple[str, ...], list[tuple[int, Sequence[str], int | None]]]
-    ) -> str | None:
+    def settings_problem(self, groups: dict[tuple[str, ...], list[Job]]) -> str | None:
         """What in the launcher's settings or the jobs' seeds would fail only after training: a
         chunk size below 1, a job without a seed among jobs trained together."""
         size = self.max_members
@@ -163,18 +237,27 @@ class BatchedLauncher(Launcher):
                 )
         return None
 
-    def _launch_group(
-        self, label: str, jobs: list[tuple[int, Sequence[str], int | None]]
-    ) -> dict[int, JobReturn]:
+    def _launch_group(self, label: str, jobs: list[Job]) -> dict[int, JobReturn]:
         from src.pipeline.batched import batching_problem
+        from src.pipeline.run import FINISHED, read_run
 
         template = self.hydra_context.config_loader.load_sweep_config(self.config, list(jobs[0][1]))
+        returns: dict[int, JobReturn] = {}
+        states = earlier_states(template, jobs)
+        for index, overrides, _ in jobs:  # finished in an earlier start of the sweep: skipped
+            state, run_dir = states[index]
+            if state == FINISHED:
+                returns[index] = completed(overrides, read_run(run_dir).metrics.get("val/loss"))
+        jobs = [job for job in jobs if job[0] not in returns]
+        if not jobs:
+            return returns
         problem = "a single job" if len(jobs) == 1 else batching_problem(template)
         if problem:
             log.warning("Batched launcher: running %d job(s) [%s] one by one: %s", len(jobs), label, problem)
-            return {index: self._run_one(template, overrides, seed, index) for index, overrides, seed in jobs}
+            for index, overrides, seed in jobs:
+                returns[index] = self._run_one(template, overrides, seed, index)
+            return returns
         chunks = [jobs[start : start + self.max_members] for start in range(0, len(jobs), self.max_members)]
-        returns: dict[int, JobReturn] = {}
         if self.executor is None:
             from src.errors import UserError
 
@@ -187,55 +270,89 @@ class BatchedLauncher(Launcher):
             return returns
         import submitit
 
+        from src.analysis.sweep import write_summary
+        from src.pipeline.cluster import detach, record_submission, wait_for, watch_queue
+
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        # A chunk that reaches its time limit is requeued (`checkpoint`) this many times at most.
+        timeouts = {"slurm_max_num_timeout": 3} if self.executor == "slurm" else {}
         executor = submitit.AutoExecutor(
-            folder=Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "%j", cluster=self.executor
+            folder=sweep_dir / ".submitit" / "%j", cluster=self.executor, **timeouts
         )
         executor.update_parameters(**self.submitit)
+        watch_queue()
+        state = Singleton.get_state()
+        submitted = [executor.submit(self, template, label, chunk, state) for chunk in chunks]
         log.info(
-            "Batched launcher: %d chunk(s) of [%s] submitted to submitit (%s)",
+            "Batched launcher: %d chunk(s) of [%s] submitted to submitit (%s): job(s) %s",
             len(chunks),
             label,
             self.executor,
+            ", ".join(job.job_id for job in submitted),
         )
-        state = Singleton.get_state()
-        submitted = [executor.submit(self.chunk_job, template, label, chunk, state) for chunk in chunks]
-        for job in submitted:
-            returns.update(job.result())
+        record_submission(
+            sweep_dir,
+            {
+                str(job_folder(template, index, seed).relative_to(sweep_dir)): (overrides, job.job_id)
+                for chunk, job in zip(chunks, submitted, strict=True)
+                for index, overrides, seed in chunk
+            },
+        )
+        if self.detach:
+            detach(executor, sweep_dir, [job.job_id for job in submitted], len(jobs), write_summary)
+            results = [None] * len(chunks)
+        else:
+            labels = [f"Chunk of jobs #{chunk[0][0]}-#{chunk[-1][0]}" for chunk in chunks]
+            results = wait_for(submitted, labels)
+        for chunk, result in zip(chunks, results, strict=True):
+            # A chunk that ended without a result (cancelled, killed): its jobs' folders say so.
+            returns.update(result or {index: completed(overrides, None) for index, overrides, _ in chunk})
         return returns
 
-    def chunk_job(
-        self, template: DictConfig, label: str, chunk: list[tuple[int, Sequence[str], int | None]], state: Any
+    def __call__(
+        self, template: DictConfig, label: str, chunk: list[Job], state: Any
     ) -> dict[int, JobReturn]:
-        """One chunk in a submitit job (another process or machine): Hydra's state, then the chunk."""
+        """One chunk in a submitit job (another process or machine): Hydra's state, then the chunk,
+        stopped by SIGTERM (preemption, scancel, a requeue) as a single run is."""
+        from src.pipeline.process import interrupt_on_signals
+
         Singleton.set_state(state)
         setup_globals()
-        return self.train_chunk(template, label, chunk)
+        with interrupt_on_signals():
+            return self.train_chunk(template, label, chunk)
 
-    def train_chunk(
-        self, template: DictConfig, label: str, chunk: list[tuple[int, Sequence[str], int | None]]
-    ) -> dict[int, JobReturn]:
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """submitit, at a chunk's time limit: the same chunk again, requeued (it resumes from its
+        last.ckpt, and writes only the job folders it has not written)."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+    def train_chunk(self, template: DictConfig, label: str, chunk: list[Job]) -> dict[int, JobReturn]:
         """Train the seeds of `chunk` together, finish them together and write their job folders
         (those a resumed sweep has not written already)."""
         from src.pipeline.batched import member_jobs, train_members
         from src.pipeline.config import MemberConfigs
-        from src.pipeline.run import read_run, run_job
+        from src.pipeline.run import FINISHED, read_run, run_job
 
         configs = MemberConfigs(self._task_config(template, None), [seed for _, _, seed in chunk])
         chunk_dir = Path(str(self.config.hydra.sweep.dir)) / "batched" / f"{chunk[0][0]}-{chunk[-1][0]}"
         log.info("Batched launcher: training %d seeds of [%s] together", len(chunk), label)
         members = train_members(configs, chunk_dir)
         started = time.perf_counter()
+        # A requeued chunk keeps the job folders it had written.
+        states = earlier_states(template, chunk)
+        finished = {index for index, (state, _) in states.items() if state == FINISHED}
         # Hydra's view of the current job (what ${hydra:...}, ${job_name:...} resolve) is set once and
         # then pointed at each member in place: a thousand copies of it would cost seconds.
         HydraConfig.instance().set_config(self._set_job(template, chunk[0][1], chunk[0][0]))
-        sweep_dir = Path(str(template.hydra.sweep.dir))
         returns, pending = {}, []
-        for member, (index, overrides, _) in enumerate(chunk):
-            result, run_dir = self._job_folder(template, sweep_dir, configs, member, overrides, index)
-            returns[index] = result
-            if (record := read_run(run_dir)).finished:  # a resumed sweep keeps what it had written
-                result.return_value = record.metrics.get("val/loss")
+        for member, (index, overrides, seed) in enumerate(chunk):
+            if index in finished:
+                run_dir = job_folder(template, index, seed)
+                returns[index] = completed(overrides, read_run(run_dir).metrics.get("val/loss"))
             else:
+                returns[index], run_dir = self._job_folder(template, configs, member, overrides, index)
                 pending.append((member, index, run_dir))
         jobs = member_jobs(
             members, configs, [member for member, *_ in pending], [run_dir for *_, run_dir in pending]
@@ -311,7 +428,6 @@ class BatchedLauncher(Launcher):
     def _job_folder(
         self,
         template: DictConfig,
-        sweep_dir: Path,
         configs: Any,
         member: int,
         overrides: Sequence[str],
@@ -321,14 +437,10 @@ class BatchedLauncher(Launcher):
         the jobs it runs) and its JobReturn; the folder is resolved with the member's own seed and
         number (hydra.sweep.subdir=${seed})."""
         cfg = configs[member]
-        with read_write(template), open_dict(template), read_write(template.hydra.job):
-            template.seed = cfg.seed
-            template.hydra.job.num = template.hydra.job.id = index
-        run_dir = sweep_dir / str(template.hydra.sweep.subdir)
+        run_dir = job_folder(template, index, cfg.seed)
         result = JobReturn(overrides=list(overrides), cfg=cfg, working_dir=str(Path.cwd()))
         result.status = JobStatus.COMPLETED
-        if not (run_dir / ".hydra" / "config.yaml").is_file():
-            (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-            (run_dir / ".hydra" / "config.yaml").write_text(configs.unresolved_yaml(member))
-            (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
+        (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+        (run_dir / ".hydra" / "config.yaml").write_text(configs.unresolved_yaml(member))
+        (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
         return result, run_dir

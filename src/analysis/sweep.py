@@ -52,8 +52,20 @@ PROFILE_THRESHOLDS = [step / 100 for step in range(101)]
 
 def load_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     """Every job folder (one holding .hydra/) with its overrides, metrics (None if the job failed)
-    and the last line of its error, if any."""
-    jobs = []
+    and the last line of its error, if any; and every job submitted to a cluster (jobs.json) that
+    left no folder, as failed."""
+    from src.pipeline.cluster import submitted
+
+    jobs = [
+        {
+            "dir": folder,
+            "overrides": entry["overrides"],
+            "metrics": None,
+            "error": f"no job folder: cluster job {entry['job_id']} ended without writing it",
+        }
+        for folder, entry in submitted(sweep_dir).items()
+        if not (sweep_dir / folder / ".hydra").is_dir()
+    ]
     for hydra_dir in sorted(sweep_dir.glob("*/.hydra"), key=lambda p: (len(p.parent.name), p.parent.name)):
         record = read_run(hydra_dir.parent)
         metrics = record.metrics if record.finished else None
@@ -445,6 +457,8 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._ended = True
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        if OmegaConf.select(config, "hydra.launcher.detach", default=False):
+            return  # its jobs run on: the summary job writes the summary when they have ended
         if not any(sweep_dir.glob("*/.hydra")):  # e.g. a resumed Optuna study with nothing left to run
             log.info("Sweep ran no jobs: no summary")
             return

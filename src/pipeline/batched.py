@@ -46,12 +46,14 @@ from src.pipeline.callbacks import (
     keeps_epoch,
 )
 from src.pipeline.checkpoints import check_resumable, save_weights
-from src.pipeline.config import MemberConfigs, build, check_config, check_trusted
+from src.pipeline.config import MemberConfigs, build, check_config, check_trusted, config_yaml
 from src.pipeline.finishing import finish, finishings_of_members
 from src.pipeline.process import prepare_training_process
 from src.pipeline.run import Run
 from src.pipeline.training import seeded_model
 from src.values import parse_bool
+
+log = logging.getLogger(__name__)
 
 BATCHABLE_MODELS = (ClassicalAutoencoder, VariationalAutoencoder)
 
@@ -362,8 +364,9 @@ def train_members(
 ) -> TrainedMembers:
     """Train one member per config (configs differ only in `seed`) through a Lightning Trainer built
     from the configs' `trainer`; the ensemble's last.ckpt lives in `chunk_dir`, and an interrupted
-    chunk started again resumes from it. `callbacks` join the ensemble's own (a training step's
-    output holds every member's loss, `member_losses`)."""
+    chunk started again with the same members and config (its members.yaml) resumes from it.
+    `callbacks` join the ensemble's own (a training step's output holds every member's loss,
+    `member_losses`)."""
     prepare_training_process()
     check_config(cfgs[0])  # as a single run checks, before anything trains
     Run(cfgs[0], chunk_dir).check_evaluations()
@@ -381,6 +384,14 @@ def train_members(
         history_rows=OmegaConf.select(cfgs[0], "callbacks.history.max_rows", default=None),
     )
     last = chunk_dir / "last.ckpt"
+    # What the chunk trains: its last.ckpt resumes only the same members with the same config.
+    members = config_yaml({"members": [cfg.seed for cfg in cfgs], **OmegaConf.to_container(cfgs[0])})
+    identity = chunk_dir / "members.yaml"
+    if last.is_file() and (not identity.is_file() or identity.read_text() != members):
+        log.info("%s is of other members or another config: they train afresh", last)
+        last.unlink()
+    chunk_dir.mkdir(parents=True, exist_ok=True)
+    identity.write_text(members)
     # As often as a single run writes its own last.ckpt (conf/callbacks/default.yaml).
     every = OmegaConf.select(cfgs[0], "callbacks.last_checkpoint.every_n_epochs", default=1)
     with lightning_quiet():

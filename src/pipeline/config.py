@@ -24,7 +24,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from src.errors import ConfigValueError
-from src.files import write_text_atomic
 from src.pipeline.targets import CONFIG_DIR, check_targets, command_line_targets
 from src.values import parse_bool
 
@@ -323,20 +322,10 @@ def load_run_config(path: Path, sections: Sequence[str] = ("model", "data")) -> 
     return cfg
 
 
-def save_config(cfg: DictConfig, path: Path, resolve: bool = True) -> None:
-    """The config as YAML (`write_config_values`), resolved unless `resolve` is false."""
-    write_config_values(OmegaConf.to_container(cfg, resolve=resolve), path)
-
-
 def config_yaml(values: dict[str, Any]) -> str:
     """Plain config values as YAML, with libyaml's emitter (OmegaConf's pure-Python one is too slow
     for a thousand job folders: docs/performance.md)."""
     return yaml.dump(values, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False)
-
-
-def write_config_values(values: dict[str, Any], path: Path) -> None:
-    """Plain config values as a YAML file (`config_yaml`)."""
-    write_text_atomic(path, config_yaml(values))
 
 
 def _interpolated_keys(values: Any, prefix: str = "") -> list[str]:

@@ -29,12 +29,19 @@ from src.errors import ConfigValueError, UserError
 from src.files import remove_partials, write_text_atomic
 from src.models.base import ReconstructionModel
 from src.pipeline.checkpoints import CheckpointError, check_resumable, load_checkpoint, load_model
-from src.pipeline.config import build, load_run_config, save_config, write_config_values
+from src.pipeline.config import build, config_yaml, load_run_config
 from src.pipeline.loggers import build_loggers
 from src.pipeline.process import Interrupted, interrupt_on_signals, prepare_training_process
 from src.reporting import wandb as wandb_reporting
 
 log = logging.getLogger(__name__)
+
+# What a job started again finds in the folder of an earlier start of it (`earlier_state`), and
+# what it does: NEW trains, FINISHED is skipped (in a sweep), INTERRUPTED resumes from its
+# last.ckpt, FAILED trains afresh.
+NEW, FINISHED, INTERRUPTED, FAILED = "new", "finished", "interrupted", "failed"
+# The first words of an interrupted job's error.txt (`Run.interrupted`).
+INTERRUPTED_BY = "Interrupted by"
 
 
 def print_config_tree(cfg: DictConfig) -> None:
@@ -65,19 +72,42 @@ class Run:
         self._loggers: list[Logger] | None = None
 
     def start(self, show: bool = False, resolved: Callable[[], dict[str, Any]] | None = None) -> None:
-        """Create the folder and write the resolved config.yaml; print it as a tree with `show`.
-        `paths.run_dir`, where callbacks write, is set to this folder. `resolved` gives the resolved
-        values when the caller has a faster way to them (a batched chunk's `MemberConfigs`)."""
+        """Create the folder and write the resolved config.yaml (`config_text`); print it as a tree
+        with `show`."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.dir / "config.yaml", self.config_text(resolved))
+        if show:
+            print_config_tree(self.cfg)
+
+    def config_text(self, resolved: Callable[[], dict[str, Any]] | None = None) -> str:
+        """The resolved config as config.yaml holds it, `paths.run_dir` (where callbacks write) set to
+        this folder. `resolved` gives the resolved values when the caller has a faster way to them
+        (a batched chunk's `MemberConfigs`)."""
         if "paths" in self.cfg:
             with read_write(self.cfg), open_dict(self.cfg):
                 self.cfg.paths.run_dir = str(self.dir)
-        if resolved is None:
-            save_config(self.cfg, self.dir / "config.yaml")
-        else:
-            write_config_values(resolved(), self.dir / "config.yaml")
-        if show:
-            print_config_tree(self.cfg)
+        return config_yaml(OmegaConf.to_container(self.cfg, resolve=True) if resolved is None else resolved())
+
+    def earlier(self) -> str:
+        """What an earlier start of this job left in the folder (`earlier_state`), its config.yaml
+        compared with this config's."""
+        config = self.dir / "config.yaml"
+        return earlier_state(self.dir, lambda: config.read_text() == self.config_text())
+
+    def set_aside(self) -> None:
+        """Before the job trains afresh where an earlier start failed (or ran another config): that
+        start's metrics.json and checkpoints/last.ckpt are removed, its error.txt kept (appended to
+        error.before-rerun.txt)."""
+        self._keep_error("error.before-rerun.txt")
+        for stale in (self.dir / "metrics.json", self.dir / "checkpoints" / "last.ckpt"):
+            stale.unlink(missing_ok=True)
+
+    def _keep_error(self, name: str) -> None:
+        error = self.dir / "error.txt"
+        if error.is_file():
+            with (self.dir / name).open("a") as handle:
+                handle.write(error.read_text())
+            error.unlink()
 
     @property
     def loggers(self) -> list[Logger]:
@@ -112,16 +142,12 @@ class Run:
 
     def checkpoint_to_resume(self) -> str | None:
         """The folder's own last.ckpt when this run is an interrupted job started again in the same
-        folder (`resume_in_place`): no metrics.json yet. Its old error.txt is kept aside."""
+        folder (`earlier_state` INTERRUPTED; `run_job` set a failed start's aside). Its old
+        error.txt is kept as error.before-resume.txt."""
         last = self.dir / "checkpoints" / "last.ckpt"
         if not self.cfg.get("resume_in_place") or not last.is_file() or (self.dir / "metrics.json").exists():
             return None
-        error = self.dir / "error.txt"
-        if error.is_file():
-            kept = self.dir / "error.before-resume.txt"
-            with kept.open("a") as handle:
-                handle.write(error.read_text())
-            error.unlink()
+        self._keep_error("error.before-resume.txt")
         remove_partials(last.parent)  # what a kill during a checkpoint's writing left
         check_resumable(last)
         log.info("Resuming the interrupted run in %s from %s", self.dir, last)
@@ -143,7 +169,7 @@ class Run:
                 else "No epoch had finished, so there is no checkpoint to resume from: run the job again."
             )
         return self._write_error(
-            f"Interrupted by {interrupt.signal}{where} (exit status {interrupt.status}); no metrics.json "
+            f"{INTERRUPTED_BY} {interrupt.signal}{where} (exit status {interrupt.status}); no metrics.json "
             f"was written. {resume} Every file written before is kept.\n"
         )
 
@@ -280,6 +306,25 @@ def read_overrides(path: Path) -> list[str]:
     return overrides
 
 
+def earlier_state(run_dir: Path, same_config: Callable[[], bool]) -> str:
+    """What an earlier start of a job left in `run_dir`: NEW (no config.yaml: it never began),
+    FINISHED (its metrics.json complete, no error.txt, and `same_config()`), INTERRUPTED (a
+    checkpoints/last.ckpt, no metrics.json, no error.txt but an interruption's, and `same_config()`),
+    else FAILED (a failure, a run killed before its first checkpoint, or another config)."""
+    if not (run_dir / "config.yaml").is_file():
+        return NEW
+    record = read_run(run_dir)
+    if record.finished:
+        return FINISHED if same_config() else FAILED
+    error = run_dir / "error.txt"
+    interrupted = (
+        not (run_dir / "metrics.json").exists()
+        and (run_dir / "checkpoints" / "last.ckpt").is_file()
+        and (not error.is_file() or error.read_text().startswith(INTERRUPTED_BY))
+    )
+    return INTERRUPTED if interrupted and same_config() else FAILED
+
+
 def run_job(
     job: Callable[[Run], dict[str, Any]], cfg: DictConfig, run_dir: Path, in_sweep: bool, quiet: bool = False
 ) -> float | None:
@@ -290,11 +335,19 @@ def run_job(
     (`folder_lock`) is refused in one line, exit status 2, without writing into it. A SIGTERM or
     SIGINT stops the job, and a sweep with it, with error.txt saying where and how to resume, and
     exit status 143 or 130. The closing line is logged unless `quiet` (a batched sweep's members:
-    the sweep has its own). Returns the validation loss, which sweepers such as Optuna minimise."""
+    the sweep has its own). Returns the validation loss, which sweepers such as Optuna minimise. A
+    folder an earlier start of the job left (`earlier_state`): finished with this config, a sweep
+    job skips it; failed, the job trains afresh; interrupted, it resumes (`Run.checkpoint_to_resume`)."""
     prepare_training_process()
     run = Run(cfg, run_dir)
     try:
         with folder_lock(run_dir), interrupt_on_signals():
+            earlier = run.earlier()
+            if earlier == FINISHED and in_sweep:
+                log.info("Job %s had finished with this config: skipped", run_dir)
+                return read_run(run_dir).metrics.get("val/loss")
+            if earlier == FAILED or (earlier == INTERRUPTED and not cfg.get("resume_in_place")):
+                run.set_aside()
             metrics = job(run)
     except FolderInUse as error:  # the folder is another run's: nothing written into it
         if in_sweep:

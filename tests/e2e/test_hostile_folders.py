@@ -180,7 +180,7 @@ def test_table1_builds_nothing_a_folder_names_outside_the_project(
 
 @pytest.mark.parametrize(
     "function",
-    ["shutil.rmtree", "src.pipeline.config.write_config_values", "src.evaluation.initial_state._private"],
+    ["shutil.rmtree", "src.pipeline.config.config_yaml", "src.evaluation.initial_state._private"],
 )
 def test_a_claims_file_calls_only_the_measurement_module(
     tmp_path: Path, function: str, capsys: pytest.CaptureFixture

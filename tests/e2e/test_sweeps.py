@@ -294,3 +294,38 @@ def test_a_batched_sweep_is_quiet_and_its_members_work_with_src_eval_and_src_sco
     )  # fmt: skip
     assert scored.returncode == 0, scored.stderr[-3000:]
     assert len((tmp_path / "scores.csv").read_text().splitlines()) == 1 + 5
+
+
+@pytest.mark.parametrize("launcher", ["hydra/launcher=basic", "hydra/launcher=batched"])
+def test_a_sweep_started_again_skips_finished_jobs_resumes_interrupted_and_reruns_failed(
+    tmp_path: Path, launcher: str
+) -> None:
+    sweep = ["-m", "experiment=census_ca_2x2", "seed=range(0,3)", "trainer.max_epochs=50", launcher]
+    first = src_run(*sweep, f"hydra.sweep.dir={tmp_path}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    metrics = {job: json.loads((tmp_path / job / "metrics.json").read_text()) for job in ("0", "1", "2")}
+    finished_at = (tmp_path / "0" / "metrics.json").stat().st_mtime_ns
+    (tmp_path / "1" / "error.txt").write_text("Traceback ...\nRuntimeError: a node died\n")  # failed
+    (tmp_path / "2" / "metrics.json").unlink()  # killed after its last checkpoint: interrupted
+    again = src_run(*sweep, f"hydra.sweep.dir={tmp_path}")
+    said = again.stdout + again.stderr
+    assert again.returncode == 0, said[-3000:]
+    assert (
+        "started again: 1 finished (skipped), 1 interrupted (resumed from last.ckpt), "
+        "1 failed or with another config (trained afresh), 0 new"
+    ) in said
+    assert (tmp_path / "0" / "metrics.json").stat().st_mtime_ns == finished_at
+    assert "a node died" in (tmp_path / "1" / "error.before-rerun.txt").read_text()
+    assert not (tmp_path / "1" / "error.txt").exists()
+    for job in ("1", "2"):
+        got = json.loads((tmp_path / job / "metrics.json").read_text())
+        assert got["test/loss"] == metrics[job]["test/loss"] and got["steps"] == metrics[job]["steps"], job
+    assert json.loads((tmp_path / "summary.json").read_text())["n_failed"] == 0
+    # Another config in the same folder: every job trains afresh.
+    changed = src_run(*sweep, "trainer.max_epochs=60", f"hydra.sweep.dir={tmp_path}")
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    assert (
+        "0 finished (skipped), 0 interrupted (resumed from last.ckpt), 3 failed"
+        in changed.stdout + changed.stderr
+    )
+    assert json.loads((tmp_path / "0" / "metrics.json").read_text())["steps"] == 60
