@@ -90,13 +90,15 @@ def shared_job_folder(subdir: str, batch: Sequence[Sequence[str]]) -> tuple[int,
 Job = tuple[int, Sequence[str], int | None]
 
 
-def job_folder(template: DictConfig, index: int, seed: int | None) -> Path:
+def job_folder(template: DictConfig, index: int, seed: int | None, sweep_dir: Path | None = None) -> Path:
     """Job `index`'s folder, hydra.sweep.subdir resolved on `template` (its group's composed config)
-    pointed at the job's seed and number."""
+    pointed at the job's seed and number; `sweep_dir`: the sweep's folder, when already resolved (it
+    is every job's, and its resolvers cost more than the rest)."""
     with read_write(template), open_dict(template), read_write(template.hydra.job):
         template.seed = seed
         template.hydra.job.num = template.hydra.job.id = index
-    return Path(str(template.hydra.sweep.dir)) / str(template.hydra.sweep.subdir)
+    folder = sweep_dir if sweep_dir is not None else Path(str(template.hydra.sweep.dir))
+    return folder / str(template.hydra.sweep.subdir)
 
 
 def earlier_states(template: DictConfig, jobs: Sequence[Job]) -> dict[int, tuple[str, Path]]:
@@ -108,9 +110,9 @@ def earlier_states(template: DictConfig, jobs: Sequence[Job]) -> dict[int, tuple
     task = OmegaConf.to_container(template, resolve=False)
     task.pop("hydra", None)
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    states = {}
+    states, sweep_dir = {}, Path(str(template.hydra.sweep.dir))
     for index, _, seed in jobs:
-        run_dir = job_folder(template, index, seed)
+        run_dir = job_folder(template, index, seed, sweep_dir)
         composed = run_dir / ".hydra" / "config.yaml"
 
         def same_config(composed: Path = composed, seed: int | None = seed) -> bool:
@@ -293,7 +295,10 @@ class BatchedLauncher(Launcher):
         record_submission(
             sweep_dir,
             {
-                str(job_folder(template, index, seed).relative_to(sweep_dir)): (overrides, job.job_id)
+                str(job_folder(template, index, seed, sweep_dir).relative_to(sweep_dir)): (
+                    overrides,
+                    job.job_id,
+                )
                 for chunk, job in zip(chunks, submitted, strict=True)
                 for index, overrides, seed in chunk
             },
@@ -331,6 +336,7 @@ class BatchedLauncher(Launcher):
     def train_chunk(self, template: DictConfig, label: str, chunk: list[Job]) -> dict[int, JobReturn]:
         """Train the seeds of `chunk` together, finish them together and write their job folders
         (those a resumed sweep has not written already)."""
+        from src.files import flushed_together
         from src.pipeline.batched import member_jobs, train_members
         from src.pipeline.config import MemberConfigs
         from src.pipeline.run import FINISHED, read_run, run_job
@@ -343,25 +349,31 @@ class BatchedLauncher(Launcher):
         # A requeued chunk keeps the job folders it had written.
         states = earlier_states(template, chunk)
         finished = {index for index, (state, _) in states.items() if state == FINISHED}
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
         # Hydra's view of the current job (what ${hydra:...}, ${job_name:...} resolve) is set once and
         # then pointed at each member in place: a thousand copies of it would cost seconds.
         HydraConfig.instance().set_config(self._set_job(template, chunk[0][1], chunk[0][0]))
         returns, pending = {}, []
-        for member, (index, overrides, seed) in enumerate(chunk):
+        for member, (index, overrides, _) in enumerate(chunk):
             if index in finished:
-                run_dir = job_folder(template, index, seed)
+                run_dir = states[index][1]
                 returns[index] = completed(overrides, read_run(run_dir).metrics.get("val/loss"))
             else:
-                returns[index], run_dir = self._job_folder(template, configs, member, overrides, index)
+                returns[index], run_dir = self._job_folder(
+                    template, sweep_dir, configs, member, overrides, index
+                )
                 pending.append((member, index, run_dir))
         jobs = member_jobs(
             members, configs, [member for member, *_ in pending], [run_dir for *_, run_dir in pending]
         )
-        for job, (member, index, run_dir) in zip(
-            jobs, self._progress(pending, f"writing {len(pending)} job folders"), strict=True
-        ):
-            self._set_job(HydraConfig.instance().cfg, chunk[member][1], index)  # e.g. its W&B run's name
-            returns[index].return_value = run_job(job, configs[member], run_dir, in_sweep=True, quiet=True)
+        with flushed_together():  # one flush to the disk for the chunk's folders, not one per file
+            for job, (member, index, run_dir) in zip(
+                jobs, self._progress(pending, f"writing {len(pending)} job folders"), strict=True
+            ):
+                self._set_job(HydraConfig.instance().cfg, chunk[member][1], index)  # e.g. its W&B run's name
+                returns[index].return_value = run_job(
+                    job, configs[member], run_dir, in_sweep=True, quiet=True
+                )
         finished = time.perf_counter() - started
         # The chunk's phases, for benchmarks and for a user asking where a sweep's time went.
         (chunk_dir / "timing.json").write_text(
@@ -428,6 +440,7 @@ class BatchedLauncher(Launcher):
     def _job_folder(
         self,
         template: DictConfig,
+        sweep_dir: Path,
         configs: Any,
         member: int,
         overrides: Sequence[str],
@@ -437,7 +450,7 @@ class BatchedLauncher(Launcher):
         the jobs it runs) and its JobReturn; the folder is resolved with the member's own seed and
         number (hydra.sweep.subdir=${seed})."""
         cfg = configs[member]
-        run_dir = job_folder(template, index, cfg.seed)
+        run_dir = job_folder(template, index, cfg.seed, sweep_dir)
         result = JobReturn(overrides=list(overrides), cfg=cfg, working_dir=str(Path.cwd()))
         result.status = JobStatus.COMPLETED
         (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)

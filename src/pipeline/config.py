@@ -372,6 +372,18 @@ def _job_dependent(keys: Sequence[str], raw: dict[str, Any]) -> list[str]:
         dependent = grown
 
 
+# An interpolation of a plain key (`${paths.run_dir}`): no resolver, no relative or nested key.
+_PLAIN_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
+
+
+def _resolved_value(values: dict[str, Any], key: str) -> Any:
+    """The value at dotted `key` of resolved config values (KeyError where there is none)."""
+    node: Any = values
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
 class MemberConfigs(Sequence[DictConfig]):
     """The configs of jobs that differ only in `seed` (a batched chunk's members), without a config
     object per job: item i is the one task config switched to seed i (so use it before asking for
@@ -416,12 +428,47 @@ class MemberConfigs(Sequence[DictConfig]):
             self._resolved = OmegaConf.to_container(task, resolve=True)
             return self._resolved
         self._resolved["seed"] = self.seeds[index]
+        done: set[str] = set()
         for key in self._job_dependent:
             *parents, name = key.split(".")
             node = self._resolved
             for parent in parents:
                 node = node[parent]
-            value = OmegaConf.select(task, key)
-            resolved = isinstance(value, DictConfig | ListConfig)
-            node[name] = OmegaConf.to_container(value, resolve=True) if resolved else value
+            node[name] = self._job_value(task, key, done)
+            done.add(key)
         return self._resolved
+
+    def _job_value(self, task: DictConfig, key: str, done: set[str]) -> Any:
+        """The job-dependent `key`'s resolved value: its interpolation filled in from the values
+        already resolved for this job when it names only such plain keys (`${paths.run_dir}/x`, most
+        of them), else resolved by OmegaConf (a resolver, a relative or a nested interpolation)."""
+        *parents, name = key.split(".")
+        parent: Any = task
+        for part in parents:
+            parent = parent[part]
+        raw = OmegaConf.to_container(parent, resolve=False)[name] if isinstance(parent, DictConfig) else None
+        filled = self._filled(raw, done) if isinstance(raw, str) else None
+        if filled is not None:
+            return filled[0]
+        value = OmegaConf.select(task, key)
+        resolved = isinstance(value, DictConfig | ListConfig)
+        return OmegaConf.to_container(value, resolve=True) if resolved else value
+
+    def _filled(self, raw: str, done: set[str]) -> tuple[Any] | None:
+        """`raw` with its plain interpolations filled in from this job's resolved values, in a
+        one-tuple; None where it needs OmegaConf (anything else, or a key not yet resolved)."""
+        names = _PLAIN_INTERPOLATION.findall(raw)
+        if "${" in _PLAIN_INTERPOLATION.sub("", raw) or any(
+            each != "seed" and each not in done and each in self._job_dependent for each in names
+        ):
+            return None
+        try:
+            values = [_resolved_value(self._resolved, each) for each in names]
+        except (KeyError, TypeError):
+            return None
+        if any(isinstance(value, dict | list) for value in values):
+            return None
+        if len(names) == 1 and raw == f"${{{names[0]}}}":
+            return (values[0],)  # the value itself, of its own type
+        texts = iter(str(value) for value in values)
+        return (_PLAIN_INTERPOLATION.sub(lambda _: next(texts), raw),)

@@ -137,11 +137,14 @@ def test_member_configs_switch_one_config_and_resolve_like_a_full_resolution(tmp
 
     from hydra_plugins.batched_launcher.batched_launcher import BatchedLauncher
 
-    # A key that interpolates the seed through another key, and a W&B name from a resolver.
+    # A key that interpolates the seed through another key, a text filled in from a key resolved
+    # before it and from the folder, one through a resolver, and a W&B name from a resolver.
     overrides = [
         "experiment=census_ca_2x2",
         "+extra.twice=${data.shuffle_seed}",
         "+extra.constant=${data.name}",
+        "+extra.label=run_${extra.twice}_of_${paths.run_dir}",
+        "+extra.resolved=${oc.env:HOME}_${seed}",
     ]
     template = compose_config(overrides, tmp_path)
     configs = MemberConfigs(BatchedLauncher._task_config(template, None), [3, 11, 5])
