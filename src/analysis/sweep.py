@@ -130,7 +130,7 @@ def summary_settings(sweep_dir: Path, jobs: list[dict[str, Any]]) -> dict[str, A
     settings = OmegaConf.masked_copy(OmegaConf.load(CONFIG_DIR / "config.yaml"), list(SUMMARY_SETTINGS))
     for job in jobs:
         if (path := sweep_dir / job["dir"] / "config.yaml").is_file():
-            config = load_run_config(path, sections=())
+            config = load_run_config(path, sections=(), builds=False)
             ran = OmegaConf.masked_copy(config, [key for key in SUMMARY_SETTINGS if key in config])
             settings = OmegaConf.merge(settings, ran)
             break
@@ -231,7 +231,7 @@ def summarise_sweep(sweep_dir: Path) -> dict[str, Any]:
 def _data_name(sweep_dir: Path, group: list[dict[str, Any]]) -> str:
     """The `data.name` a group of jobs trained on (its first job's config.yaml)."""
     path = sweep_dir / group[0]["dir"] / "config.yaml"
-    config = load_run_config(path, sections=()) if path.is_file() else OmegaConf.create()
+    config = load_run_config(path, sections=(), builds=False) if path.is_file() else OmegaConf.create()
     return str(OmegaConf.select(config, "data.name", default="(unknown)"))
 
 

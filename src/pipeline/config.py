@@ -296,10 +296,13 @@ def build(config: DictConfig | dict, **kwargs: Any) -> Any:
         return instantiate(config, **kwargs)
 
 
-def load_run_config(path: Path, sections: Sequence[str] = ("model", "data")) -> DictConfig:
+def load_run_config(
+    path: Path, sections: Sequence[str] = ("model", "data"), builds: bool = True
+) -> DictConfig:
     """A run folder's config.yaml, refused in one line when it is not a readable config with the
-    `sections` to build from (each with its `_target_`), or names a `_target_` the project does not
-    build: the folder is data."""
+    `sections` to build from (each with its `_target_`), or, when the caller `builds` from it, names
+    a `_target_` the project does not build: the folder is data. A reader that builds nothing (a
+    sweep summary reading settings) reads any target as the text it is."""
     try:
         cfg = OmegaConf.load(path)
     except (yaml.YAMLError, UnicodeDecodeError, ValueError, OmegaConfBaseException) as error:
@@ -318,7 +321,8 @@ def load_run_config(path: Path, sections: Sequence[str] = ("model", "data")) -> 
             f"{path} lacks its {' and '.join(lacking)} section (truncated?); restore it or train the run "
             "again."
         )
-    check_targets(cfg, source=str(path))
+    if builds:
+        check_targets(cfg, source=str(path))
     return cfg
 
 

@@ -197,6 +197,11 @@ class FolderInUse(UserError):
     """A run folder another running process is writing."""
 
 
+def _first_process() -> bool:
+    """Whether this is a run's first process (of several under DDP: the one that started the rest)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
 def _holder(lock: Path) -> tuple[int, str] | None:
     """The pid and host in a lock file; None when it holds neither (being written, or damaged)."""
     try:
@@ -222,8 +227,12 @@ def folder_lock(run_dir: Path) -> Iterator[None]:
     atomically, and is removed at the end. A lock whose process no longer runs on this host is
     taken over (a killed run started again); a lock from another host is taken over too, with a
     warning (its process cannot be asked: a requeued cluster job). Another live process's lock:
-    FolderInUse, before anything in the folder is touched."""
+    FolderInUse, before anything in the folder is touched. The other processes of a multi-process
+    run (Lightning's DDP ranks, started with LOCAL_RANK > 0) work in the folder its first holds."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not _first_process():
+        yield
+        return
     lock, here = run_dir / LOCK, socket.gethostname()
     while True:
         try:
@@ -342,7 +351,7 @@ def run_job(
     run = Run(cfg, run_dir)
     try:
         with folder_lock(run_dir), interrupt_on_signals():
-            earlier = run.earlier()
+            earlier = run.earlier() if _first_process() else NEW
             if earlier == FINISHED and in_sweep:
                 log.info("Job %s had finished with this config: skipped", run_dir)
                 return read_run(run_dir).metrics.get("val/loss")
