@@ -20,6 +20,7 @@ import contextlib
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -344,7 +345,8 @@ class TrainedMembers:
 
 @contextlib.contextmanager
 def lightning_quiet() -> Iterator[None]:
-    """Lightning's start-up lines (GPU/TPU available, tips) left out: a sweep prints its own progress."""
+    """Lightning's start-up lines (GPU/TPU available, tips) left out: a sweep prints its own progress;
+    and its warning that the chunk's folder is not empty (it holds members.yaml by design)."""
     loggers = [
         logging.getLogger(name)
         for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero")
@@ -353,7 +355,9 @@ def lightning_quiet() -> Iterator[None]:
     for logger in loggers:
         logger.setLevel(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)

@@ -194,19 +194,17 @@ def test_a_job_at_its_time_limit_saves_is_requeued_and_completes(tmp_path: Path)
     (signal_delay_s), is requeued by submitit, saves, and resumes in its folder until it completes,
     to the result of a run that was never stopped."""
     on_slurm, local = tmp_path / "slurm", tmp_path / "local"
-    long_census = ["experiment=census_ca_2x2", "trainer.max_epochs=10000", "seed=0"]
+    long_census = ["experiment=census_ca_2x2", "trainer.max_epochs=24000", "seed=0"]
     limited = [
         "hydra.launcher.timeout_min=1",
         "hydra.launcher.signal_delay_s=40",
-        "hydra.launcher.max_num_timeout=8",
+        "hydra.launcher.max_num_timeout=20",
     ]
-    started = time.monotonic()
     result = src_run("-m", *long_census, *SLURM, *limited, f"hydra.sweep.dir={on_slurm}", timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    assert time.monotonic() - started > 60  # it outlived its time limit: it was requeued
     # submitit's SIGUSR2 handler requeues the job, whose SIGTERM then stops it with a checkpoint.
     kept = (on_slurm / "0" / "error.before-resume.txt").read_text()
     assert kept.startswith("Interrupted by SIG") and "last.ckpt" in kept, kept
-    assert json.loads((on_slurm / "0" / "metrics.json").read_text())["epochs"] == 10000
+    assert json.loads((on_slurm / "0" / "metrics.json").read_text())["epochs"] == 24000
     assert src_run("-m", *long_census, f"hydra.sweep.dir={local}").returncode == 0
     _same_results(on_slurm, local)
