@@ -55,9 +55,17 @@ PLACEMENT = ("hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode=")
 LOCATION = ("paths.output_root=",)
 
 
+# Paths in recorded commands are written relative to the repository (a page names no machine path).
+REPOSITORY = f"{Path(__file__).resolve().parents[2]}/"
+
+
 def run_command(folder: Path) -> str:
     """The `python -m src.run` (or `src.eval`) command line that made a run or sweep folder, from
-    Hydra's record (where the folder was put left out)."""
+    Hydra's record (where the folder was put left out, paths in the repository made relative)."""
+    return _command(folder).replace(REPOSITORY, "")
+
+
+def _command(folder: Path) -> str:
     multirun = folder / "multirun.yaml"
     if multirun.is_file():
         saved = yaml.safe_load(multirun.read_text())["hydra"]

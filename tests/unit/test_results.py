@@ -275,3 +275,11 @@ def test_the_ood_benchmark_table_gives_each_score_on_each_set_with_its_cost() ->
     assert with_decision[: len(lines)] == lines
     assert "| dose | 0.500 [0.400, 0.600] | – |" in with_decision
     assert "| hflip | 0.400 [0.300, 0.500] |" in with_decision
+
+
+def test_a_recorded_path_in_the_repository_is_written_relative(tmp_path: Path) -> None:
+    checkpoint = PROJECT_ROOT / "outputs" / "runs" / "a" / "checkpoints" / "last.ckpt"
+    run = _job(tmp_path / "run", [f"ckpt_path={checkpoint}", f"data.root={tmp_path}"], {})
+    command = run_command(run)
+    assert "ckpt_path=outputs/runs/a/checkpoints/last.ckpt" in command
+    assert str(PROJECT_ROOT) not in command and str(tmp_path) in command  # only the repository's
