@@ -17,3 +17,16 @@ def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
         return compose_config(list(overrides), tmp_path / "run")
 
     return make
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished CA run on the 2x2 images, under an output root of its own: the witness whose files
+    must survive every refused or failed command started beside it."""
+    from src.pipeline.run import Run
+    from src.pipeline.training import train
+    from tests.helpers import FAST
+
+    run = tmp_path_factory.mktemp("root") / "runs" / "finished"
+    train(Run(compose_config(["data=lines2x2", *FAST, "trainer.max_epochs=2"], run), run))
+    return run

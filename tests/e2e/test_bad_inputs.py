@@ -4,43 +4,17 @@ traceback, and leaves every file already written as it was."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from src.pipeline.config import compose_config
-from src.pipeline.run import Run
 from src.pipeline.scoring_run import command as score_command
-from src.pipeline.training import train
-from tests.helpers import FAST, SHARED_DATASETS, needs_shared_mnist
+from tests.helpers import FAST, SHARED_DATASETS, fingerprint, needs_shared_mnist, one_line_failure
 from tests.helpers import entry_point as _entry_point
 
 pytestmark = pytest.mark.slow
-
-
-def _fingerprint(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in root.rglob("*")
-        if p.is_file()
-    }
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished CA run on the 2x2 images, the witness whose files must survive every failure."""
-    run = tmp_path_factory.mktemp("witness") / "runs" / "finished"
-    train(Run(compose_config(["data=lines2x2", *FAST, "trainer.max_epochs=2"], run), run))
-    return run
-
-
-def _fails_cleanly(status: int, stderr: str, message: str) -> None:
-    assert status == 2, stderr[-2000:]
-    assert "Traceback" not in stderr
-    assert message in stderr.strip().splitlines()[-1], stderr[-2000:]
 
 
 RUN_CASES = [
@@ -86,15 +60,15 @@ RUN_CASES = [
     ("overrides", "message"), RUN_CASES, ids=lambda case: " ".join(case) if isinstance(case, list) else ""
 )
 def test_src_run_refuses_bad_config_in_one_line(
-    trained: Path, capsys, overrides: list[str], message: str
+    finished_run: Path, capsys, overrides: list[str], message: str
 ) -> None:
-    root = trained.parent.parent
-    before = _fingerprint(root)
+    root = finished_run.parent.parent
+    before = fingerprint(root)
     status, stderr = _entry_point("src.run", [*FAST, *overrides, f"paths.output_root={root}"], capsys)
-    _fails_cleanly(status, stderr, message)
+    one_line_failure(status, stderr, message)
     error_file = Path(stderr.strip().splitlines()[-1].rsplit("(traceback in ", 1)[1].rstrip(")"))
     assert error_file.parent.parent == root / "runs" and "Traceback" in error_file.read_text()
-    after = _fingerprint(root)
+    after = fingerprint(root)
     assert {key: after[key] for key in before} == before
     assert not (error_file.parent / "checkpoints").exists()  # refused before training
 
@@ -134,7 +108,7 @@ def test_src_run_refuses_bad_mnist_settings(
     status, stderr = _entry_point(
         "src.run", ["data=mnist", *FAST, *overrides, f"paths.output_root={tmp_path}"], capsys
     )
-    _fails_cleanly(status, stderr, message)
+    one_line_failure(status, stderr, message)
 
 
 @needs_shared_mnist
@@ -151,28 +125,31 @@ def test_a_missing_ood_set_stops_the_run_before_training(tmp_path: Path, capsys)
         f"paths.output_root={tmp_path}",
     ]
     status, stderr = _entry_point("src.run", arguments, capsys)
-    _fails_cleanly(status, stderr, f"FashionMNIST not found in {root / 'FashionMNIST' / 'raw'}")
+    one_line_failure(status, stderr, f"FashionMNIST not found in {root / 'FashionMNIST' / 'raw'}")
     (run,) = (tmp_path / "runs").iterdir()
     assert not (run / "checkpoints").exists()
 
 
-def _copy_of(trained: Path, folder: Path, name: str, content: bytes | None = None) -> Path:
+def _copy_of(finished_run: Path, folder: Path, name: str, content: bytes | None = None) -> Path:
     target = folder / "checkpoints" / name
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(
-        content if content is not None else (trained / "checkpoints" / "last.ckpt").read_bytes()
+        content if content is not None else (finished_run / "checkpoints" / "last.ckpt").read_bytes()
     )
     return target
 
 
-def test_src_eval_refuses_bad_checkpoints(trained: Path, tmp_path: Path, capsys) -> None:
-    before = _fingerprint(trained)
-    stray = _copy_of(trained, tmp_path / "stray", "last.ckpt")
+def test_src_eval_refuses_bad_checkpoints(finished_run: Path, tmp_path: Path, capsys) -> None:
+    before = fingerprint(finished_run)
+    stray = _copy_of(finished_run, tmp_path / "stray", "last.ckpt")
     truncated = _copy_of(
-        trained, trained, "truncated.ckpt", (trained / "checkpoints" / "last.ckpt").read_bytes()[:999]
+        finished_run,
+        finished_run,
+        "truncated.ckpt",
+        (finished_run / "checkpoints" / "last.ckpt").read_bytes()[:999],
     )
-    crafted = trained / "checkpoints" / "crafted.ckpt"
-    checkpoint = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=True)
+    crafted = finished_run / "checkpoints" / "crafted.ckpt"
+    checkpoint = torch.load(finished_run / "checkpoints" / "last.ckpt", weights_only=True)
     torch.save({**checkpoint, "payload": np.dtype("float64")}, crafted)
     cases = [
         (tmp_path / "nowhere.ckpt", "nowhere.ckpt does not exist"),
@@ -184,14 +161,14 @@ def test_src_eval_refuses_bad_checkpoints(trained: Path, tmp_path: Path, capsys)
         status, stderr = _entry_point(
             "src.eval", [f"ckpt_path={ckpt}", f"paths.output_root={tmp_path}"], capsys
         )
-        _fails_cleanly(status, stderr, message)
+        one_line_failure(status, stderr, message)
     truncated.unlink()
     crafted.unlink()
-    assert _fingerprint(trained) == before
+    assert fingerprint(finished_run) == before
 
 
-def test_src_score_refuses_bad_arguments(trained: Path, tmp_path: Path, capsys) -> None:
-    ckpt = trained / "checkpoints" / "last.ckpt"
+def test_src_score_refuses_bad_arguments(finished_run: Path, tmp_path: Path, capsys) -> None:
+    ckpt = finished_run / "checkpoints" / "last.ckpt"
     images = tmp_path / "images.npy"
     np.save(images, np.zeros((3, 2, 2), np.uint8))
     kept = tmp_path / "kept.csv"
@@ -225,13 +202,15 @@ def test_src_score_refuses_bad_arguments(trained: Path, tmp_path: Path, capsys) 
     assert kept.read_text() == "kept\n" and not (tmp_path / "o.csv").exists()
 
 
-def test_src_summary_and_src_results_refuse_what_is_not_theirs(trained: Path, tmp_path: Path, capsys) -> None:
-    _fails_cleanly(*_entry_point("src.summary", [str(tmp_path)], capsys), "holds no job folders")
-    _fails_cleanly(*_entry_point("src.summary", [], capsys), "usage: python -m src.summary <sweep folder>")
+def test_src_summary_and_src_results_refuse_what_is_not_theirs(
+    finished_run: Path, tmp_path: Path, capsys
+) -> None:
+    one_line_failure(*_entry_point("src.summary", [str(tmp_path)], capsys), "holds no job folders")
+    one_line_failure(*_entry_point("src.summary", [], capsys), "usage: python -m src.summary <sweep folder>")
     page = tmp_path / "page.md"
     status, stderr = _entry_point(
         "src.results", ["ood", str(tmp_path / "nope"), "--output", str(page)], capsys
     )
-    _fails_cleanly(status, stderr, "not found:")
-    status, stderr = _entry_point("src.results", ["tables", str(trained), "--output", str(page)], capsys)
+    one_line_failure(status, stderr, "not found:")
+    status, stderr = _entry_point("src.results", ["tables", str(finished_run), "--output", str(page)], capsys)
     assert status == 2 and "invalid choice: 'tables'" in stderr and not page.exists()

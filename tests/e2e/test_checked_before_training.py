@@ -15,29 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from src.pipeline.config import compose_config
-from src.pipeline.run import LOCK, Run
-from src.pipeline.training import train
-from tests.helpers import FAST, entry_point, entry_point_output, fingerprint, src_run_started
+from src.pipeline.run import LOCK
+from tests.helpers import (
+    FAST,
+    entry_point,
+    entry_point_output,
+    fingerprint,
+    one_line_failure,
+    src_run_started,
+)
 
 pytestmark = pytest.mark.slow
 
 SMALL = ["data=lines", "data.n_train=64", "data.n_val=16", "data.n_test=16", *FAST]
 SWEEP = ["-m", "experiment=census_ca_2x2", "trainer.max_epochs=2", "logger=none", "hydra/launcher=batched"]
-
-
-@pytest.fixture(scope="module")
-def witness(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished run under the output root every refused run is started into: its files must survive."""
-    run = tmp_path_factory.mktemp("root") / "runs" / "finished"
-    train(Run(compose_config(["data=lines2x2", *FAST, "trainer.max_epochs=2"], run), run))
-    return run
-
-
-def _refused(status: int, stderr: str, message: str) -> None:
-    assert status == 2, stderr[-2000:]
-    assert "Traceback" not in stderr
-    assert message in stderr.strip().splitlines()[-1], stderr[-2000:]
 
 
 @pytest.mark.parametrize(
@@ -64,15 +55,15 @@ def _refused(status: int, stderr: str, message: str) -> None:
     ids=lambda case: " ".join(case) if isinstance(case, list) else "",
 )
 def test_a_value_that_would_fail_after_training_is_refused_before_it(
-    witness: Path, capsys, overrides: list[str], message: str
+    finished_run: Path, capsys, overrides: list[str], message: str
 ) -> None:
-    root = witness.parent.parent
+    root = finished_run.parent.parent
     before = fingerprint(root)
     status, stderr = entry_point("src.run", [*SMALL, *overrides, f"paths.output_root={root}"], capsys)
-    _refused(status, stderr, message)
+    one_line_failure(status, stderr, message)
     after = fingerprint(root)
     assert {key: after[key] for key in before} == before
-    assert not list(root.glob("runs/*/checkpoints"))[1:]  # only the witness's: nothing trained
+    assert not list(root.glob("runs/*/checkpoints"))[1:]  # only the finished_run's: nothing trained
 
 
 def test_the_precision_that_ran_is_recorded(tmp_path: Path, capsys) -> None:
@@ -107,7 +98,7 @@ def test_a_sweep_that_would_fail_after_training_is_refused_before_it(
     tmp_path: Path, capsys, overrides: list[str], message: str
 ) -> None:
     status, stderr = entry_point("src.run", [*SWEEP, *overrides, f"hydra.sweep.dir={tmp_path}"], capsys)
-    _refused(status, stderr, message)
+    one_line_failure(status, stderr, message)
     assert not list(tmp_path.glob("*/.hydra")) and not (tmp_path / "batched").exists()
 
 
@@ -131,7 +122,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused_at_once(tmp_path: Path, ca
             time.sleep(0.05)
         config = (folder / "config.yaml").read_bytes()
         status, stderr = entry_point("src.run", [*SMALL, f"hydra.run.dir={folder}"], capsys)
-        _refused(status, stderr, f"{folder} is in use by pid {first.pid} (its {LOCK})")
+        one_line_failure(status, stderr, f"{folder} is in use by pid {first.pid} (its {LOCK})")
         assert (folder / "config.yaml").read_bytes() == config and not (folder / "error.txt").exists()
         assert first.poll() is None  # the first run goes on
     finally:
