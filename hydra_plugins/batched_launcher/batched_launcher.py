@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -105,35 +105,62 @@ def earlier_states(template: DictConfig, jobs: Sequence[Job]) -> dict[int, tuple
     """For a sweep started again in its folder: each job's folder and what an earlier start left
     there (src.pipeline.run.earlier_state), its composed config (.hydra/config.yaml, as Hydra and
     this launcher write it) compared with the job's."""
-    from src.pipeline.run import earlier_state
+    from src.pipeline.run import config_changes, earlier_state
 
     task = OmegaConf.to_container(template, resolve=False)
     task.pop("hydra", None)
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     states, sweep_dir = {}, Path(str(template.hydra.sweep.dir))
     for index, _, seed in jobs:
         run_dir = job_folder(template, index, seed, sweep_dir)
-        composed = run_dir / ".hydra" / "config.yaml"
 
-        def same_config(composed: Path = composed, seed: int | None = seed) -> bool:
-            return composed.is_file() and yaml.load(composed.read_text(), loader) == {**task, "seed": seed}
+        def same_config(run_dir: Path = run_dir, seed: int | None = seed) -> bool:
+            return not config_changes(run_dir, {**task, "seed": seed})
 
         states[index] = (earlier_state(run_dir, same_config), run_dir)
     return states
 
 
-def says_what_resumes(sweep_dir: str, states: Sequence[str]) -> None:
-    """One line, when a sweep starts again in a folder holding an earlier start's jobs."""
-    from src.pipeline.run import FAILED, FINISHED, INTERRUPTED, NEW
+def says_what_resumes(sweep_dir: str, states: Sequence[str], replace: bool) -> None:
+    """One line, when a sweep starts again in a folder holding an earlier start's jobs (`replace`:
+    with overwrite=true, which trains the finished ones and another config's again)."""
+    from src.pipeline.run import FAILED, FINISHED, INTERRUPTED, NEW, OTHER
 
-    counts = {state: sum(1 for s in states if s == state) for state in (FINISHED, INTERRUPTED, FAILED, NEW)}
-    if counts[NEW] < len(states):
+    counts = {
+        state: sum(1 for s in states if s == state) for state in (FINISHED, INTERRUPTED, FAILED, OTHER, NEW)
+    }
+    if counts[NEW] == len(states):
+        return
+    if replace:
         log.info(
-            "Sweep %s started again: %d finished (skipped), %d interrupted (resumed from last.ckpt), "
-            "%d failed or with another config (trained afresh), %d new",
+            "Sweep %s started again with overwrite=true: %d finished and %d of another config replaced, "
+            "%d interrupted (resumed from last.ckpt), %d failed (trained afresh), %d new",
             sweep_dir,
-            *counts.values(),
+            *(counts[state] for state in (FINISHED, OTHER, INTERRUPTED, FAILED, NEW)),
         )
+        return
+    log.info(
+        "Sweep %s started again: %d finished (skipped), %d interrupted (resumed from last.ckpt), "
+        "%d failed (trained afresh), %d new",
+        sweep_dir,
+        *(counts[state] for state in (FINISHED, INTERRUPTED, FAILED, NEW)),
+    )
+
+
+def foreign_jobs(sweep_dir: Path, folders: set[Path]) -> list[str]:
+    """The job folders directly in `sweep_dir` (holding a config.yaml or a .hydra/) that are not
+    among this sweep's `folders`: an earlier sweep's jobs this one does not name."""
+    if not sweep_dir.is_dir():
+        return []
+    return sorted(
+        (
+            entry.name
+            for entry in sweep_dir.iterdir()
+            if entry.is_dir()
+            and entry not in folders
+            and ((entry / "config.yaml").is_file() or (entry / ".hydra").is_dir())
+        ),
+        key=lambda name: (not name.isdigit(), int(name) if name.isdigit() else 0, name),
+    )
 
 
 def completed(overrides: Sequence[str], value: Any) -> JobReturn:
@@ -150,32 +177,80 @@ class GroupedSweeper(BasicSweeper):
     composing one job per group of jobs that differ only in `seed` to check them, and saying what a
     sweep started again in its folder finds there (`says_what_resumes`)."""
 
+    def sweep(self, arguments: list[str]) -> Any:
+        """Check every job (`check_jobs`) before the basic sweeper writes the sweep's multirun.yaml
+        and launches them."""
+        params = self._parse_config() + list(arguments)
+        parsed = OverridesParser.create(config_loader=self.hydra_context.config_loader).parse_overrides(
+            params
+        )
+        self.check_jobs([job for batch in self.split_arguments(parsed, self.max_batch_size) for job in batch])
+        return super().sweep(arguments)
+
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        """Every job was checked before the sweep began (`check_jobs`)."""
+
+    def check_jobs(self, overrides: Sequence[Sequence[str]]) -> None:
+        """Refuse, in one line with exit status 2 and before anything is written, a sweep whose jobs
+        would share a folder, and one started into the folder of another sweep: a job folder holding
+        a finished or interrupted run of another config (unless overwrite=true replaces them), or job
+        folders this sweep does not name. Otherwise say what a sweep started again finds there."""
+        from src.errors import ConfigValueError
+        from src.pipeline.run import OTHER, config_changes
+        from src.values import parse_bool
+
         subdir = OmegaConf.to_container(self.config.hydra.sweep, resolve=False)["subdir"]
-        if shared := shared_job_folder(str(subdir), batch):
-            one, other = (batch[index] for index in shared)  # named by the overrides they differ in
+        if shared := shared_job_folder(str(subdir), overrides):
+            one, other = (overrides[index] for index in shared)  # named by the overrides they differ in
             first, second = (
                 " ".join(o for o in a if o not in b) or "-" for a, b in ((one, other), (other, one))
             )
-            print(
-                f"error: hydra.sweep.subdir={subdir} puts the jobs [{first}] and [{second}] into one "
-                "folder: name each job's folder apart, e.g. with ${hydra.job.num} (the default) or with "
-                "every swept key",
-                file=sys.stderr,
+            refuse(
+                f"hydra.sweep.subdir={subdir} puts the jobs [{first}] and [{second}] into one folder: name "
+                "each job's folder apart, e.g. with ${hydra.job.num} (the default) or with every swept key"
             )
-            raise SystemExit(2)
-        start = getattr(self, "_next_index", 0)
-        self._next_index = start + len(batch)
         groups: dict[tuple[str, ...], list[Job]] = {}
-        for offset, overrides in enumerate(batch):
-            rest, seed = split_seed(overrides)
-            groups.setdefault(rest, []).append((start + offset, overrides, seed))
+        for index, job in enumerate(overrides):
+            rest, seed = split_seed(job)
+            groups.setdefault(rest, []).append((index, job, seed))
         loader = self.hydra_context.config_loader
-        states = []
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        states, folders, replace = [], set(), False
         for jobs in groups.values():
             template = loader.load_sweep_config(master_config=self.config, sweep_overrides=list(jobs[0][1]))
-            states += [state for state, _ in earlier_states(template, jobs).values()]
-        says_what_resumes(str(self.config.hydra.sweep.dir), states)
+            try:
+                replace = parse_bool("overwrite", template.get("overwrite", False))
+            except ConfigValueError as error:
+                refuse(str(error))
+            for index, (state, run_dir) in earlier_states(template, jobs).items():
+                if state == OTHER and not replace:
+                    task = OmegaConf.to_container(template, resolve=False)
+                    task.pop("hydra", None)
+                    seed = next(seed for number, _, seed in jobs if number == index)
+                    keys = config_changes(run_dir, {**task, "seed": seed})
+                    refuse(
+                        f"{sweep_dir} holds another sweep's jobs: job #{index} ({run_dir}) ran with other "
+                        f"settings ({', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}); nothing was "
+                        "changed: start this sweep in a new folder (leave hydra.sweep.dir out: each sweep "
+                        "gets its own), run the earlier command to resume that sweep, or give "
+                        "overwrite=true to replace its jobs"
+                    )
+                states.append(state)
+                folders.add(run_dir)
+        if foreign := foreign_jobs(sweep_dir, folders):
+            shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+            refuse(
+                f"{sweep_dir} holds {len(foreign)} job folder(s) this sweep does not name ({shown}): it is "
+                "another sweep's folder, and its summary would count them; nothing was changed: start this "
+                "sweep in a new folder (leave hydra.sweep.dir out), or name every job of the earlier sweep"
+            )
+        says_what_resumes(str(sweep_dir), states, replace)
+
+
+def refuse(problem: str) -> NoReturn:
+    """A sweep refused before it began: one line, exit status 2."""
+    print(f"error: {problem}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 class BatchedLauncher(Launcher):
@@ -241,14 +316,14 @@ class BatchedLauncher(Launcher):
 
     def _launch_group(self, label: str, jobs: list[Job]) -> dict[int, JobReturn]:
         from src.pipeline.batched import batching_problem
-        from src.pipeline.run import FINISHED, read_run
+        from src.pipeline.run import kept, read_run
 
         template = self.hydra_context.config_loader.load_sweep_config(self.config, list(jobs[0][1]))
         returns: dict[int, JobReturn] = {}
         states = earlier_states(template, jobs)
         for index, overrides, _ in jobs:  # finished in an earlier start of the sweep: skipped
             state, run_dir = states[index]
-            if state == FINISHED:
+            if kept(state, template):
                 returns[index] = completed(overrides, read_run(run_dir).metrics.get("val/loss"))
         jobs = [job for job in jobs if job[0] not in returns]
         if not jobs:
@@ -339,7 +414,7 @@ class BatchedLauncher(Launcher):
         from src.files import flushed_together
         from src.pipeline.batched import member_jobs, train_members
         from src.pipeline.config import MemberConfigs
-        from src.pipeline.run import FINISHED, read_run, run_job
+        from src.pipeline.run import kept, read_run, run_job
 
         configs = MemberConfigs(self._task_config(template, None), [seed for _, _, seed in chunk])
         chunk_dir = Path(str(self.config.hydra.sweep.dir)) / "batched" / f"{chunk[0][0]}-{chunk[-1][0]}"
@@ -348,7 +423,7 @@ class BatchedLauncher(Launcher):
         started = time.perf_counter()
         # A requeued chunk keeps the job folders it had written.
         states = earlier_states(template, chunk)
-        finished = {index for index, (state, _) in states.items() if state == FINISHED}
+        finished = {index for index, (state, _) in states.items() if kept(state, template)}
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         # Hydra's view of the current job (what ${hydra:...}, ${job_name:...} resolve) is set once and
         # then pointed at each member in place: a thousand copies of it would cost seconds.
@@ -359,15 +434,19 @@ class BatchedLauncher(Launcher):
                 run_dir = states[index][1]
                 returns[index] = completed(overrides, read_run(run_dir).metrics.get("val/loss"))
             else:
-                returns[index], run_dir = self._job_folder(
+                returns[index], run_dir, record = self._job_folder(
                     template, sweep_dir, configs, member, overrides, index
                 )
-                pending.append((member, index, run_dir))
+                pending.append((member, index, run_dir, record))
         jobs = member_jobs(
-            members, configs, [member for member, *_ in pending], [run_dir for *_, run_dir in pending]
+            members,
+            configs,
+            [member for member, *_ in pending],
+            [run_dir for _, _, run_dir, _ in pending],
+            [record for *_, record in pending],
         )
         with flushed_together():  # one flush to the disk for the chunk's folders, not one per file
-            for job, (member, index, run_dir) in zip(
+            for job, (member, index, run_dir, _) in zip(
                 jobs, self._progress(pending, f"writing {len(pending)} job folders"), strict=True
             ):
                 self._set_job(HydraConfig.instance().cfg, chunk[member][1], index)  # e.g. its W&B run's name
@@ -437,23 +516,24 @@ class BatchedLauncher(Launcher):
             job_subdir_key="hydra.sweep.subdir",
         )
 
+    @staticmethod
     def _job_folder(
-        self,
         template: DictConfig,
         sweep_dir: Path,
         configs: Any,
         member: int,
         overrides: Sequence[str],
         index: int,
-    ) -> tuple[JobReturn, Path]:
-        """A batched member's job folder with its .hydra/ (Hydra's own job runner writes these for
-        the jobs it runs) and its JobReturn; the folder is resolved with the member's own seed and
-        number (hydra.sweep.subdir=${seed})."""
+    ) -> tuple[JobReturn, Path, dict[str, str]]:
+        """A batched member's job folder, its JobReturn and its .hydra/ files (what Hydra's own job
+        runner records for the jobs it runs: the composed config and the overrides); the folder is
+        resolved with the member's own seed and number (hydra.sweep.subdir=${seed})."""
         cfg = configs[member]
         run_dir = job_folder(template, index, cfg.seed, sweep_dir)
         result = JobReturn(overrides=list(overrides), cfg=cfg, working_dir=str(Path.cwd()))
         result.status = JobStatus.COMPLETED
-        (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-        (run_dir / ".hydra" / "config.yaml").write_text(configs.unresolved_yaml(member))
-        (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
-        return result, run_dir
+        record = {
+            "config.yaml": configs.unresolved_yaml(member),
+            "overrides.yaml": yaml.safe_dump(list(overrides)),
+        }
+        return result, run_dir, record

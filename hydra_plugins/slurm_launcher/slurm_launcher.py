@@ -65,7 +65,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from src.analysis.sweep import write_summary
         from src.pipeline.cluster import detach, record_submission, wait_for
-        from src.pipeline.run import FINISHED, read_run
+        from src.pipeline.run import kept, read_run
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -80,7 +80,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             states = earlier_states(template, jobs)
             for job in jobs:
                 state, run_dir = states[job[0]]
-                if state == FINISHED:  # in an earlier start of this sweep
+                if kept(state, template):  # finished in an earlier start of this sweep
                     returns[job[0]] = completed(job[1], read_run(run_dir).metrics.get("val/loss"))
                 else:
                     pending.append((job, run_dir))

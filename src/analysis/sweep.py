@@ -431,6 +431,15 @@ def write_summary(sweep_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """A file's modification time and size (None where it does not exist): whether it was written since."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_mtime_ns, status.st_size
+
+
 class SweepSummary(Callback):
     """Hydra callback: summarise the sweep when a multirun ends; exit non-zero if a job failed
     (after the summary is written, so the other jobs' results are kept and counted). A sweep that
@@ -441,11 +450,16 @@ class SweepSummary(Callback):
         self._ended = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        atexit.register(self._summarise_if_stopped, Path(str(config.hydra.sweep.dir)))
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        atexit.register(self._summarise_if_stopped, sweep_dir, _stamp(sweep_dir / "multirun.yaml"))
 
-    def _summarise_if_stopped(self, sweep_dir: Path) -> None:
-        if self._ended or not sweep_dir.is_dir() or not any(sweep_dir.glob("*/.hydra")):
-            return  # nothing to summarise: it stopped before any job started (e.g. a bad config value)
+    def _summarise_if_stopped(self, sweep_dir: Path, earlier: tuple[int, int] | None) -> None:
+        if self._ended or _stamp(sweep_dir / "multirun.yaml") in (None, earlier):
+            # Nothing to summarise: the sweeper refused the sweep before it began (a bad value, another
+            # sweep's folder), so this sweep's multirun.yaml was never written.
+            return
+        if not any(sweep_dir.glob("*/.hydra")):
+            return  # it stopped before any job started
         summary = write_summary(sweep_dir)
         log.error(
             "Sweep stopped before its end: %s summarises the %d job(s) started (%d failed or interrupted)",

@@ -431,12 +431,18 @@ def train_members(
 
 
 def member_jobs(
-    members: TrainedMembers, cfgs: MemberConfigs, indices: Sequence[int], run_dirs: Sequence[Path]
+    members: TrainedMembers,
+    cfgs: MemberConfigs,
+    indices: Sequence[int],
+    run_dirs: Sequence[Path],
+    records: Sequence[dict[str, str]] | None = None,
 ) -> list[Callable[[Run], dict[str, Any]]]:
     """The jobs (as `run_job` runs them) that write the run folders `run_dirs` of the members
-    `indices` as their single runs would. The per-image work of these members (validation scores,
-    test stage, evaluations) is done first, for all of them at once (`finishings_of_members`); the
-    jobs only write. Should that shared work fail, every member's job fails with its error."""
+    `indices` as their single runs would, with Hydra's record of each job (`records`, .hydra/ file
+    name to text, from the launcher; none given: none written). The per-image work of these
+    members (validation scores, test stage, evaluations) is done first, for all of them at once
+    (`finishings_of_members`); the jobs only write. Should that shared work fail, every member's
+    job fails with its error."""
     for run_dir in run_dirs:
         run_dir.mkdir(parents=True, exist_ok=True)  # evaluations may write files (solution.md)
     try:
@@ -450,20 +456,29 @@ def member_jobs(
         )
     except Exception as error:  # each job reports it, in its own error.txt
         shared = error
-    return [_member_job(members, cfgs, index, position, shared) for position, index in enumerate(indices)]
+    return [
+        _member_job(members, cfgs, index, position, shared, records[position] if records else {})
+        for position, index in enumerate(indices)
+    ]
 
 
 def _member_job(
-    members: TrainedMembers, cfgs: MemberConfigs, index: int, position: int, shared: tuple | BaseException
+    members: TrainedMembers,
+    cfgs: MemberConfigs,
+    index: int,
+    position: int,
+    shared: tuple | BaseException,
+    record: dict[str, str],
 ) -> Callable[[Run], dict[str, Any]]:
-    """Member `index`'s job; `position`: its place among the members finished together."""
+    """Member `index`'s job; `position`: its place among the members finished together; `record`:
+    its .hydra/ files."""
 
     def write(run: Run) -> dict[str, Any]:
         if isinstance(shared, BaseException):
             raise shared
         val_scores, finishings = shared
         cfg, run_dir, rows = cfgs[index], run.dir, members.rows(index)
-        run.start(resolved=lambda: cfgs.resolved(index))
+        run.start(resolved=lambda: cfgs.resolved(index), record=record)
         last_epoch = rows[-1] if rows else {}
         metrics: dict[str, Any] = {
             "train/time_s": members.seconds / members.final.count,

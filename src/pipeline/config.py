@@ -130,6 +130,7 @@ BOOLEANS = (
     "figures",
     "print_config",
     "resume_in_place",
+    "overwrite",
     "compile",
     "ood.enabled",
     "ood.plots",

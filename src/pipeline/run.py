@@ -11,6 +11,7 @@ import fnmatch
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
 import traceback
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 import yaml
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from pytorch_lightning.loggers import Logger
@@ -33,13 +35,18 @@ from src.pipeline.config import build, config_yaml, load_run_config
 from src.pipeline.loggers import build_loggers
 from src.pipeline.process import Interrupted, interrupt_on_signals, prepare_training_process
 from src.reporting import wandb as wandb_reporting
+from src.values import parse_bool
 
 log = logging.getLogger(__name__)
 
 # What a job started again finds in the folder of an earlier start of it (`earlier_state`), and
-# what it does: NEW trains, FINISHED is skipped (in a sweep), INTERRUPTED resumes from its
-# last.ckpt, FAILED trains afresh.
-NEW, FINISHED, INTERRUPTED, FAILED = "new", "finished", "interrupted", "failed"
+# what it does: NEW trains, FINISHED is skipped, INTERRUPTED resumes from its last.ckpt, FAILED
+# trains afresh, OTHER (a finished or interrupted run of another config) is refused, unless
+# `overwrite=true` replaces it.
+NEW, FINISHED, INTERRUPTED, FAILED, OTHER = "new", "finished", "interrupted", "failed", "other"
+# Hydra's record of a job in its folder: the composed config (unresolved), its overrides, Hydra's
+# own settings. Written by `Run.start` (conf/hydra/default.yaml sets hydra.output_subdir=null).
+RECORD = ".hydra"
 # The first words of an interrupted job's error.txt (`Run.interrupted`).
 INTERRUPTED_BY = "Interrupted by"
 
@@ -68,13 +75,25 @@ class Run:
     """One run folder `run_dir` for the config `cfg`."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
-        self.cfg, self.dir = cfg, run_dir
+        # `job_cfg`: the config the job was started with, as Hydra composed it (src.eval's job then
+        # takes the evaluated run's as `cfg`).
+        self.cfg, self.job_cfg, self.dir = cfg, cfg, run_dir
         self._loggers: list[Logger] | None = None
 
-    def start(self, show: bool = False, resolved: Callable[[], dict[str, Any]] | None = None) -> None:
-        """Create the folder and write the resolved config.yaml (`config_text`); print it as a tree
-        with `show`."""
+    def start(
+        self,
+        show: bool = False,
+        resolved: Callable[[], dict[str, Any]] | None = None,
+        record: dict[str, str] | None = None,
+    ) -> None:
+        """Create the folder and write Hydra's record of the job (.hydra/: `record`, file name to
+        text, when the caller has it, e.g. a batched member; else `hydra_record` of `job_cfg`) and
+        the resolved config.yaml (`config_text`); print it as a tree with `show`. Called by the job
+        that `run_job` runs, once it has decided what an earlier run in the folder means
+        (`earlier_state`): a command refused there leaves that run's folder as it was."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        for name, text in (hydra_record(self.job_cfg) if record is None else record).items():
+            write_text_atomic(self.dir / RECORD / name, text)
         write_text_atomic(self.dir / "config.yaml", self.config_text(resolved))
         if show:
             print_config_tree(self.cfg)
@@ -89,18 +108,40 @@ class Run:
         return config_yaml(OmegaConf.to_container(self.cfg, resolve=True) if resolved is None else resolved())
 
     def earlier(self) -> str:
-        """What an earlier start of this job left in the folder (`earlier_state`), its config.yaml
-        compared with this config's."""
-        config = self.dir / "config.yaml"
-        return earlier_state(self.dir, lambda: config.read_text() == self.config_text())
+        """What an earlier start of this job left in the folder (`earlier_state`), its composed
+        config (.hydra/config.yaml) compared with this job's."""
+        return earlier_state(self.dir, lambda: not self.changed_keys())
+
+    def changed_keys(self) -> list[str]:
+        """Where this job's composed config differs from the one an earlier start recorded in the
+        folder (`config_changes`)."""
+        return config_changes(self.dir, OmegaConf.to_container(self.job_cfg, resolve=False))
 
     def set_aside(self) -> None:
-        """Before the job trains afresh where an earlier start failed (or ran another config): that
-        start's metrics.json and checkpoints/last.ckpt are removed, its error.txt kept (appended to
-        error.before-rerun.txt)."""
+        """Before the job trains afresh where an earlier start failed: that start's metrics.json
+        and checkpoints are removed, its error.txt kept (appended to error.before-rerun.txt)."""
         self._keep_error("error.before-rerun.txt")
-        for stale in (self.dir / "metrics.json", self.dir / "checkpoints" / "last.ckpt"):
-            stale.unlink(missing_ok=True)
+        (self.dir / "metrics.json").unlink(missing_ok=True)
+        shutil.rmtree(self.dir / "checkpoints", ignore_errors=True)
+
+    def clear(self) -> None:
+        """Before the job replaces an earlier run of the folder (`overwrite=true`): everything that
+        run wrote is removed; its lock (this job's) stays, and the log files this process writes
+        into it (Hydra's job log) are emptied, not removed, to go on logging."""
+        logs = {
+            Path(handler.baseFilename)
+            for handler in logging.getLogger().handlers
+            if isinstance(handler, logging.FileHandler)
+        }
+        for entry in self.dir.iterdir():
+            if entry.name == LOCK:
+                continue
+            if entry.resolve() in logs:
+                os.truncate(entry, 0)
+            elif entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
 
     def _keep_error(self, name: str) -> None:
         error = self.dir / "error.txt"
@@ -164,7 +205,9 @@ class Run:
         else:
             resume = (
                 f"The state after epoch {saved['epoch']} (step {saved['global_step']}) is in {last}: resume "
-                f"with the same command and ckpt_path={last}; the result equals an uninterrupted run's."
+                "it in this folder with the same command started into it again (hydra.run.dir, or a sweep's "
+                f"hydra.sweep.dir), or into a new folder with the same command and ckpt_path={last}; the "
+                "result equals an uninterrupted run's."
                 if saved is not None
                 else "No epoch had finished, so there is no checkpoint to resume from: run the job again."
             )
@@ -193,7 +236,11 @@ class Run:
 LOCK = ".lock"
 
 
-class FolderInUse(UserError):
+class NothingWritten(UserError):
+    """A job refused before it has written anything into its folder (which may be another run's)."""
+
+
+class FolderInUse(NothingWritten):
     """A run folder another running process is writing."""
 
 
@@ -317,21 +364,99 @@ def read_overrides(path: Path) -> list[str]:
 
 def earlier_state(run_dir: Path, same_config: Callable[[], bool]) -> str:
     """What an earlier start of a job left in `run_dir`: NEW (no config.yaml: it never began),
-    FINISHED (its metrics.json complete, no error.txt, and `same_config()`), INTERRUPTED (a
-    checkpoints/last.ckpt, no metrics.json, no error.txt but an interruption's, and `same_config()`),
-    else FAILED (a failure, a run killed before its first checkpoint, or another config)."""
+    FINISHED (its metrics.json complete, no error.txt), INTERRUPTED (a checkpoints/last.ckpt, no
+    metrics.json, no error.txt but an interruption's), each only with `same_config()` and else
+    OTHER (a result or a resumable state of another config), or FAILED (a failure, or a run killed
+    before its first checkpoint, of any config)."""
     if not (run_dir / "config.yaml").is_file():
         return NEW
     record = read_run(run_dir)
-    if record.finished:
-        return FINISHED if same_config() else FAILED
     error = run_dir / "error.txt"
     interrupted = (
         not (run_dir / "metrics.json").exists()
         and (run_dir / "checkpoints" / "last.ckpt").is_file()
         and (not error.is_file() or error.read_text().startswith(INTERRUPTED_BY))
     )
-    return INTERRUPTED if interrupted and same_config() else FAILED
+    if not (record.finished or interrupted):
+        return FAILED
+    if not same_config():
+        return OTHER
+    return FINISHED if record.finished else INTERRUPTED
+
+
+def kept(state: str, cfg: DictConfig) -> bool:
+    """Whether a job's earlier start stands as its result, and the job is skipped: it finished with
+    this config (`earlier_state` FINISHED), and `overwrite` is not true."""
+    return state == FINISHED and not parse_bool("overwrite", cfg.get("overwrite", False))
+
+
+def hydra_record(cfg: DictConfig) -> dict[str, str]:
+    """Hydra's record of the current job, as Hydra's job runner would write it into .hydra/ (none
+    outside a Hydra job)."""
+    if not HydraConfig.initialized():
+        return {}
+    hydra = HydraConfig.instance().cfg
+    return {
+        "config.yaml": OmegaConf.to_yaml(cfg),
+        "hydra.yaml": OmegaConf.to_yaml(hydra),
+        "overrides.yaml": OmegaConf.to_yaml(hydra.hydra.overrides.task),
+    }
+
+
+def recorded_config(run_dir: Path) -> dict[str, Any] | None:
+    """The composed config an earlier start recorded in `run_dir` (.hydra/config.yaml); None where
+    there is none, or it is not a YAML mapping."""
+    path = run_dir / RECORD / "config.yaml"
+    try:
+        loaded = yaml.load(path.read_bytes(), getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (OSError, yaml.YAMLError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+# Keys that say how a command runs, not what it computes: they may differ between two starts of a job.
+RUN_CONTROLS = ("overwrite", "resume_in_place", "print_config")
+
+
+def config_changes(run_dir: Path, composed: dict[str, Any]) -> list[str]:
+    """The dotted keys whose values differ between `composed` (a job's composed config) and the one
+    recorded in `run_dir` (`recorded_config`; ["(the recorded config)"] where there is none), the
+    `RUN_CONTROLS` left out."""
+    recorded = recorded_config(run_dir)
+    if recorded is None:
+        return [f"{RECORD}/config.yaml (missing or damaged)"]
+    return changed_keys(
+        {k: v for k, v in recorded.items() if k not in RUN_CONTROLS},
+        {k: v for k, v in composed.items() if k not in RUN_CONTROLS},
+    )
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested configs (a key one lacks counts)."""
+    if old == new:
+        return []
+    keys = []
+    for key in sorted(old.keys() | new.keys(), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += changed_keys(a, b, f"{prefix}{key}.")
+        elif key not in old or key not in new or a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+class FolderHoldsAnotherRun(NothingWritten):
+    """A job started into a folder holding a finished or interrupted run of another config."""
+
+
+def another_run(run_dir: Path, keys: list[str]) -> FolderHoldsAnotherRun:
+    """The one-line refusal of a job whose folder holds another config's run (`OTHER`)."""
+    shown = ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+    return FolderHoldsAnotherRun(
+        f"{run_dir} holds a run of another config (it differs in {shown}); "
+        "nothing was changed: start this one in another folder, run the earlier command to use it, or "
+        "give overwrite=true to replace it"
+    )
 
 
 def run_job(
@@ -352,13 +477,25 @@ def run_job(
     try:
         with folder_lock(run_dir), interrupt_on_signals():
             earlier = run.earlier() if _first_process() else NEW
-            if earlier == FINISHED and in_sweep:
-                log.info("Job %s had finished with this config: skipped", run_dir)
-                return read_run(run_dir).metrics.get("val/loss")
-            if earlier == FAILED or (earlier == INTERRUPTED and not cfg.get("resume_in_place")):
+            try:
+                replace = parse_bool("overwrite", cfg.get("overwrite", False))
+            except ConfigValueError as error:
+                raise NothingWritten(str(error)) from None
+            if earlier == OTHER and not replace:
+                raise another_run(run_dir, run.changed_keys())
+            if kept(earlier, cfg):  # printed, not logged: the job's log file is the finished run's
+                metrics = read_run(run_dir).metrics
+                if not in_sweep:  # a sweep says how many of its jobs it skips
+                    print(f"{run_dir} had finished with this config: nothing to do", end="")
+                    print(" (overwrite=true trains it again)")
+                    print(run.headline(metrics))
+                return metrics.get("val/loss")
+            if earlier in (OTHER, FINISHED):
+                run.clear()
+            elif earlier == FAILED or (earlier == INTERRUPTED and not cfg.get("resume_in_place")):
                 run.set_aside()
             metrics = job(run)
-    except FolderInUse as error:  # the folder is another run's: nothing written into it
+    except NothingWritten as error:  # e.g. another run's folder: refused before anything is written
         if in_sweep:
             log.error("Job %s not run: %s", run_dir, error)
             return None

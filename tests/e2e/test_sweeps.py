@@ -312,7 +312,7 @@ def test_a_sweep_started_again_skips_finished_jobs_resumes_interrupted_and_rerun
     assert again.returncode == 0, said[-3000:]
     assert (
         "started again: 1 finished (skipped), 1 interrupted (resumed from last.ckpt), "
-        "1 failed or with another config (trained afresh), 0 new"
+        "1 failed (trained afresh), 0 new"
     ) in said
     assert (tmp_path / "0" / "metrics.json").stat().st_mtime_ns == finished_at
     assert "a node died" in (tmp_path / "1" / "error.before-rerun.txt").read_text()
@@ -321,11 +321,12 @@ def test_a_sweep_started_again_skips_finished_jobs_resumes_interrupted_and_rerun
         got = json.loads((tmp_path / job / "metrics.json").read_text())
         assert got["test/loss"] == metrics[job]["test/loss"] and got["steps"] == metrics[job]["steps"], job
     assert json.loads((tmp_path / "summary.json").read_text())["n_failed"] == 0
-    # Another config in the same folder: every job trains afresh.
-    changed = src_run(*sweep, "trainer.max_epochs=60", f"hydra.sweep.dir={tmp_path}")
+    # Another config in the same folder is refused (tests/e2e/test_folder_owners.py); with
+    # overwrite=true every job is replaced.
+    changed = src_run(*sweep, "trainer.max_epochs=60", "overwrite=true", f"hydra.sweep.dir={tmp_path}")
     assert changed.returncode == 0, changed.stderr[-3000:]
-    assert (
-        "0 finished (skipped), 0 interrupted (resumed from last.ckpt), 3 failed"
-        in changed.stdout + changed.stderr
+    assert "3 of another config replaced" in changed.stdout + changed.stderr
+    assert all(
+        json.loads((tmp_path / job / "metrics.json").read_text())["epochs"] == 60 for job in ("0", "1", "2")
     )
     assert json.loads((tmp_path / "0" / "metrics.json").read_text())["steps"] == 60

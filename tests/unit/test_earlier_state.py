@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from src.pipeline.run import FAILED, FINISHED, INTERRUPTED, INTERRUPTED_BY, NEW, earlier_state
+from src.pipeline.run import FAILED, FINISHED, INTERRUPTED, INTERRUPTED_BY, NEW, OTHER, earlier_state
 
 
 def _folder(tmp_path: Path, *files: str, error: str | None = None) -> Path:
@@ -23,11 +23,12 @@ def _folder(tmp_path: Path, *files: str, error: str | None = None) -> Path:
     [
         ((), None, True, NEW),
         (("config.yaml", "metrics.json"), None, True, FINISHED),
-        (("config.yaml", "metrics.json"), None, False, FAILED),  # another config
+        (("config.yaml", "metrics.json"), None, False, OTHER),  # another config's result
         (("config.yaml", "metrics.json"), "Traceback ...\nOSError: upload failed", True, FAILED),
         (("config.yaml", "checkpoints/last.ckpt"), None, True, INTERRUPTED),  # killed, no word
         (("config.yaml", "checkpoints/last.ckpt"), f"{INTERRUPTED_BY} SIGTERM at epoch 3", True, INTERRUPTED),
-        (("config.yaml", "checkpoints/last.ckpt"), f"{INTERRUPTED_BY} SIGTERM at epoch 3", False, FAILED),
+        (("config.yaml", "checkpoints/last.ckpt"), f"{INTERRUPTED_BY} SIGTERM at epoch 3", False, OTHER),
+        (("config.yaml", "metrics.json"), "Traceback ...\nOSError: upload failed", False, FAILED),
         (("config.yaml", "checkpoints/last.ckpt"), "Traceback ...\nFloatingPointError: NaN", True, FAILED),
         (("config.yaml",), None, True, FAILED),  # killed before its first checkpoint
     ],
