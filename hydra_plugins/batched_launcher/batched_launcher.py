@@ -451,7 +451,7 @@ class BatchedLauncher(Launcher):
             ):
                 self._set_job(HydraConfig.instance().cfg, chunk[member][1], index)  # e.g. its W&B run's name
                 returns[index].return_value = run_job(
-                    job, configs[member], run_dir, in_sweep=True, quiet=True
+                    job, configs[member], run_dir, in_sweep=True, quiet=True, earlier=states[index][0]
                 )
         finished = time.perf_counter() - started
         # The chunk's phases, for benchmarks and for a user asking where a sweep's time went.

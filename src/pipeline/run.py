@@ -460,7 +460,12 @@ def another_run(run_dir: Path, keys: list[str]) -> FolderHoldsAnotherRun:
 
 
 def run_job(
-    job: Callable[[Run], dict[str, Any]], cfg: DictConfig, run_dir: Path, in_sweep: bool, quiet: bool = False
+    job: Callable[[Run], dict[str, Any]],
+    cfg: DictConfig,
+    run_dir: Path,
+    in_sweep: bool,
+    quiet: bool = False,
+    earlier: str | None = None,
 ) -> float | None:
     """Run `job` on the Run of `run_dir`. A failure leaves error.txt beside whatever the run already
     wrote; a single run then raises, while a sweep job returns None so that the other jobs go on and
@@ -470,13 +475,16 @@ def run_job(
     SIGINT stops the job, and a sweep with it, with error.txt saying where and how to resume, and
     exit status 143 or 130. The closing line is logged unless `quiet` (a batched sweep's members:
     the sweep has its own). Returns the validation loss, which sweepers such as Optuna minimise. A
-    folder an earlier start of the job left (`earlier_state`): finished with this config, a sweep
-    job skips it; failed, the job trains afresh; interrupted, it resumes (`Run.checkpoint_to_resume`)."""
+    folder an earlier start of the job left (`earlier_state`; `earlier` where the caller has found
+    it already, e.g. a batched launcher from the members' own configs): finished with this config,
+    the job is skipped; of another config, it is refused (`overwrite=true` replaces it); failed, the
+    job trains afresh; interrupted, it resumes (`Run.checkpoint_to_resume`)."""
     prepare_training_process()
     run = Run(cfg, run_dir)
     try:
         with folder_lock(run_dir), interrupt_on_signals():
-            earlier = run.earlier() if _first_process() else NEW
+            if earlier is None:
+                earlier = run.earlier() if _first_process() else NEW
             try:
                 replace = parse_bool("overwrite", cfg.get("overwrite", False))
             except ConfigValueError as error:
