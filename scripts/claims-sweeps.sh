@@ -23,14 +23,14 @@ sweep claims/census_ca_w2_latent2 experiment=census_ca_2x2 'seed=range(0,1000)' 
   hydra/launcher=batched
 sweep claims/census_ca_widths experiment=census_ca_2x2 'seed=range(0,500)' \
   'model.net.hidden_dims=[4],[8],[32],[128]' hydra/launcher=batched
-# The census's merged-pair runs, trained ten times as long: do the merges last?
+# The census's merged runs with no identical layer, trained ten times as long: do they stay merged?
 merged=$("$python" -c "
 import json, pathlib
 folder = pathlib.Path('$root/claims/census_ca_w2')
-seeds = sorted(int(job.name) for job in folder.iterdir() if job.name.isdigit()
-               and json.loads((job / 'metrics.json').read_text())['test/outcome']
-               in ('one_merged_pair', 'two_merged_pairs'))
-print(','.join(map(str, seeds)))")
+runs = [json.loads(path.read_text()) for path in folder.glob('*/metrics.json')]
+print(','.join(str(run['seed']) for run in sorted(runs, key=lambda run: run['seed'])
+               if run['test/outcome'] in ('one_merged_pair', 'two_merged_pairs')
+               and 'no identical layer' in run.get('test/merge_reason', '')))")
 sweep claims/census_ca_w2_long experiment=census_ca_2x2 "seed=$merged" trainer.max_epochs=50000 \
   trainer.check_val_every_n_epoch=5000 callbacks.last_checkpoint.every_n_epochs=5000 hydra/launcher=batched
 sweep claims/lines_ca_v2 experiment=census_lines_ca 'seed=range(0,200)' hydra/launcher=batched
