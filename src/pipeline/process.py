@@ -52,17 +52,31 @@ def prepare_training_process() -> None:
     keep_freed_memory()
 
 
-class Interrupted(BaseException):
+class Interrupted(SystemExit):
     """A job stopped by a signal (SIGTERM: a cluster's time limit or preemption; SIGINT: Ctrl-C). A
-    BaseException, so that nothing on the way treats it as an ordinary error; `status` is the
-    conventional exit status (128 + the signal's number)."""
+    SystemExit, so that nothing on the way treats it as an ordinary error (Hydra and submitit go on
+    past an Exception) and, uncaught, it ends the process quietly with its `status`: the
+    conventional 128 + the signal's number."""
 
     def __init__(self, signum: int) -> None:
         self.signal = signal.Signals(signum).name
         self.status = 128 + signum
         self.epoch: int | None = None
         self.step: int | None = None
-        super().__init__(f"interrupted by {self.signal}")
+        super().__init__(self.status)
+
+    def __str__(self) -> str:
+        return f"interrupted by {self.signal}"
+
+
+# Every interruption this process received: what reports it after the exception has gone by (a
+# sweep's summary, written as the process exits) reads the first (`interruption`).
+_received: list[Interrupted] = []
+
+
+def interruption() -> Interrupted | None:
+    """The interruption that stopped this process (its first signal), or None."""
+    return _received[0] if _received else None
 
 
 @contextlib.contextmanager
@@ -74,7 +88,8 @@ def interrupt_on_signals() -> Iterator[None]:
         return
 
     def interrupt(signum: int, frame: object) -> None:
-        raise Interrupted(signum)
+        _received.append(Interrupted(signum))
+        raise _received[-1]
 
     previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
