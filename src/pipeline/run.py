@@ -92,12 +92,17 @@ class Run:
         the resolved config.yaml (`config_text`); print it as a tree with `show`. Called by the job
         that `run_job` runs, once it has decided what an earlier run in the folder means
         (`earlier_state`): a command refused there leaves that run's folder as it was."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for name, text in (hydra_record(self.job_cfg) if record is None else record).items():
-            write_text_atomic(self.dir / RECORD / name, text)
+        self.write_record(record)
         write_text_atomic(self.dir / "config.yaml", self.config_text(resolved))
         if show:
             print_config_tree(self.cfg)
+
+    def write_record(self, record: dict[str, str] | None = None) -> None:
+        """Hydra's record of the job in .hydra/: `record` (file name to text) when the caller has
+        it, else `hydra_record` of `job_cfg`."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for name, text in (hydra_record(self.job_cfg) if record is None else record).items():
+            write_text_atomic(self.dir / RECORD / name, text)
 
     def config_text(self, resolved: Callable[[], dict[str, Any]] | None = None) -> str:
         """The resolved config as config.yaml holds it, `paths.run_dir` (where callbacks write) set to
@@ -392,15 +397,17 @@ def earlier_state(run_dir: Path, same_config: Callable[[], bool]) -> str:
     """What an earlier start of a job left in `run_dir`: NEW (no config.yaml and no error.txt: it
     never began), FINISHED (its metrics.json complete, no error.txt), INTERRUPTED (a
     checkpoints/last.ckpt, no metrics.json, no error.txt but an interruption's), each only with
-    `same_config()` and else OTHER (a result or a resumable state of another config); INTERRUPTED
-    too for no config.yaml and an interruption's error.txt (stopped before it began: a batched
-    member while its chunk trained); else FAILED (a failure, or a run killed before its first
-    checkpoint, of any config)."""
+    `same_config()` and else OTHER (a result or a resumable state of another config); the same for
+    no config.yaml and an interruption's error.txt (stopped before it began: a batched member while
+    its chunk trained, its .hydra/ recorded); else FAILED (a failure, or a run killed before its
+    first checkpoint, of any config)."""
     error = run_dir / "error.txt"
     if not (run_dir / "config.yaml").is_file():
         if not error.is_file():
             return NEW
-        return INTERRUPTED if error.read_text().startswith(INTERRUPTED_BY) else FAILED
+        if not error.read_text().startswith(INTERRUPTED_BY):
+            return FAILED
+        return INTERRUPTED if same_config() else OTHER
     record = read_run(run_dir)
     interrupted = (
         not (run_dir / "metrics.json").exists()

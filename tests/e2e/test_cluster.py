@@ -136,11 +136,10 @@ def test_a_batched_sweep_in_slurm_chunks_survives_a_requeue_and_equals_the_local
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output[-3000:]
     assert _restarts(job_id) == 1
-    # The chunk stopped at the requeue and resumed from its last.ckpt (submitit's log of the job).
-    assert (
-        "Interrupted: interrupted by SIGTERM"
-        in (on_slurm / ".submitit" / job_id / f"{job_id}_0_log.err").read_text()
-    )
+    # The chunk stopped at the requeue, its members' folders saying so, and resumed from its last.ckpt.
+    for member in ("2", "3"):
+        kept = (on_slurm / member / "error.before-resume.txt").read_text()
+        assert kept.startswith("Interrupted by SIGTERM") and "batched/2-3/last.ckpt" in kept, kept
     _same_results(on_slurm, local)
 
 
