@@ -60,6 +60,17 @@ def src_run_started(*arguments: str, cwd: Path = PROJECT_ROOT) -> subprocess.Pop
     )
 
 
+def slurm_problem() -> str | None:
+    """Why the tests that need a SLURM cannot run here (`sinfo` does not answer), or None."""
+    try:
+        answer = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"no SLURM here ({error}): start one with `sudo bash scripts/slurm-up.sh`"
+    if answer.returncode != 0 or not answer.stdout.strip():
+        return f"sinfo does not answer ({answer.stderr.strip()}): start SLURM with scripts/slurm-up.sh"
+    return None
+
+
 # Each dataset at a few batches (MNIST's from ../shared/datasets).
 SMALL_DATA = {
     "lines": ["data.n_train=64", "data.n_val=16", "data.n_test=16"],

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import PROJECT_ROOT, src_run, src_run_started
+from tests.helpers import PROJECT_ROOT, slurm_problem, src_run, src_run_started
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -44,12 +44,8 @@ BATCHED_SLURM = [
 @pytest.fixture(scope="module", autouse=True)
 def slurm() -> None:
     """A SLURM that answers; the tests skip, saying why, where there is none."""
-    try:
-        answer = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        pytest.skip(f"no SLURM here ({error}): start one with `sudo bash scripts/slurm-up.sh`")
-    if answer.returncode != 0 or not answer.stdout.strip():
-        pytest.skip(f"sinfo does not answer ({answer.stderr.strip()}): start SLURM with scripts/slurm-up.sh")
+    if problem := slurm_problem():
+        pytest.skip(problem)
 
 
 def _wait(condition, what: str, timeout: float = 120) -> None:

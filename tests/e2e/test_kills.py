@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import src_run, src_run_started
+from tests.e2e.test_cluster import SLURM
+from tests.helpers import slurm_problem, src_run, src_run_started
 
 pytestmark = pytest.mark.slow
 
@@ -268,3 +269,28 @@ def test_a_batched_sweep_stopped_while_writing_job_folders_says_so_and_resumes(
         assert f"is in {sweep_dir / 'batched' / '0-7' / 'last.ckpt'}: resume" in error, error
     assert not any((sweep_dir / member / "metrics.json").exists() for member in stopped[1:])
     _resumed(arguments, whole("batched"), "1 finished (skipped)")
+
+
+@pytest.mark.cluster
+def test_a_slurm_sweep_whose_launching_process_is_stopped_says_so_and_resumes(
+    tmp_path: Path, whole: Callable
+) -> None:
+    """The slurm launcher: its jobs run on the cluster, so SIGTERM to the process that submitted
+    them and waits stops none of them; that process exits 143 with a summary saying it was
+    interrupted, and the same command, once the jobs have ended, finishes the sweep without
+    training any job again. Skipped, saying why, where no SLURM answers."""
+    if problem := slurm_problem():
+        pytest.skip(problem)
+    arguments = _sweep(tmp_path, [*BASIC, *SLURM])
+    sweep_dir = tmp_path / "sweep"
+    started = (sweep_dir / "0" / "checkpoints" / "last.ckpt").is_file
+    status, output = _kill_when(arguments, started, signal.SIGTERM, timeout=300)
+    assert status == 143, output[-3000:]
+    assert f"Sweep {sweep_dir} interrupted by SIGTERM: " in output.strip().splitlines()[-1], output[-3000:]
+    interrupted = json.loads((sweep_dir / "summary.json").read_text())["interrupted"]
+    assert interrupted["by"] == "SIGTERM" and interrupted["jobs"] == []  # none stopped: they run on
+    deadline = time.monotonic() + 300
+    while len(list(sweep_dir.glob("*/metrics.json"))) < 3 or list(sweep_dir.glob("*/.lock")):
+        assert time.monotonic() < deadline, "the sweep's jobs did not end on the cluster"
+        time.sleep(0.5)
+    _resumed(arguments, whole("basic"), "3 finished (skipped)")
