@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import os
 import runpy
@@ -60,8 +61,10 @@ def src_run_started(*arguments: str, cwd: Path = PROJECT_ROOT) -> subprocess.Pop
     )
 
 
+@functools.cache
 def slurm_problem() -> str | None:
-    """Why the tests that need a SLURM cannot run here (`sinfo` does not answer), or None."""
+    """Why the tests that need a SLURM cannot run here (`sinfo` does not answer), or None; asked once
+    (a sinfo without a controller takes seconds to give up)."""
     try:
         answer = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired) as error:

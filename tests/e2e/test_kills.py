@@ -22,21 +22,21 @@ from tests.helpers import slurm_problem, src_run, src_run_started
 
 pytestmark = pytest.mark.slow
 
-# Three census jobs one after another, last.ckpt every 100 of their 600 one-step epochs: long enough
+# Three census jobs one after another, last.ckpt every 50 of their 300 one-step epochs: long enough
 # for a signal to land mid-training once a job's first checkpoint is there.
 BASIC = [
     "experiment=census_ca_2x2",
     "seed=range(0,3)",
-    "trainer.max_epochs=600",
-    "callbacks.last_checkpoint.every_n_epochs=100",
+    "trainer.max_epochs=300",
+    "callbacks.last_checkpoint.every_n_epochs=50",
 ]
 # Eight census seeds trained together, with figures: each member's folder takes a measurable time
 # to write, so a signal can land while the chunk writes them.
 BATCHED = [
     "experiment=census_ca_2x2",
     "seed=range(0,8)",
-    "trainer.max_epochs=1000",
-    "callbacks.last_checkpoint.every_n_epochs=100",
+    "trainer.max_epochs=500",
+    "callbacks.last_checkpoint.every_n_epochs=50",
     "hydra/launcher=batched",
     "figures=true",
 ]
