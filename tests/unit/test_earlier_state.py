@@ -35,7 +35,8 @@ def _folder(tmp_path: Path, *files: str, error: str | None = None) -> Path:
     [
         ((), None, True, NEW),
         # Stopped before it began (a batched member while its chunk trained), or failed before.
-        ((), f"{INTERRUPTED_BY} SIGTERM at epoch 3", False, INTERRUPTED),
+        ((".hydra/config.yaml",), f"{INTERRUPTED_BY} SIGTERM at epoch 3", True, INTERRUPTED),
+        ((".hydra/config.yaml",), f"{INTERRUPTED_BY} SIGTERM at epoch 3", False, OTHER),
         ((), "Traceback ...\nRuntimeError: the shared finishing failed", True, FAILED),
         (("config.yaml", "metrics.json"), None, True, FINISHED),
         (("config.yaml", "metrics.json"), None, False, OTHER),  # another config's result
