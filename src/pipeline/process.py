@@ -9,6 +9,7 @@ import signal
 import threading
 import warnings
 from collections.abc import Iterator
+from types import FrameType
 
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 
@@ -79,15 +80,35 @@ def interruption() -> Interrupted | None:
     return _received[0] if _received else None
 
 
+def _drops_exceptions(frame: FrameType | None) -> bool:
+    """Whether code on the stack of `frame` may be a finaliser (a `__del__`, or a weak reference's
+    callback: the weakref module's containers), where Python prints an exception and drops it: an
+    `Interrupted` raised there would be lost (matplotlib and torch free objects through these all
+    the time)."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__del__" or os.path.basename(code.co_filename) in (
+            "weakref.py",
+            "_weakrefset.py",
+        ):
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextlib.contextmanager
 def interrupt_on_signals() -> Iterator[None]:
     """Within the block, SIGTERM and SIGINT raise `Interrupted` (in the main thread; elsewhere the
-    handlers stay as they are). Lightning chains its own SIGTERM handler in front of this one."""
+    handlers stay as they are), as soon as no finaliser that would drop it runs. Lightning chains
+    its own SIGTERM handler in front of this one."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def interrupt(signum: int, frame: object) -> None:
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        if _drops_exceptions(frame):  # the signal again in a moment, once out of there
+            threading.Timer(0.001, os.kill, (os.getpid(), signum)).start()
+            return
         _received.append(Interrupted(signum))
         raise _received[-1]
 
