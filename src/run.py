@@ -12,6 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from src.pipeline.config import misspelt_keys, register_resolvers
+from src.pipeline.process import interrupt_on_signals
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -27,7 +28,10 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     register_resolvers()
     try:
-        main()
+        # SIGTERM and SIGINT stop the process with their status (`Interrupted`) wherever they land: a
+        # job reports them in its error.txt, a sweep in its summary, also between two of its jobs.
+        with interrupt_on_signals():
+            main()
     except SystemExit as stop:
         # Hydra refused the command line (exit 1): a misspelt key gets the nearest ones and status 2.
         if stop.code == 1 and (lines := misspelt_keys(sys.argv[1:])):

@@ -4,14 +4,19 @@
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import os
 import runpy
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"
@@ -54,6 +59,19 @@ def src_run_started(*arguments: str, cwd: Path = PROJECT_ROOT) -> subprocess.Pop
     return subprocess.Popen(
         command, cwd=cwd, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+
+
+@functools.cache
+def slurm_problem() -> str | None:
+    """Why the tests that need a SLURM cannot run here (`sinfo` does not answer), or None; asked once
+    (a sinfo without a controller takes seconds to give up)."""
+    try:
+        answer = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"no SLURM here ({error}): start one with `sudo bash scripts/slurm-up.sh`"
+    if answer.returncode != 0 or not answer.stdout.strip():
+        return f"sinfo does not answer ({answer.stderr.strip()}): start SLURM with scripts/slurm-up.sh"
+    return None
 
 
 # Each dataset at a few batches (MNIST's from ../shared/datasets).
@@ -146,3 +164,30 @@ def one_line_failure(status: int, stderr: str, message: str, expected: int = 2) 
     last = stderr.strip().splitlines()[-1]
     assert message in last, stderr[-3000:]
     return last
+
+
+class PauseOnce(Callback):
+    """A Hydra callback that holds a sweep at one point for a test's signal to land there: at `hook`
+    (on_job_start, on_job_end or on_multirun_end) of job number `job` (any, if None) it creates
+    `marker` and waits. Once: the same command started again finds `marker` and goes on.
+    `+hydra.callbacks.pause._target_=tests.helpers.PauseOnce +hydra.callbacks.pause.hook=...`"""
+
+    def __init__(self, hook: str, marker: str, job: int | None = None) -> None:
+        self.hook, self.marker, self.job = hook, Path(marker), job
+
+    def _pause(self, hook: str, config: DictConfig) -> None:
+        if hook != self.hook or self.marker.exists():
+            return
+        if self.job is not None and config.hydra.job.num != self.job:
+            return
+        self.marker.touch()
+        time.sleep(600)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._pause("on_job_start", config)
+
+    def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._pause("on_job_end", config)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._pause("on_multirun_end", config)

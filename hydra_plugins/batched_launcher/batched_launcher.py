@@ -410,21 +410,29 @@ class BatchedLauncher(Launcher):
 
     def train_chunk(self, template: DictConfig, label: str, chunk: list[Job]) -> dict[int, JobReturn]:
         """Train the seeds of `chunk` together, finish them together and write their job folders
-        (those a resumed sweep has not written already)."""
+        (those a resumed sweep has not written already). A SIGTERM or SIGINT (`Interrupted`) leaves
+        error.txt in the folder of each member not written, saying how to resume from the chunk's
+        last.ckpt, and stops the sweep."""
         from src.files import flushed_together
         from src.pipeline.batched import member_jobs, train_members
         from src.pipeline.config import MemberConfigs
+        from src.pipeline.process import Interrupted
         from src.pipeline.run import kept, read_run, run_job
 
         configs = MemberConfigs(self._task_config(template, None), [seed for _, _, seed in chunk])
-        chunk_dir = Path(str(self.config.hydra.sweep.dir)) / "batched" / f"{chunk[0][0]}-{chunk[-1][0]}"
-        log.info("Batched launcher: training %d seeds of [%s] together", len(chunk), label)
-        members = train_members(configs, chunk_dir)
-        started = time.perf_counter()
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        chunk_dir = sweep_dir / "batched" / f"{chunk[0][0]}-{chunk[-1][0]}"
         # A requeued chunk keeps the job folders it had written.
         states = earlier_states(template, chunk)
         finished = {index for index, (state, _) in states.items() if kept(state, template)}
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        log.info("Batched launcher: training %d seeds of [%s] together", len(chunk), label)
+        try:
+            members = train_members(configs, chunk_dir)
+        except Interrupted as interrupt:
+            unwritten = [member for member, (index, *_) in enumerate(chunk) if index not in finished]
+            self._interrupted(interrupt, template, configs, chunk, unwritten, chunk_dir)
+            raise
+        started = time.perf_counter()
         # Hydra's view of the current job (what ${hydra:...}, ${job_name:...} resolve) is set once and
         # then pointed at each member in place: a thousand copies of it would cost seconds.
         HydraConfig.instance().set_config(self._set_job(template, chunk[0][1], chunk[0][0]))
@@ -445,14 +453,22 @@ class BatchedLauncher(Launcher):
             [run_dir for _, _, run_dir, _ in pending],
             [record for *_, record in pending],
         )
-        with flushed_together():  # one flush to the disk for the chunk's folders, not one per file
-            for job, (member, index, run_dir, _) in zip(
-                jobs, self._progress(pending, f"writing {len(pending)} job folders"), strict=True
-            ):
-                self._set_job(HydraConfig.instance().cfg, chunk[member][1], index)  # e.g. its W&B run's name
-                returns[index].return_value = run_job(
-                    job, configs[member], run_dir, in_sweep=True, quiet=True, earlier=states[index][0]
-                )
+        written = 0
+        try:
+            with flushed_together():  # one flush to the disk for the chunk's folders, not one per file
+                for job, (member, index, run_dir, _) in zip(
+                    jobs, self._progress(pending, f"writing {len(pending)} job folders"), strict=True
+                ):
+                    self._set_job(HydraConfig.instance().cfg, chunk[member][1], index)  # its W&B run's name
+                    returns[index].return_value = run_job(
+                        job, configs[member], run_dir, in_sweep=True, quiet=True, earlier=states[index][0]
+                    )
+                    written += 1
+        except Interrupted as interrupt:  # the member being written, and those after it
+            self._interrupted(
+                interrupt, template, configs, chunk, [m for m, *_ in pending[written:]], chunk_dir
+            )
+            raise
         finished = time.perf_counter() - started
         # The chunk's phases, for benchmarks and for a user asking where a sweep's time went.
         (chunk_dir / "timing.json").write_text(
@@ -473,6 +489,35 @@ class BatchedLauncher(Launcher):
             finished,
         )
         return returns
+
+    def _interrupted(
+        self,
+        interrupt: Any,
+        template: DictConfig,
+        configs: Any,
+        chunk: list[Job],
+        members: list[int],
+        chunk_dir: Path,
+    ) -> None:
+        """The job folder of each of the chunk's `members` (not written when `interrupt` stopped the
+        chunk), with error.txt saying so and how to resume: the sweep again, from the chunk's
+        last.ckpt."""
+        from src.pipeline.run import Run, how_to_resume
+
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        resume = how_to_resume(chunk_dir / "last.ckpt", sweep_dir)
+        for member in members:
+            index, overrides, _ = chunk[member]
+            _, run_dir, record = self._job_folder(template, sweep_dir, configs, member, overrides, index)
+            run = Run(configs[member], run_dir)
+            run.write_record(record)  # a job folder of this sweep, which its summary counts
+            run.interrupted(interrupt, resume)
+        log.error(
+            "Batched launcher: chunk %s %s; error.txt in the folders of its %d unfinished job(s)",
+            chunk_dir.name,
+            interrupt,
+            len(members),
+        )
 
     @staticmethod
     def _progress(items: list, description: str) -> Any:

@@ -30,7 +30,8 @@ from src.evaluation.intervals import numeric_summary, wilson_interval
 from src.evaluation.line_outcomes import LINE_OUTCOMES
 from src.files import write_text_atomic
 from src.pipeline.config import CONFIG_DIR, NOT_SETTINGS, configuration_key, load_run_config
-from src.pipeline.run import read_run
+from src.pipeline.process import Interrupted, interruption
+from src.pipeline.run import INTERRUPTED_BY, read_run, sweep_command
 from src.reporting import wandb as wandb_reporting
 from src.reporting.figures import sweep_summary
 from src.reporting.tables import markdown_table
@@ -190,15 +191,26 @@ def _sweep_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     return jobs
 
 
-def summarise_sweep(sweep_dir: Path) -> dict[str, Any]:
+def summarise_sweep(sweep_dir: Path, interrupt: Interrupted | None = None) -> dict[str, Any]:
     """The summary of all jobs, under "groups" one per setting (`group_jobs`; with OOD results,
     each with its `auroc_profile`), the `headline` results, and with two or more groups their
     `comparisons` (src/analysis/comparison.py; a baseline that names no single group leaves them
-    empty, its problem under `comparison_error`)."""
+    empty, its problem under `comparison_error`). For a sweep stopped by `interrupt`, under
+    "interrupted": the signal, the jobs it stopped, how many it kept from starting, and the
+    command that resumes the sweep."""
     jobs = _sweep_jobs(sweep_dir)
     summary = {"sweep": str(sweep_dir), **summarise(jobs), "groups": {}}
-    if (named := jobs_named(sweep_dir)) is not None and named > len(jobs):
+    named = jobs_named(sweep_dir)
+    if named is not None and named > len(jobs):
         summary["n_named"] = named  # more than the folders found: stopped early, or jobs sharing one
+    if interrupt is not None:
+        summary["interrupted"] = {
+            "by": interrupt.signal,
+            "status": interrupt.status,
+            "jobs": [job["dir"] for job in jobs if str(job["error"]).startswith(INTERRUPTED_BY)],
+            "not_started": max((named or 0) - len(jobs), 0),
+            "resume": sweep_command(sweep_dir),
+        }
     by_group = group_jobs(jobs)
     summary["groups"] = {name: summarise(group_jobs) for name, group_jobs in by_group.items()}
     for name, group in by_group.items():
@@ -323,7 +335,16 @@ def markdown(summary: dict[str, Any]) -> str:
     then per group, the failed jobs, each categorical result's counts, frequencies and 95% Wilson
     intervals, and the numeric results' mean with its 95% t interval, std, min and max."""
     lines = [f"# Sweep summary: {summary['sweep']}", ""]
-    if "n_named" in summary:
+    if interrupted := summary.get("interrupted"):
+        stopped = ", ".join(f"`{job}`" for job in interrupted["jobs"]) or "none"
+        lines += [
+            f"**Interrupted by {interrupted['by']}** (exit status {interrupted['status']}): jobs stopped "
+            f"unfinished: {stopped} (each one's error.txt says where); jobs not started: "
+            f"{interrupted['not_started']}. Resume with the same command, into this folder: "
+            f"`{interrupted['resume']}`",
+            "",
+        ]
+    elif "n_named" in summary:
         lines += [
             f"**multirun.yaml names {summary['n_named']} jobs, but only {summary['n_jobs']} job folders "
             "were found**: the sweep stopped early, or its jobs shared folders (hydra.sweep.subdir).",
@@ -419,10 +440,10 @@ def table2(summary: dict[str, Any]) -> str | None:
     return "\n".join(lines) if found else None
 
 
-def write_summary(sweep_dir: Path) -> dict[str, Any]:
+def write_summary(sweep_dir: Path, interrupt: Interrupted | None = None) -> dict[str, Any]:
     """Write summary.json, summary.md and summary.png (and table2.md for OOD results) into the
-    sweep folder; return the summary."""
-    summary = summarise_sweep(sweep_dir)
+    sweep folder, saying so if `interrupt` stopped the sweep; return the summary."""
+    summary = summarise_sweep(sweep_dir, interrupt)
     write_text_atomic(sweep_dir / "summary.json", json.dumps(summary, indent=2))
     write_text_atomic(sweep_dir / "summary.md", markdown(summary))
     if (table := table2(summary)) is not None:
@@ -443,8 +464,10 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 class SweepSummary(Callback):
     """Hydra callback: summarise the sweep when a multirun ends; exit non-zero if a job failed
     (after the summary is written, so the other jobs' results are kept and counted). A sweep that
-    is stopped before its end (a job interrupted by SIGTERM or SIGINT) is summarised as the process
-    exits: the jobs that ended, and the interrupted one as failed."""
+    is stopped before its summary is written (by a failure, or by SIGTERM or SIGINT: during a job,
+    between two, or while it summarises) is summarised as the process exits: the jobs that ended,
+    the others as failed; after a signal, the summary says so (the jobs it stopped have said so in
+    their error.txt)."""
 
     def __init__(self) -> None:
         self._ended = False
@@ -460,23 +483,41 @@ class SweepSummary(Callback):
             return
         if not any(sweep_dir.glob("*/.hydra")):
             return  # it stopped before any job started
-        summary = write_summary(sweep_dir)
+        interrupt = interruption()
+        summary = write_summary(sweep_dir, interrupt)
+        if interrupt is None:
+            log.error(
+                "Sweep stopped before its end: %s summarises the %d job(s) started (%d failed)",
+                sweep_dir / "summary.md",
+                summary["n_jobs"],
+                summary["n_failed"],
+            )
+            return
+        interrupted = summary["interrupted"]
         log.error(
-            "Sweep stopped before its end: %s summarises the %d job(s) started (%d failed or interrupted)",
+            "Sweep %s %s: %d of %d job(s) finished, %d stopped unfinished, %d not started (summary: %s); "
+            "resume with the same command: %s",
+            sweep_dir,
+            interrupt,
+            summary["n_jobs"] - summary["n_failed"],
+            summary["n_jobs"] + interrupted["not_started"],
+            len(interrupted["jobs"]),
+            interrupted["not_started"],
             sweep_dir / "summary.md",
-            summary["n_jobs"],
-            summary["n_failed"],
+            interrupted["resume"],
         )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._ended = True
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if OmegaConf.select(config, "hydra.launcher.detach", default=False):
+            self._ended = True
             return  # its jobs run on: the summary job writes the summary when they have ended
         if not any(sweep_dir.glob("*/.hydra")):  # e.g. a resumed Optuna study with nothing left to run
+            self._ended = True
             log.info("Sweep ran no jobs: no summary")
             return
         summary = write_summary(sweep_dir)
+        self._ended = True  # a signal before this line: the summary is written again as the process exits
         log.info(
             "Sweep summary: %s (%d jobs, %d failed)",
             sweep_dir / "summary.md",

@@ -8,9 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import shlex
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -109,6 +107,8 @@ def detach(
     """Submit the summary job, `summarise(sweep_dir)` after all of `job_ids` (afterany), then say
     what was submitted (the sweep's `jobs` in them) and how to follow it; the launching process
     returns without waiting."""
+    from src.pipeline.run import sweep_command
+
     sweep_dir = sweep_dir.resolve()
     arrays = sorted({job_id.split("_")[0] for job_id in job_ids})
     executor.update_parameters(
@@ -120,19 +120,17 @@ def detach(
         timeout_min=60,
     )
     summary_job = executor.submit(summarise, sweep_dir)
-    arguments = [a for a in sys.argv[1:] if not a.startswith("hydra.sweep.dir=")]
-    again = " ".join(shlex.quote(a) for a in [*arguments, f"hydra.sweep.dir={sweep_dir}"])
     log.info(
         "Detached: the sweep's %d job(s) in SLURM job(s) %s; summary job %s runs after them.\n"
         "  Sweep folder: %s\n  Follow it:    python -m src.summary %s   (or squeue -j %s)\n"
-        "  Resume it:    python -m src.run %s",
+        "  Resume it:    %s",
         jobs,
         ",".join(arrays),
         summary_job.job_id,
         sweep_dir,
         sweep_dir,
         ",".join([*arrays, summary_job.job_id]),
-        again,
+        sweep_command(sweep_dir),
     )
 
 

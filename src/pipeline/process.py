@@ -9,6 +9,7 @@ import signal
 import threading
 import warnings
 from collections.abc import Iterator
+from types import FrameType
 
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 
@@ -52,29 +53,64 @@ def prepare_training_process() -> None:
     keep_freed_memory()
 
 
-class Interrupted(BaseException):
+class Interrupted(SystemExit):
     """A job stopped by a signal (SIGTERM: a cluster's time limit or preemption; SIGINT: Ctrl-C). A
-    BaseException, so that nothing on the way treats it as an ordinary error; `status` is the
-    conventional exit status (128 + the signal's number)."""
+    SystemExit, so that nothing on the way treats it as an ordinary error (Hydra and submitit go on
+    past an Exception) and, uncaught, it ends the process quietly with its `status`: the
+    conventional 128 + the signal's number."""
 
     def __init__(self, signum: int) -> None:
         self.signal = signal.Signals(signum).name
         self.status = 128 + signum
         self.epoch: int | None = None
         self.step: int | None = None
-        super().__init__(f"interrupted by {self.signal}")
+        super().__init__(self.status)
+
+    def __str__(self) -> str:
+        return f"interrupted by {self.signal}"
+
+
+# Every interruption this process received: what reports it after the exception has gone by (a
+# sweep's summary, written as the process exits) reads the first (`interruption`).
+_received: list[Interrupted] = []
+
+
+def interruption() -> Interrupted | None:
+    """The interruption that stopped this process (its first signal), or None."""
+    return _received[0] if _received else None
+
+
+def _drops_exceptions(frame: FrameType | None) -> bool:
+    """Whether code on the stack of `frame` may be a finaliser (a `__del__`, or a weak reference's
+    callback: the weakref module's containers), where Python prints an exception and drops it: an
+    `Interrupted` raised there would be lost (matplotlib and torch free objects through these all
+    the time)."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__del__" or os.path.basename(code.co_filename) in (
+            "weakref.py",
+            "_weakrefset.py",
+        ):
+            return True
+        frame = frame.f_back
+    return False
 
 
 @contextlib.contextmanager
 def interrupt_on_signals() -> Iterator[None]:
     """Within the block, SIGTERM and SIGINT raise `Interrupted` (in the main thread; elsewhere the
-    handlers stay as they are). Lightning chains its own SIGTERM handler in front of this one."""
+    handlers stay as they are), as soon as no finaliser that would drop it runs. Lightning chains
+    its own SIGTERM handler in front of this one."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise Interrupted(signum)
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        if _drops_exceptions(frame):  # the signal again in a moment, once out of there
+            threading.Timer(0.001, os.kill, (os.getpid(), signum)).start()
+            return
+        _received.append(Interrupted(signum))
+        raise _received[-1]
 
     previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:

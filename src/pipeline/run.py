@@ -11,6 +11,7 @@ import fnmatch
 import json
 import logging
 import os
+import shlex
 import shutil
 import socket
 import sys
@@ -91,12 +92,17 @@ class Run:
         the resolved config.yaml (`config_text`); print it as a tree with `show`. Called by the job
         that `run_job` runs, once it has decided what an earlier run in the folder means
         (`earlier_state`): a command refused there leaves that run's folder as it was."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for name, text in (hydra_record(self.job_cfg) if record is None else record).items():
-            write_text_atomic(self.dir / RECORD / name, text)
+        self.write_record(record)
         write_text_atomic(self.dir / "config.yaml", self.config_text(resolved))
         if show:
             print_config_tree(self.cfg)
+
+    def write_record(self, record: dict[str, str] | None = None) -> None:
+        """Hydra's record of the job in .hydra/: `record` (file name to text) when the caller has
+        it, else `hydra_record` of `job_cfg`."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for name, text in (hydra_record(self.job_cfg) if record is None else record).items():
+            write_text_atomic(self.dir / RECORD / name, text)
 
     def config_text(self, resolved: Callable[[], dict[str, Any]] | None = None) -> str:
         """The resolved config as config.yaml holds it, `paths.run_dir` (where callbacks write) set to
@@ -120,7 +126,7 @@ class Run:
     def set_aside(self) -> None:
         """Before the job trains afresh where an earlier start failed: that start's metrics.json
         and checkpoints are removed, its error.txt kept (appended to error.before-rerun.txt)."""
-        self._keep_error("error.before-rerun.txt")
+        self.keep_error("error.before-rerun.txt")
         (self.dir / "metrics.json").unlink(missing_ok=True)
         shutil.rmtree(self.dir / "checkpoints", ignore_errors=True)
 
@@ -143,7 +149,8 @@ class Run:
             else:
                 entry.unlink()
 
-    def _keep_error(self, name: str) -> None:
+    def keep_error(self, name: str) -> None:
+        """The folder's error.txt, from an earlier start of the job, appended to `name` and removed."""
         error = self.dir / "error.txt"
         if error.is_file():
             with (self.dir / name).open("a") as handle:
@@ -183,37 +190,28 @@ class Run:
 
     def checkpoint_to_resume(self) -> str | None:
         """The folder's own last.ckpt when this run is an interrupted job started again in the same
-        folder (`earlier_state` INTERRUPTED; `run_job` set a failed start's aside). Its old
-        error.txt is kept as error.before-resume.txt."""
+        folder (`earlier_state` INTERRUPTED; `run_job` set a failed start's aside, and kept an
+        interrupted one's error.txt as error.before-resume.txt)."""
         last = self.dir / "checkpoints" / "last.ckpt"
         if not self.cfg.get("resume_in_place") or not last.is_file() or (self.dir / "metrics.json").exists():
             return None
-        self._keep_error("error.before-resume.txt")
         remove_partials(last.parent)  # what a kill during a checkpoint's writing left
         check_resumable(last)
         log.info("Resuming the interrupted run in %s from %s", self.dir, last)
         return str(last)
 
-    def interrupted(self, interrupt: Interrupted) -> str:
-        """error.txt for a job stopped by a signal: when, what is kept, and how to resume."""
+    def interrupted(self, interrupt: Interrupted, resume: str) -> str:
+        """error.txt for a job stopped by a signal: when, what is kept, and how to resume (`resume`,
+        from `how_to_resume`)."""
         where = f" at epoch {interrupt.epoch}, step {interrupt.step}" if interrupt.step is not None else ""
-        last = self.dir / "checkpoints" / "last.ckpt"
-        try:
-            saved = load_checkpoint(last) if last.is_file() else None
-        except CheckpointError as error:
-            resume = f"{error}"
-        else:
-            resume = (
-                f"The state after epoch {saved['epoch']} (step {saved['global_step']}) is in {last}: resume "
-                "it in this folder with the same command started into it again (hydra.run.dir, or a sweep's "
-                f"hydra.sweep.dir), or into a new folder with the same command and ckpt_path={last}; the "
-                "result equals an uninterrupted run's."
-                if saved is not None
-                else "No epoch had finished, so there is no checkpoint to resume from: run the job again."
-            )
+        written = (
+            "its metrics.json was written, but not everything after it"
+            if (self.dir / "metrics.json").exists()
+            else "no metrics.json was written"
+        )
         return self._write_error(
-            f"{INTERRUPTED_BY} {interrupt.signal}{where} (exit status {interrupt.status}); no metrics.json "
-            f"was written. {resume} Every file written before is kept.\n"
+            f"{INTERRUPTED_BY} {interrupt.signal}{where} (exit status {interrupt.status}); {written}. "
+            f"{resume} Every file written before is kept.\n"
         )
 
     def fail(self) -> str:
@@ -230,6 +228,39 @@ class Run:
             print(text, file=sys.stderr)
             return f"the text above ({path} could not be written: {problem})"
         return str(path)
+
+
+def how_to_resume(checkpoint: Path, sweep_dir: Path | None = None) -> str:
+    """How an interrupted job resumes, for its error.txt: from the state `checkpoint` holds (its own
+    last.ckpt, or a batched member's chunk's), with the same command: a single run's started into
+    its folder again (hydra.run.dir), or into a new one with ckpt_path=<checkpoint>; a sweep's with
+    hydra.sweep.dir=<sweep_dir>, which resumes every job of the sweep that did not finish."""
+    checkpoint = checkpoint.absolute()
+    command = (
+        f"the same command and hydra.sweep.dir={sweep_dir.absolute()} (the sweep started again into "
+        "its folder resumes each job that did not finish)"
+        if sweep_dir is not None
+        else f"the same command started into this folder again (hydra.run.dir={checkpoint.parent.parent}), "
+        f"or into a new folder with the same command and ckpt_path={checkpoint}"
+    )
+    try:
+        saved = load_checkpoint(checkpoint) if checkpoint.is_file() else None
+    except CheckpointError as error:
+        return f"{error}"
+    if saved is None:
+        again = f"{command} trains it afresh" if sweep_dir is not None else "run the job again"
+        return f"No epoch had finished, so there is no checkpoint to resume from: {again}."
+    return (
+        f"The state after epoch {saved['epoch']} (step {saved['global_step']}) is in {checkpoint}: resume "
+        f"with {command}; the result equals an uninterrupted run's."
+    )
+
+
+def sweep_command(sweep_dir: Path) -> str:
+    """The command that starts this process's sweep again into its folder `sweep_dir`, where it skips
+    the finished jobs and resumes the others: its command line with hydra.sweep.dir=<sweep_dir>."""
+    arguments = [a for a in sys.argv[1:] if not a.startswith("hydra.sweep.dir=")]
+    return "python -m src.run " + shlex.join([*arguments, f"hydra.sweep.dir={sweep_dir.absolute()}"])
 
 
 # A run folder's lock: "<pid> <host>" of the process writing it, there while it runs.
@@ -363,15 +394,21 @@ def read_overrides(path: Path) -> list[str]:
 
 
 def earlier_state(run_dir: Path, same_config: Callable[[], bool]) -> str:
-    """What an earlier start of a job left in `run_dir`: NEW (no config.yaml: it never began),
-    FINISHED (its metrics.json complete, no error.txt), INTERRUPTED (a checkpoints/last.ckpt, no
-    metrics.json, no error.txt but an interruption's), each only with `same_config()` and else
-    OTHER (a result or a resumable state of another config), or FAILED (a failure, or a run killed
-    before its first checkpoint, of any config)."""
-    if not (run_dir / "config.yaml").is_file():
-        return NEW
-    record = read_run(run_dir)
+    """What an earlier start of a job left in `run_dir`: NEW (no config.yaml and no error.txt: it
+    never began), FINISHED (its metrics.json complete, no error.txt), INTERRUPTED (a
+    checkpoints/last.ckpt, no metrics.json, no error.txt but an interruption's), each only with
+    `same_config()` and else OTHER (a result or a resumable state of another config); the same for
+    no config.yaml and an interruption's error.txt (stopped before it began: a batched member while
+    its chunk trained, its .hydra/ recorded); else FAILED (a failure, or a run killed before its
+    first checkpoint, of any config)."""
     error = run_dir / "error.txt"
+    if not (run_dir / "config.yaml").is_file():
+        if not error.is_file():
+            return NEW
+        if not error.read_text().startswith(INTERRUPTED_BY):
+            return FAILED
+        return INTERRUPTED if same_config() else OTHER
+    record = read_run(run_dir)
     interrupted = (
         not (run_dir / "metrics.json").exists()
         and (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -472,13 +509,14 @@ def run_job(
     the sweep summary counts it as failed. A user error (src/errors.py) is one line on stderr and
     exit status 2, its traceback in error.txt. A folder another running process holds
     (`folder_lock`) is refused in one line, exit status 2, without writing into it. A SIGTERM or
-    SIGINT stops the job, and a sweep with it, with error.txt saying where and how to resume, and
-    exit status 143 or 130. The closing line is logged unless `quiet` (a batched sweep's members:
-    the sweep has its own). Returns the validation loss, which sweepers such as Optuna minimise. A
-    folder an earlier start of the job left (`earlier_state`; `earlier` where the caller has found
-    it already, e.g. a batched launcher from the members' own configs): finished with this config,
-    the job is skipped; of another config, it is refused (`overwrite=true` replaces it); failed, the
-    job trains afresh; interrupted, it resumes (`Run.checkpoint_to_resume`)."""
+    SIGINT stops the job, and a sweep with it (`Interrupted` goes on up; uncaught, it exits with
+    status 143 or 130), with error.txt saying where and how to resume. The closing line is logged
+    unless `quiet` (a batched sweep's members: the sweep has its own). Returns the validation loss,
+    which sweepers such as Optuna minimise. A folder an earlier start of the job left
+    (`earlier_state`; `earlier` where the caller has found it already, e.g. a batched launcher from
+    the members' own configs): finished with this config, the job is skipped; of another config, it
+    is refused (`overwrite=true` replaces it); failed, the job trains afresh; interrupted, it resumes
+    (`Run.checkpoint_to_resume`), the interruption's error.txt kept as error.before-resume.txt."""
     prepare_training_process()
     run = Run(cfg, run_dir)
     try:
@@ -502,6 +540,8 @@ def run_job(
                 run.clear()
             elif earlier == FAILED or (earlier == INTERRUPTED and not cfg.get("resume_in_place")):
                 run.set_aside()
+            elif earlier == INTERRUPTED:
+                run.keep_error("error.before-resume.txt")
             metrics = job(run)
     except NothingWritten as error:  # e.g. another run's folder: refused before anything is written
         if in_sweep:
@@ -518,10 +558,12 @@ def run_job(
         print(f"error: {error} (traceback in {error_file})", file=sys.stderr)
         raise SystemExit(2) from None
     except Interrupted as interrupt:
-        error_file = run.interrupted(interrupt)
+        sweep_dir = Path(HydraConfig.get().sweep.dir) if in_sweep else None
+        resume = how_to_resume(run_dir / "checkpoints" / "last.ckpt", sweep_dir)
+        error_file = run.interrupted(interrupt, resume)
         wandb_reporting.finish_open_run(exit_code=interrupt.status)
         log.error("Job %s %s; see %s", run_dir, interrupt, error_file)
-        raise SystemExit(interrupt.status) from None
+        raise
     except Exception as error:
         error_file = run.fail()
         wandb_reporting.finish_open_run(exit_code=1)

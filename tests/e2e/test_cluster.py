@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import PROJECT_ROOT, src_run, src_run_started
+from tests.helpers import PROJECT_ROOT, slurm_problem, src_run, src_run_started
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -44,12 +44,8 @@ BATCHED_SLURM = [
 @pytest.fixture(scope="module", autouse=True)
 def slurm() -> None:
     """A SLURM that answers; the tests skip, saying why, where there is none."""
-    try:
-        answer = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        pytest.skip(f"no SLURM here ({error}): start one with `sudo bash scripts/slurm-up.sh`")
-    if answer.returncode != 0 or not answer.stdout.strip():
-        pytest.skip(f"sinfo does not answer ({answer.stderr.strip()}): start SLURM with scripts/slurm-up.sh")
+    if problem := slurm_problem():
+        pytest.skip(problem)
 
 
 def _wait(condition, what: str, timeout: float = 120) -> None:
@@ -136,11 +132,10 @@ def test_a_batched_sweep_in_slurm_chunks_survives_a_requeue_and_equals_the_local
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output[-3000:]
     assert _restarts(job_id) == 1
-    # The chunk stopped at the requeue and resumed from its last.ckpt (submitit's log of the job).
-    assert (
-        "Interrupted: interrupted by SIGTERM"
-        in (on_slurm / ".submitit" / job_id / f"{job_id}_0_log.err").read_text()
-    )
+    # The chunk stopped at the requeue, its members' folders saying so, and resumed from its last.ckpt.
+    for member in ("2", "3"):
+        kept = (on_slurm / member / "error.before-resume.txt").read_text()
+        assert kept.startswith("Interrupted by SIGTERM") and "batched/2-3/last.ckpt" in kept, kept
     _same_results(on_slurm, local)
 
 

@@ -34,6 +34,10 @@ def _folder(tmp_path: Path, *files: str, error: str | None = None) -> Path:
     ("files", "error", "same", "state"),
     [
         ((), None, True, NEW),
+        # Stopped before it began (a batched member while its chunk trained), or failed before.
+        ((".hydra/config.yaml",), f"{INTERRUPTED_BY} SIGTERM at epoch 3", True, INTERRUPTED),
+        ((".hydra/config.yaml",), f"{INTERRUPTED_BY} SIGTERM at epoch 3", False, OTHER),
+        ((), "Traceback ...\nRuntimeError: the shared finishing failed", True, FAILED),
         (("config.yaml", "metrics.json"), None, True, FINISHED),
         (("config.yaml", "metrics.json"), None, False, OTHER),  # another config's result
         (("config.yaml", "metrics.json"), "Traceback ...\nOSError: upload failed", True, FAILED),

@@ -1,4 +1,4 @@
-"""Process settings for training: the NVML check."""
+"""Process settings for training: the NVML check, and the signals that stop a job."""
 
 from __future__ import annotations
 
@@ -41,3 +41,29 @@ def test_dropping_the_nvml_check_keeps_torchs_answer(monkeypatch: pytest.MonkeyP
     with_nvml_check = torch.cuda.is_available()
     drop_failing_nvml_check()
     assert torch.cuda.is_available() == with_nvml_check
+
+
+def test_a_signal_that_lands_in_a_finaliser_interrupts_once_out_of_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Python drops an exception raised in a `__del__` (or a weak reference's callback): a SIGTERM
+    handled there still stops the block, with its status, as soon as the finaliser has returned."""
+    import signal
+    import time
+
+    from src.pipeline import process
+
+    monkeypatch.setattr(process, "_received", [])
+
+    class Freed:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs in here
+
+    started = time.monotonic()
+    with pytest.raises(process.Interrupted) as stopped, process.interrupt_on_signals():
+        Freed()
+        time.sleep(5)
+    assert stopped.value.status == 143 and str(stopped.value) == "interrupted by SIGTERM"
+    assert time.monotonic() - started < 2
+    assert process.interruption() is stopped.value
