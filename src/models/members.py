@@ -92,6 +92,10 @@ class MemberModels:
         stacked; `batched[i]` says whether args[i] has a leading member dimension (else all
         members get the same value). The model's own randomness is refused: pass noise in."""
         wrapper = self._wrapper
+        # A method named through the base class (ReconstructionModel.latent_statistics) runs as the
+        # members' own class overrides it, as `model.latent_statistics(...)` would.
+        if getattr(ReconstructionModel, method.__name__, None) is method:
+            method = getattr(type(self.template), method.__name__)
 
         def member(parameters: dict, buffers: dict, *args: Any) -> Any:
             wrapper.method = method

@@ -78,6 +78,8 @@ def _compare(
                     member_row[key], single_row[key], rel_tol=end_tolerance, abs_tol=end_tolerance
                 ) or (math.isnan(member_row[key]) and math.isnan(single_row[key])), (seed, key)
         assert metrics["steps"] == single["steps"] and metrics["epochs"] == single["epochs"]
+        # Every metric of the single run, but its throughput and memory (a chunk's, not a member's).
+        assert set(single) - set(metrics) <= {"train/images_per_s", "train/peak_gpu_memory_mib"}, seed
         for key, value in single.items():
             if not isinstance(value, float) or "time" in key or "per_s" in key or key not in metrics:
                 continue
