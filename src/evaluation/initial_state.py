@@ -98,11 +98,37 @@ def sign_config(model: ReconstructionModel) -> str:
     return signs_of(model.code_layer().weight, model.net.decoder[0].weight)
 
 
+def has_close_pair(values: torch.Tensor, tolerance: float) -> bool:
+    """Whether some two rows of `values` (N, units) differ by at most `tolerance` in every unit:
+    the smallest Chebyshev distance of `torch.pdist(values, p=inf)` <= tolerance, without all N^2/2
+    pairs. Rows that close have projections (on fixed positive weights p) within sum(p) * tolerance,
+    so after sorting by projection only the rows within that window of each other need comparing;
+    where windows hold many rows (ties) and no row repeats exactly, all pairs are compared."""
+    values = values.double()
+    count, units = values.shape
+    if count < 2:
+        return False
+    weights = torch.rand(units, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 1
+    key, order = (values @ weights).sort()
+    values = values[order]
+    # Twice the bound: a pair at the tolerance still falls inside despite the projection's rounding.
+    ends = torch.searchsorted(key, key + 2 * float(weights.sum()) * tolerance, side="right")
+    partners = ends - torch.arange(1, count + 1)
+    total = int(partners.sum())
+    if total > 64 * count:  # many ties: exact repeats, or all pairs
+        repeats = len(torch.unique(values, dim=0)) < count
+        return repeats or bool(torch.pdist(values, p=math.inf).min() <= tolerance)
+    first = torch.repeat_interleave(torch.arange(count), partners)
+    starts = torch.cumsum(partners, 0) - partners
+    second = first + 1 + torch.arange(total) - starts[first]
+    return bool(((values[first] - values[second]).abs().amax(1) <= tolerance).any())
+
+
 def first_identical(layers: list[tuple[str, torch.Tensor]]) -> str:
     """The first of the layers after which some two of the (distinct) images have the same
-    activations, or `none`."""
+    activations (within IDENTICAL_TOLERANCE in every unit), or `none`."""
     for name, values in layers:
-        if len(values) > 1 and torch.pdist(values.double(), p=math.inf).min() <= IDENTICAL_TOLERANCE:
+        if has_close_pair(values, IDENTICAL_TOLERANCE):
             return name
     return "none"
 

@@ -63,8 +63,13 @@ def classify_lines(correct: torch.Tensor, output_spread: float, collapse_spread:
 def nearest_line(outputs: torch.Tensor, references: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For 0/1 outputs (N, pixels): the pixel agreement with the nearest of the reference line
     images (R, pixels), 1 - mean |output - reference|, and that reference's index. For 0/1 values
-    |o - r| summed over pixels is sum(o) + sum(r) - 2 o.r: one product, exact in float32."""
-    mismatches = outputs.sum(1, keepdim=True) + references.sum(1) - 2 * (outputs @ references.T)
+    |o - r| summed over pixels is sum(o) + sum(r) - 2 o.r: one product, exact in float32; on a CPU
+    made in int8 with int32 sums (exact too, and several times faster)."""
+    if outputs.device.type == "cpu":
+        overlaps = torch._int_mm(outputs.to(torch.int8), references.to(torch.int8).T.contiguous())
+    else:  # a GPU's int8 product needs row and column counts the grids need not have
+        overlaps = outputs @ references.T
+    mismatches = outputs.sum(1, keepdim=True) + references.sum(1) - 2 * overlaps.to(outputs.dtype)
     return (1 - mismatches / outputs.shape[1]).max(dim=1)
 
 

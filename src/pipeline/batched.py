@@ -98,6 +98,7 @@ class MemberEnsemble(pl.LightningModule):
         cpu_states: Sequence[torch.Tensor],
         seeds: Sequence[int],
         compile: bool = False,
+        fuse_matmuls: bool = False,
         history_rows: int | None = None,
     ) -> None:
         super().__init__()
@@ -137,8 +138,16 @@ class MemberEnsemble(pl.LightningModule):
         self._sums: dict[str, dict[str, torch.Tensor]] = {}
         self._last_val: dict[str, torch.Tensor] = {}
         # The members' step is many small element-wise passes over (members, batch, pixels):
-        # torch.compile fuses them (`compile`), for the training steps, where the time goes.
+        # torch.compile fuses them (`compile`), for the training steps, where the time goes; with
+        # `fuse_matmuls` the members' batched products too (inductor decomposes each into a product
+        # and a sum it fuses with its neighbours): memory-bound where a layer is a few units wide.
+        # On a CPU this flag is what makes the pass decompose every product of dimensions <= 2048.
         self.compile = compile
+        self.compile_options = (
+            {"post_grad_fusion_options": {"decompose_mm_pass": {"bmm_skip_dynamic_shape_dim_check": True}}}
+            if fuse_matmuls
+            else {}
+        )
         # One optimiser step per batch, written out: Lightning's closure machinery costs more than
         # the step of a thousand small members on a CPU (clipping and accumulation are not batched).
         self.automatic_optimization = False
@@ -179,7 +188,9 @@ class MemberEnsemble(pl.LightningModule):
         key = (shared, noise is not None)
         if key not in self._losses_of:
             losses = self.members.vmapped(_training_loss, batched=[not shared, noise is not None])
-            self._losses_of[key] = torch.compile(losses) if self.compile and not shared else losses
+            if self.compile and not shared:
+                losses = torch.compile(losses, options=self.compile_options or None)
+            self._losses_of[key] = losses
         return self._losses_of[key](self.member_weights(), self.member_buffers(), images, noise)
 
     def member_weights(self) -> dict[str, torch.Tensor]:
@@ -385,6 +396,7 @@ def train_members(
         cpu_states,
         [cfg.seed for cfg in cfgs],
         compile=parse_bool("compile", cfgs[0].compile),
+        fuse_matmuls=parse_bool("fuse_member_matmuls", cfgs[0].fuse_member_matmuls),
         history_rows=OmegaConf.select(cfgs[0], "callbacks.history.max_rows", default=None),
     )
     last = chunk_dir / "last.ckpt"

@@ -132,6 +132,7 @@ BOOLEANS = (
     "resume_in_place",
     "overwrite",
     "compile",
+    "fuse_member_matmuls",
     "ood.enabled",
     "ood.plots",
     "model.standardize_inputs",

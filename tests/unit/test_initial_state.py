@@ -12,6 +12,7 @@ import torch
 from src.analysis.sweep import summarise
 from src.evaluation.initial_state import (
     dead_input_distribution,
+    has_close_pair,
     initial_model,
     initial_state_metrics,
     negative_pattern_probabilities,
@@ -132,3 +133,30 @@ def test_summary_cross_tabulates_initial_state_with_outcomes() -> None:
         "other": 0,
     }
     assert table["0"]["optimal"] == 1 and sum(table["0"].values()) == 1
+
+
+@pytest.mark.parametrize("units", [1, 2, 5])
+def test_close_pairs_are_found_as_pdist_finds_them(units: int) -> None:
+    """has_close_pair equals pdist's smallest Chebyshev distance <= tolerance: on random rows, with
+    a planted pair at, just inside and just outside the tolerance, and with ReLU-like ties."""
+    generator = torch.Generator().manual_seed(units)
+    tolerance = 1e-6
+    for trial in range(60):
+        values = torch.randn(
+            int(torch.randint(2, 400, (1,), generator=generator)), units, generator=generator
+        )
+        if trial % 3 == 1:
+            values = values.clamp(min=0)  # many rows tie at 0 in some unit
+        if trial % 4 == 2:
+            offset = torch.tensor([0.5e-6, 1e-6, 1.5e-6])[trial % 3]
+            values[1] = values[0] + offset * torch.sign(torch.randn(units, generator=generator))
+        expected = bool(torch.pdist(values.double(), p=math.inf).min() <= tolerance)
+        assert has_close_pair(values, tolerance) == expected, trial
+    assert not has_close_pair(torch.zeros(1, units), tolerance)
+    assert has_close_pair(torch.zeros(2, units), tolerance)
+    # Ties in the widest unit but every row apart in another (all pairs compared).
+    tied = torch.stack([torch.arange(1000) % 2 * 10.0, torch.arange(1000) * 1e-3], 1).double()
+    assert not has_close_pair(tied, tolerance)
+    tied[7, 1] = tied[5, 1] + 0.5e-6
+    assert has_close_pair(tied, tolerance)
+    assert has_close_pair(torch.zeros(1000, units), tolerance)  # exact repeats among many ties

@@ -72,3 +72,15 @@ def test_nearest_line_of_a_line_and_of_a_defect() -> None:
     fit, nearest = nearest_line(torch.stack([references[37], defect]), references)
     assert nearest[0] == 37 and fit[0] == 1.0
     assert fit[1] == pytest.approx(1 - 10 / 1024)
+
+
+def test_nearest_line_equals_the_float_product_on_random_binary_images() -> None:
+    """The int8 product (CPU) gives exactly the agreements and indices of the float32 one."""
+    generator = torch.Generator().manual_seed(0)
+    grid = torch.arange(1440, dtype=torch.float64) * (2 * math.pi / 1440)
+    references = line_images(grid, 32).flatten(1).float()
+    outputs = (torch.rand(300, 1024, generator=generator) > 0.5).float()
+    outputs[:100] = references[torch.randint(0, 1440, (100,), generator=generator)]
+    fit, nearest = nearest_line(outputs, references)
+    expected = (1 - torch.cdist(outputs, references, p=1) / 1024).max(dim=1)
+    assert torch.equal(fit, expected.values) and torch.equal(nearest, expected.indices)
