@@ -94,6 +94,9 @@ def job_folder(template: DictConfig, index: int, seed: int | None, sweep_dir: Pa
     """Job `index`'s folder, hydra.sweep.subdir resolved on `template` (its group's composed config)
     pointed at the job's seed and number; `sweep_dir`: the sweep's folder, when already resolved (it
     is every job's, and its resolvers cost more than the rest)."""
+    subdir = OmegaConf.to_container(template.hydra.sweep, resolve=False)["subdir"]
+    if sweep_dir is not None and subdir == "${hydra.job.num}":  # the default, without resolving
+        return sweep_dir / str(index)
     with read_write(template), open_dict(template), read_write(template.hydra.job):
         template.seed = seed
         template.hydra.job.num = template.hydra.job.id = index
