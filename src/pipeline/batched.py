@@ -189,7 +189,10 @@ class MemberEnsemble(pl.LightningModule):
         if key not in self._losses_of:
             losses = self.members.vmapped(_training_loss, batched=[not shared, noise is not None])
             if self.compile and not shared:
-                losses = torch.compile(losses, options=self.compile_options or None)
+                # One static graph per batch shape (an epoch's last batch is smaller): a dynamic one
+                # would serve every step after the first short batch, and inductor fuses no products
+                # whose sizes are symbolic.
+                losses = torch.compile(losses, dynamic=False, options=self.compile_options or None)
             self._losses_of[key] = losses
         return self._losses_of[key](self.member_weights(), self.member_buffers(), images, noise)
 
