@@ -138,7 +138,7 @@ class MemberEnsemble(pl.LightningModule):
         self._sums: dict[str, dict[str, torch.Tensor]] = {}
         self._last_val: dict[str, torch.Tensor] = {}
         # The members' step is many small element-wise passes over (members, batch, pixels):
-        # torch.compile fuses them (`compile`), for the training steps, where the time goes; with
+        # torch.compile fuses them (`compile`), for the training and the validation steps; with
         # `fuse_matmuls` the members' batched products too (inductor decomposes each into a product
         # and a sum it fuses with its neighbours): memory-bound where a layer is a few units wide.
         # On a CPU this flag is what makes the pass decompose every product of dimensions <= 2048.
@@ -188,7 +188,7 @@ class MemberEnsemble(pl.LightningModule):
         key = (shared, noise is not None)
         if key not in self._losses_of:
             losses = self.members.vmapped(_training_loss, batched=[not shared, noise is not None])
-            if self.compile and not shared:
+            if self.compile:
                 # One static graph per batch shape (an epoch's last batch is smaller): a dynamic one
                 # would serve every step after the first short batch, and inductor fuses no products
                 # whose sizes are symbolic.
