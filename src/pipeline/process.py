@@ -49,6 +49,9 @@ def prepare_training_process() -> None:
 
     # Lightning's own use of a deprecated torch API; nothing a user can act on.
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+    # Lightning's hint, wherever SLURM is installed, to start the run under srun: the project submits
+    # to SLURM itself (hydra/launcher=slurm, or batched with executor=slurm; docs/cluster.md).
+    warnings.filterwarnings("ignore", message="The `srun` command is available on your system")
     drop_failing_nvml_check()
     keep_freed_memory()
 
