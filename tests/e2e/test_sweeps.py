@@ -272,7 +272,8 @@ def test_a_batched_sweep_is_quiet_and_its_members_work_with_src_eval_and_src_sco
     assert process.returncode == 0, process.stderr[-3000:]
     lines = (process.stdout + process.stderr).splitlines()
     assert len(lines) <= 8, lines
-    assert not any(banner in line for line in lines for banner in ("GPU available", "TPU available", "Tip:", "srun"))
+    banners = ("GPU available", "TPU available", "Tip:", "srun")
+    assert not any(banner in line for line in lines for banner in banners)
     member = sweep_dir / "7"
     metrics = json.loads((member / "metrics.json").read_text())
     assert metrics["seed"] == 7 and "ood/threshold" in metrics
