@@ -57,7 +57,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 def timed_sweep(seeds: int, experiment: str, *overrides: str) -> dict[str, float]:
     """One sweep of `experiment` over `seeds` seeds, started as a user would: its wall-clock seconds
     (`seconds`) and, for a batched sweep, its chunks' training and finishing seconds (`train_s`,
-    `finish_s`, from each chunk's timing.json)."""
+    `finish_s`, from each chunk's timing.json). Each sweep compiles afresh, as on a new machine: its
+    own inductor cache, so that one measurement does not find another's compiled graphs."""
     with tempfile.TemporaryDirectory() as output_root:
         command = [
             sys.executable,
@@ -75,7 +76,11 @@ def timed_sweep(seeds: int, experiment: str, *overrides: str) -> dict[str, float
             cwd=PROJECT_ROOT,
             capture_output=True,
             text=True,
-            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+            env={
+                **os.environ,
+                "PYTHONPATH": str(PROJECT_ROOT),
+                "TORCHINDUCTOR_CACHE_DIR": str(Path(output_root) / "inductor-cache"),
+            },
         )
         seconds = time.perf_counter() - started
         if process.returncode:
