@@ -398,7 +398,7 @@ def train_members(
         models,
         cpu_states,
         [cfg.seed for cfg in cfgs],
-        compile=parse_bool("compile", cfgs[0].compile),
+        compile=parse_bool("compile_members", cfgs[0].compile_members),
         fuse_matmuls=parse_bool("fuse_member_matmuls", cfgs[0].fuse_member_matmuls),
         history_rows=OmegaConf.select(cfgs[0], "callbacks.history.max_rows", default=None),
     )

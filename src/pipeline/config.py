@@ -132,6 +132,7 @@ BOOLEANS = (
     "resume_in_place",
     "overwrite",
     "compile",
+    "compile_members",
     "fuse_member_matmuls",
     "ood.enabled",
     "ood.plots",

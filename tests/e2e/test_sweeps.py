@@ -200,7 +200,12 @@ def test_a_killed_batched_sweep_resumes_to_the_uninterrupted_result(tmp_path: Pa
     """A batched sweep killed mid-training, started again with the same command and sweep folder,
     resumes its chunk from <sweep>/batched/<chunk>/last.ckpt and ends with the metrics an
     uninterrupted sweep gives."""
-    sweep = ["experiment=census_lines_ca", "seed=range(0,3)", "trainer.max_epochs=300", "compile=false"]
+    sweep = [
+        "experiment=census_lines_ca",
+        "seed=range(0,3)",
+        "trainer.max_epochs=300",
+        "compile_members=false",
+    ]
     sweep += ["hydra/launcher=batched", *SMALL_DATA["lines"], "~evaluations.ood"]
     whole = src_run("-m", *sweep, f"hydra.sweep.dir={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""The members' compiled step (`compile=true`, `fuse_member_matmuls=true`, as census_lines_* set
+"""The members' compiled step (`compile_members=true`, `fuse_member_matmuls=true`, as census_lines_* set
 them): inductor fuses the members' matrix products into the element-wise passes for every batch
 shape, an epoch's short last batch included, and the losses equal the uncompiled members' to
 summation order."""
