@@ -14,6 +14,7 @@ from src.models.ca import ClassicalAutoencoder
 from src.models.vae import VariationalAutoencoder
 from src.pipeline.config import BOOLEANS, CONFIG_DIR, check_config
 from src.pipeline.run import Run
+from src.values import parse_bool
 
 GROUPS = CONFIG_DIR
 
@@ -246,3 +247,20 @@ def test_every_boolean_of_conf_is_parsed(make_config, overrides: list[str]) -> N
     values = OmegaConf.to_container(make_config(*overrides), resolve=False)
     del values["hydra"]
     assert _boolean_keys(values) - NOT_ONLY_BOOLEAN <= set(BOOLEANS)
+
+
+@pytest.mark.parametrize(
+    "overrides, single, members",
+    [
+        ([], False, False),
+        (["compile=true"], True, True),
+        (["experiment=census_lines_ca"], False, True),  # a single run of the preset stays eager
+        (["experiment=census_lines_ca", "compile_members=false"], False, False),
+    ],
+)
+def test_compile_members_follows_compile_unless_set(
+    make_config, overrides: list[str], single: bool, members: bool
+) -> None:
+    cfg = make_config(*overrides)
+    assert parse_bool("compile", cfg.compile) is single
+    assert parse_bool("compile_members", cfg.compile_members) is members
