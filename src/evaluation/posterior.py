@@ -36,7 +36,7 @@ class LatentStatistics:
         self, members: MemberSet, datamodule: InMemoryDataModule, contexts: list[EvaluationContext]
     ) -> list[EvaluationResult]:
         images = self._images(datamodule, members.final.device)
-        statistics = members.final.call(ReconstructionModel.latent_statistics, images)
+        statistics = members.final.call_grouped(ReconstructionModel.latent_statistics, images)
         columns = {key: values.tolist() for key, values in statistics.items()}
         return [
             EvaluationResult({f"{self.split}/{key}": values[index] for key, values in columns.items()})

@@ -30,8 +30,10 @@ class _Method(nn.Module):
         return self.method(self.model, *args)
 
 
-# Values (members x images x pixels) that one vmapped call of `call_batched` passes per tensor.
-MEMBER_BATCH_VALUES = 2**25
+# Values (members x images x values per image) that one vmapped call of `call_batched` or
+# `call_grouped` puts through the model: per image, its pixels and every layer's output in the
+# method's pass (a conv net's are many times its pixels), so the peak memory of a call is bounded.
+MEMBER_BATCH_VALUES = 2**27
 
 
 class MemberModels:
@@ -49,6 +51,7 @@ class MemberModels:
         self.parameters, self.buffers = parameters, buffers
         self.count = len(next(iter(parameters.values())))
         self._wrapper = _Method(template)
+        self._values_per_image: dict[tuple[Any, ...], int] = {}
 
     @classmethod
     def stack(cls, models: Sequence[ReconstructionModel]) -> MemberModels:
@@ -117,18 +120,55 @@ class MemberModels:
         return self.vmapped(method, flags)(self.parameters, self.buffers, *args)
 
     @torch.no_grad()
+    def values_per_image(self, method: Callable[..., Any], image: torch.Tensor) -> int:
+        """The values `method` puts through the model per image: the image's pixels plus every
+        leaf module's output, counted once per method and image shape on one member's pass over
+        two copies of `image` (a statistic over a set needs two), halved. A bound on what a pass
+        holds at once, since it frees each output as it goes."""
+        key = (method, tuple(image.shape))
+        if key not in self._values_per_image:
+            counted = [image.numel()]
+
+            def count(module: nn.Module, inputs: Any, output: Any) -> None:
+                if isinstance(output, torch.Tensor):
+                    counted.append(output.numel())
+
+            leaves = [module for module in self.template.modules() if next(module.children(), None) is None]
+            hooks = [module.register_forward_hook(count) for module in leaves]
+            try:
+                self.select([0]).call(method, image.expand(2, *image.shape).to(self.device))
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            self._values_per_image[key] = image.numel() + sum(counted[1:]) // 2
+        return self._values_per_image[key]
+
+    @torch.no_grad()
     def call_batched(
         self, method: Callable[..., Any], images: torch.Tensor, batch_size: int | None = None
     ) -> Any:
         """`call(method, batch)` over `images` in batches of at most `batch_size` images, and few
-        enough that members x images x pixels stays under MEMBER_BATCH_VALUES; the outputs (a
-        tensor, or a dict of tensors, each (members, images, ...)) joined along the images."""
-        fitting = max(1, MEMBER_BATCH_VALUES // (self.count * max(1, images[0].numel())))
-        size = min(fitting, batch_size) if batch_size else fitting
+        enough that members x images x `values_per_image` stays under MEMBER_BATCH_VALUES; the
+        outputs (a tensor, or a dict of tensors, each (members, images, ...)) joined along the
+        images."""
+        per_call = MEMBER_BATCH_VALUES // (self.count * self.values_per_image(method, images[0]))
+        size = min(max(1, per_call), batch_size) if batch_size else max(1, per_call)
         outputs = [self.call(method, batch.to(self.device)) for batch in images.split(size)]
-        if isinstance(outputs[0], dict):
-            return {name: torch.cat([output[name] for output in outputs], dim=1) for name in outputs[0]}
-        return torch.cat(outputs, dim=1)
+        return _joined(outputs, dim=1)
+
+    @torch.no_grad()
+    def call_grouped(self, method: Callable[..., Any], images: torch.Tensor) -> Any:
+        """`call(method, images)` for a few members at a time, few enough that members x images x
+        `values_per_image` stays under MEMBER_BATCH_VALUES: for a method that reads the whole set at
+        once (a statistic over the images); the outputs joined along the members."""
+        per_member = len(images) * self.values_per_image(method, images[0])
+        group = max(1, MEMBER_BATCH_VALUES // per_member)
+        images = images.to(self.device)
+        outputs = [
+            self.select(range(start, min(start + group, self.count))).call(method, images)
+            for start in range(0, self.count, group)
+        ]
+        return _joined(outputs, dim=0)
 
     def state_dict(self, index: int) -> dict[str, torch.Tensor]:
         """Member `index`'s weights as its own model's state dict (on the CPU), each tensor its own
@@ -136,3 +176,12 @@ class MemberModels:
         return {
             name: value[index].clone().cpu() for name, value in {**self.parameters, **self.buffers}.items()
         }
+
+
+def _joined(outputs: list[Any], dim: int) -> Any:
+    """Vmapped calls' outputs (each a tensor or a dict of tensors) joined along `dim`."""
+    if len(outputs) == 1:
+        return outputs[0]
+    if isinstance(outputs[0], dict):
+        return {name: torch.cat([output[name] for output in outputs], dim=dim) for name in outputs[0]}
+    return torch.cat(outputs, dim=dim)

@@ -104,8 +104,8 @@ class VariationalAutoencoder(ReconstructionModel):
         """Report 000's bottleneck statistics over a set: mean and spread of mu, the posterior sigma,
         and the active dimensions (Var over images of mu > 0.01, Burda et al. 2016; 0 means
         posterior collapse)."""
-        evaluated = self.encode_pass(images)
-        mu, sigma = evaluated.code, evaluated.sigma
+        mu, logvar = self.encode(images)
+        sigma = (0.5 * logvar).exp()
         return {
             "mu_mean": mu.mean(),
             "mu_std": mu.std(),

@@ -206,7 +206,8 @@ def test_members_called_in_batches_equal_one_call(monkeypatch: pytest.MonkeyPatc
     members = MemberModels.stack(_members(VariationalAutoencoder, count=3))
     images = torch.rand(11, 1, 2, 2)
     whole = members.call(ReconstructionModel.scores, images)
-    monkeypatch.setattr(members_module, "MEMBER_BATCH_VALUES", 3 * 4 * 3)  # 3 images a batch
+    per_image = members.values_per_image(ReconstructionModel.scores, images[0])
+    monkeypatch.setattr(members_module, "MEMBER_BATCH_VALUES", 3 * per_image * 3)  # 3 images a batch
     batched = members.call_batched(ReconstructionModel.scores, images, batch_size=5)
     assert batched.keys() == whole.keys()
     for name, value in whole.items():
@@ -214,3 +215,40 @@ def test_members_called_in_batches_equal_one_call(monkeypatch: pytest.MonkeyPatc
         torch.testing.assert_close(batched[name], value, rtol=1e-6, atol=1e-7)
     logits = members.call_batched(lambda model, batch: model.encode_pass(batch).logits, images, batch_size=2)
     assert logits.shape[:2] == (3, 11)
+
+
+def test_values_per_image_count_the_pixels_and_every_layer_output_of_the_methods_pass() -> None:
+    """The memory bound of a members' call counts what the pass computes, not only the pixels: the
+    VAE's encoder (4 pixels, Flatten 4, Linear 2, ReLU 2, mu 1, logvar 1) and for its scores the
+    decoder too (Linear 2, ReLU 2, Linear 4, Unflatten 4)."""
+    members = MemberModels.stack(_members(VariationalAutoencoder, count=3))
+    assert members.values_per_image(ReconstructionModel.latent_statistics, IMAGES[0]) == 14
+    assert members.values_per_image(ReconstructionModel.scores, IMAGES[0]) == 26
+
+
+def test_a_statistic_over_the_set_called_a_few_members_at_a_time_equals_one_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`call_grouped` (a method that reads the whole set, such as the latent statistics) splits the
+    members, never the images, and joins the outputs in the members' order."""
+    from src.models import members as members_module
+
+    members = MemberModels.stack(_members(VariationalAutoencoder, count=5))
+    images = torch.rand(9, 1, 2, 2)
+    whole = members.call(ReconstructionModel.latent_statistics, images)
+    per_member = len(images) * members.values_per_image(ReconstructionModel.latent_statistics, images[0])
+    monkeypatch.setattr(members_module, "MEMBER_BATCH_VALUES", 2 * per_member)  # 2 members a call
+    called = []
+    call = MemberModels.call
+
+    def counted(self: MemberModels, method, *args):  # noqa: ANN001, ANN202 - the method's own signature
+        called.append((self.count, len(args[0])))
+        return call(self, method, *args)
+
+    monkeypatch.setattr(MemberModels, "call", counted)
+    grouped = members.call_grouped(ReconstructionModel.latent_statistics, images)
+    assert called == [(2, 9), (2, 9), (1, 9)]
+    assert grouped.keys() == whole.keys()
+    for name, value in whole.items():
+        assert grouped[name].shape == value.shape == (5,)
+        torch.testing.assert_close(grouped[name], value, rtol=1e-6, atol=1e-7)
